@@ -1,0 +1,162 @@
+//! A misbehaving policy, for the host's tests. The setting `mode` chooses the
+//! misbehaviour; in every other respect it behaves (stores at zstd level 1).
+//!
+//! Modes: `loop-admit`, `loop-hit`, `loop-insert`, `loop-maintain` (spin
+//! forever), `alloc-admit`, `alloc-hit` (allocate without bound), `trap-all`
+//! (trap on every call but `configure`), `garbage` (out-of-range levels and a
+//! flood of actions), `escape` (try to name things outside its view during
+//! `maintain`, and report each attempt's outcome in the summary).
+
+wit_bindgen::generate!({
+    world: "policy-world",
+    path: "../../wit",
+});
+
+use capcache::policy::types::{Codec, EntryMeta};
+use capcache::policy::view;
+use exports::capcache::policy::policy::{
+    Action, Admission, Candidate, Guest, MaintainReport, Setting, SettingsError,
+};
+use std::sync::Mutex;
+
+static MODE: Mutex<String> = Mutex::new(String::new());
+
+fn mode() -> String {
+    MODE.lock().unwrap().clone()
+}
+
+#[inline(never)]
+fn spin() -> ! {
+    let mut x: u64 = 0;
+    loop {
+        x = core::hint::black_box(x.wrapping_add(1));
+    }
+}
+
+#[inline(never)]
+fn hoard() -> ! {
+    let mut hoard: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let mut block = vec![0u8; 1 << 20];
+        block[0] = hoard.len() as u8;
+        hoard.push(core::hint::black_box(block));
+    }
+}
+
+fn misbehave(export: &str) {
+    let mode = mode();
+    if mode == "trap-all" {
+        panic!("trap-all: {export}");
+    }
+    match mode.strip_prefix("loop-") {
+        Some(e) if e == export => spin(),
+        _ => {}
+    }
+    match mode.strip_prefix("alloc-") {
+        Some(e) if e == export => hoard(),
+        _ => {}
+    }
+}
+
+fn empty_report(summary: String) -> MaintainReport {
+    MaintainReport {
+        ran: true,
+        entries_seen: 0,
+        evicted: 0,
+        removed_from_future: 0,
+        removed_temp_files: 0,
+        bytes_freed: 0,
+        entries_after: 0,
+        bytes_after: 0,
+        summary,
+    }
+}
+
+/// Every way out of the view this policy can think of. Each outcome is written
+/// as `what=ok` or `what=<error>` into the report, for the test to read.
+fn try_escapes() -> String {
+    let long = "a".repeat(5000);
+    let names = [
+        "../outside.txt",
+        "../../outside.txt",
+        "/etc/passwd",
+        "/tmp/capcache-escape",
+        "state/../../outside.txt",
+        "nul\0byte",
+        long.as_str(),
+        "link-out",
+        ".",
+        "..",
+        "",
+    ];
+    let mut outcomes = Vec::new();
+    let mut record = |what: String, result: Result<(), capcache::policy::types::Error>| {
+        let outcome = match result {
+            Ok(()) => "ok".to_string(),
+            Err(e) => format!("{e:?}"),
+        };
+        outcomes.push(format!("{what}={outcome}"));
+    };
+    for name in names {
+        let shown: String = name.chars().take(24).collect();
+        record(format!("remove-entry({shown:?})"), view::remove_entry(name));
+        record(format!("read-entry({shown:?})"), view::read_entry(name, 0, 16).map(|_| ()));
+        record(format!("stat-entry({shown:?})"), view::stat_entry(name).map(|_| ()));
+        record(format!("read-state({shown:?})"), view::read_state(name).map(|_| ()));
+        record(format!("write-state({shown:?})"), view::write_state(name, b"escaped"));
+        record(format!("create-state({shown:?})"), view::create_state(name, b"escaped"));
+        record(format!("remove-temp-file({shown:?})"), view::remove_temp_file(name));
+    }
+    outcomes.join("\n")
+}
+
+struct Hostile;
+
+impl Guest for Hostile {
+    fn configure(settings: Vec<Setting>) -> Result<(), SettingsError> {
+        for setting in settings {
+            match setting.key.as_str() {
+                "mode" => *MODE.lock().unwrap() = setting.value,
+                _ => return Err(SettingsError::UnknownKey(setting.key)),
+            }
+        }
+        if mode() == "loop-configure" {
+            spin();
+        }
+        Ok(())
+    }
+
+    fn admit(_candidate: Candidate) -> Admission {
+        misbehave("admit");
+        if mode() == "garbage" {
+            return Admission::Store(Codec::Zstd(255));
+        }
+        Admission::Store(Codec::Zstd(1))
+    }
+
+    fn on_hit(_entry: EntryMeta) -> Vec<Action> {
+        misbehave("hit");
+        if mode() == "garbage" {
+            return vec![Action::Recode(Codec::Zstd(200)); 1_000_000];
+        }
+        Vec::new()
+    }
+
+    fn on_insert(_entry: EntryMeta) -> Vec<Action> {
+        misbehave("insert");
+        if mode() == "garbage" {
+            return vec![Action::Maintain; 100_000];
+        }
+        Vec::new()
+    }
+
+    fn maintain(_now: u64) -> MaintainReport {
+        misbehave("maintain");
+        if mode() == "escape" {
+            return empty_report(try_escapes());
+        }
+        empty_report(format!("hostile policy in mode {:?}: nothing done", mode()))
+    }
+}
+
+export!(Hostile);

@@ -1,0 +1,6 @@
+//! Host-side bindings of the WIT world in `wit/`.
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "policy-world",
+});

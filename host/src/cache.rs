@@ -1,0 +1,334 @@
+//! The cache as a caller sees it: `get`, `insert`, `get_or_insert_with`.
+//!
+//! A hit reads and checks the entry on the caller's thread and queues an event
+//! for the worker: it never waits on the policy. A miss asks the policy whether
+//! and how to store (bounded by a deadline, and by a short wait if the worker
+//! holds the policy), then writes atomically. Every cache-side failure degrades
+//! to "compute" with a warning: the caller always gets its value.
+
+use crate::bindings::exports::capcache::policy::policy::{Admission, Candidate, MaintainReport};
+use crate::clock::{Clock, SystemClock};
+use crate::entry::StoredCodec;
+use crate::error::Error;
+use crate::key::Key;
+use crate::policy::{Policy, PolicyRuntime};
+use crate::settings::HostSettings;
+use crate::stats::{Stats, StatsSnapshot};
+use crate::store::{Area, ReadOutcome, Store};
+use crate::usage::{self, Usage};
+use crate::view::{self, Shared, codec_from_wit};
+use crate::worker::{Event, Worker};
+use parking_lot::Mutex;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// What a miss stores when the policy cannot be asked (it failed, or is busy):
+/// zstd at wasmtime's baseline level.
+const SAFE_DEFAULT: StoredCodec = StoredCodec::Zstd { level: 3 };
+
+/// Configures and opens a [`Cache`].
+#[derive(Debug, Clone)]
+pub struct CacheBuilder {
+    directory: Option<PathBuf>,
+    namespace: String,
+    policy: Policy,
+    settings: Vec<(String, String)>,
+    host: HostSettings,
+    clock: Arc<dyn Clock>,
+    enabled: bool,
+}
+
+impl Default for CacheBuilder {
+    fn default() -> Self {
+        CacheBuilder {
+            directory: None,
+            namespace: "default".into(),
+            policy: Policy::default(),
+            settings: Vec::new(),
+            host: HostSettings::default(),
+            clock: Arc::new(SystemClock),
+            enabled: true,
+        }
+    }
+}
+
+impl CacheBuilder {
+    /// The cache's root directory; default: the platform's cache directory
+    /// (e.g. `~/.cache/capcache`).
+    pub fn directory(mut self, directory: impl Into<PathBuf>) -> Self {
+        self.directory = Some(directory.into());
+        self
+    }
+
+    /// The namespace under the root. Entries of different namespaces never
+    /// meet; include whatever makes compiled code incompatible (see
+    /// [`crate::key::engine_namespace`]).
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The policy's settings, passed to its `configure`.
+    pub fn settings<K: Into<String>, V: Into<String>>(mut self, settings: impl IntoIterator<Item = (K, V)>) -> Self {
+        self.settings.extend(settings.into_iter().map(|(k, v)| (k.into(), v.into())));
+        self
+    }
+
+    pub fn setting(self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.settings([(key.into(), value.into())])
+    }
+
+    pub fn host_settings(mut self, host: HostSettings) -> Self {
+        self.host = host;
+        self
+    }
+
+    /// The clock the cache and its policy read; tests use a [`crate::ManualClock`].
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// A disabled cache computes every value and stores nothing.
+    pub fn enabled(mut self, enabled: bool) -> Self {
+        self.enabled = enabled;
+        self
+    }
+
+    /// Opens the directory and starts the policy. Errors name what is wrong:
+    /// the directory, the policy component, or a setting.
+    pub fn open(self) -> Result<Cache, Error> {
+        if !self.enabled {
+            return Ok(Cache::disabled());
+        }
+        let root = match self.directory {
+            Some(dir) => dir,
+            None => default_directory()?,
+        };
+        let store = Store::open(&root, &self.namespace, self.clock.clone())?;
+        let shared = Arc::new(Shared { store, usage: Mutex::new(Usage::default()), stats: Stats::default(), read_only: false });
+        let runtime = PolicyRuntime::start(&self.policy, &self.settings, shared.clone(), self.host.clone())?;
+        let policy = Arc::new(Mutex::new(runtime));
+        let worker = Worker::start(shared.clone(), policy.clone(), self.host.event_queue_size);
+        Ok(Cache { inner: Some(Inner { shared, policy, worker, host: self.host }) })
+    }
+}
+
+/// The platform's cache directory, with `capcache` under it.
+pub fn default_directory() -> Result<PathBuf, Error> {
+    dirs::cache_dir().map(|d| d.join("capcache")).ok_or(Error::NoDirectory)
+}
+
+/// A compiled-module cache. Cheap to share by reference across threads.
+pub struct Cache {
+    inner: Option<Inner>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    policy: Arc<Mutex<PolicyRuntime>>,
+    // Declared after the fields it uses; dropping it drains the queue.
+    worker: Worker,
+    host: HostSettings,
+}
+
+/// Where a value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Hit,
+    Computed,
+}
+
+/// A value from [`Cache::get_or_insert_with`].
+#[derive(Debug, Clone)]
+pub struct Cached {
+    pub bytes: Vec<u8>,
+    pub source: Source,
+}
+
+/// What is stored for a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryInfo {
+    pub name: String,
+    pub codec: StoredCodec,
+    pub stored_size: u64,
+    pub raw_size: u64,
+    pub created_ms: u64,
+    pub last_used_ms: u64,
+    pub hits: u64,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.inner {
+            Some(inner) => f.debug_struct("Cache").field("path", &inner.shared.store.path()).finish(),
+            None => f.write_str("Cache(disabled)"),
+        }
+    }
+}
+
+impl Cache {
+    pub fn builder() -> CacheBuilder {
+        CacheBuilder::default()
+    }
+
+    /// A cache that stores nothing: every lookup misses.
+    pub fn disabled() -> Cache {
+        Cache { inner: None }
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.inner.is_some()
+    }
+
+    /// The namespace's directory, if enabled.
+    pub fn path(&self) -> Option<&Path> {
+        self.inner.as_ref().map(|i| i.shared.store.path())
+    }
+
+    /// The value stored for `key`, if a valid entry exists. A corrupt entry is
+    /// removed, counted, and reported as a miss.
+    pub fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.get_by_key(&Key::of(key))
+    }
+
+    pub fn get_by_key(&self, key: &Key) -> Option<Vec<u8>> {
+        let inner = self.inner.as_ref()?;
+        let shared = &inner.shared;
+        let outcome = shared.store.read_entry(key, inner.host.max_entry_size);
+        match outcome {
+            Ok(ReadOutcome::Found(_, value)) => {
+                Stats::bump(&shared.stats.hits);
+                if !inner.worker.offer(Event::Hit(*key)) {
+                    Stats::bump(&shared.stats.events_dropped);
+                }
+                return Some(value);
+            }
+            Ok(ReadOutcome::Missing) => {}
+            Ok(ReadOutcome::Corrupt(e)) => {
+                Stats::bump(&shared.stats.corrupt);
+                tracing::warn!("cache entry {} in {} is corrupt ({e}); removing it", key.name(), shared.store.path().display());
+                if shared.store.remove(Area::Entries, &key.name()).is_ok() {
+                    let _ = Usage::append(shared.store.namespace_dir(), &[(usage::id_of(key), None)]);
+                }
+            }
+            Err(e) => {
+                Stats::bump(&shared.stats.failures);
+                tracing::warn!("cannot read cache entry {} in {}: {e}", key.name(), shared.store.path().display());
+            }
+        }
+        Stats::bump(&shared.stats.misses);
+        None
+    }
+
+    /// Offers `value` for `key` to the cache; the policy decides whether and
+    /// how it is stored. Returns whether it was stored. Never fails: a failure
+    /// to store is logged and counted.
+    pub fn insert(&self, key: &[u8], value: &[u8]) -> bool {
+        self.insert_by_key(&Key::of(key), value)
+    }
+
+    pub fn insert_by_key(&self, key: &Key, value: &[u8]) -> bool {
+        let Some(inner) = self.inner.as_ref() else { return false };
+        let shared = &inner.shared;
+        if value.len() as u64 > inner.host.max_entry_size {
+            Stats::bump(&shared.stats.skipped);
+            return false;
+        }
+        let candidate = Candidate { name: key.name(), raw_size: value.len() as u64 };
+        let admission = match inner.policy.try_lock_for(inner.host.admit_wait) {
+            Some(mut policy) => policy.admit(&candidate),
+            None => {
+                tracing::debug!("policy busy; storing {} with the default decision", candidate.name);
+                None
+            }
+        };
+        let codec = match admission {
+            Some(Admission::Skip) => {
+                Stats::bump(&shared.stats.skipped);
+                return false;
+            }
+            Some(Admission::Store(codec)) => codec_from_wit(codec),
+            None => SAFE_DEFAULT,
+        };
+        match shared.store.write_entry(key, value, codec, None) {
+            Ok(_) => {
+                Stats::bump(&shared.stats.inserts);
+                // A new entry starts with no usage.
+                let _ = Usage::append(shared.store.namespace_dir(), &[(usage::id_of(key), None)]);
+                if !inner.worker.offer(Event::Inserted(*key)) {
+                    Stats::bump(&shared.stats.events_dropped);
+                }
+                true
+            }
+            Err(e) => {
+                Stats::bump(&shared.stats.failures);
+                tracing::warn!("cannot store cache entry {} in {}: {e}", key.name(), shared.store.path().display());
+                false
+            }
+        }
+    }
+
+    /// The value for `key`: from the cache, or from `compute` (then offered to
+    /// the cache). An error of `compute` is returned as is; the cache's own
+    /// failures never are.
+    pub fn get_or_insert_with<E>(&self, key: &[u8], compute: impl FnOnce() -> Result<Vec<u8>, E>) -> Result<Cached, E> {
+        let key = Key::of(key);
+        if let Some(bytes) = self.get_by_key(&key) {
+            return Ok(Cached { bytes, source: Source::Hit });
+        }
+        let bytes = compute()?;
+        self.insert_by_key(&key, &bytes);
+        Ok(Cached { bytes, source: Source::Computed })
+    }
+
+    /// What is stored for `key`, without counting a use.
+    pub fn entry_info(&self, key: &[u8]) -> Option<EntryInfo> {
+        let inner = self.inner.as_ref()?;
+        let shared = &inner.shared;
+        let mut usage = shared.usage.lock();
+        let _ = usage.refresh(shared.store.namespace_dir());
+        let meta = view::entry_meta(&shared.store, &usage, &Key::of(key).name()).ok()?;
+        Some(EntryInfo {
+            name: meta.name,
+            codec: codec_from_wit(meta.codec),
+            stored_size: meta.stored_size,
+            raw_size: meta.raw_size,
+            created_ms: meta.created,
+            last_used_ms: meta.last_used,
+            hits: meta.hits,
+        })
+    }
+
+    /// The file that holds (or would hold) the entry for `key`.
+    pub fn entry_path(&self, key: &[u8]) -> Option<PathBuf> {
+        self.path().map(|p| p.join(crate::store::ENTRIES).join(Key::of(key).name()))
+    }
+
+    /// Waits until the worker has handled every event queued so far.
+    pub fn flush(&self) {
+        if let Some(inner) = &self.inner {
+            inner.worker.request(Event::Flush);
+        }
+    }
+
+    /// Runs the policy's maintenance pass now (after queued events) and
+    /// returns its report; `None` if disabled or the policy failed.
+    pub fn maintain(&self) -> Option<MaintainReport> {
+        self.inner.as_ref()?.worker.request(Event::Maintain).flatten()
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        self.inner.as_ref().map(|i| i.shared.stats.snapshot()).unwrap_or_default()
+    }
+
+    /// The policy's name (the embedded default, or the path it was loaded from).
+    pub fn policy_name(&self) -> Option<String> {
+        self.inner.as_ref().map(|i| i.policy.lock().name().to_string())
+    }
+}

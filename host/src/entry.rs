@@ -1,0 +1,204 @@
+//! The entry file format. An entry is one file:
+//!
+//! ```text
+//! magic "CAPCACHE" | header length (u32 LE) | header (postcard) | digest | payload
+//! ```
+//!
+//! The header names the key the entry belongs to, how the payload is stored,
+//! its sizes and when the entry was first stored; the digest is the SHA-256 of
+//! header and payload together. Every read checks all of it, so a truncated,
+//! bit-flipped, misplaced or foreign file is never served: it is reported as
+//! [`EntryError`] and the caller treats it as a miss.
+
+use crate::key::Key;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub const MAGIC: &[u8; 8] = b"CAPCACHE";
+/// Bumped whenever the layout changes; older entries then read as corrupt and
+/// are replaced.
+pub const FORMAT_VERSION: u16 = 1;
+/// No header is larger; a larger length field means corruption.
+const MAX_HEADER_LEN: usize = 1024;
+/// The highest zstd level.
+pub const MAX_ZSTD_LEVEL: u8 = 22;
+
+/// How a payload is stored.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoredCodec {
+    Raw,
+    Zstd { level: u8 },
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub format_version: u16,
+    pub key: [u8; 32],
+    pub codec: StoredCodec,
+    pub raw_size: u64,
+    pub payload_size: u64,
+    pub created_ms: u64,
+}
+
+/// Bytes before the header: magic and header length.
+const PREFIX_LEN: usize = 12;
+const DIGEST_LEN: usize = 32;
+
+fn digest(header_bytes: &[u8], payload: &[u8]) -> [u8; DIGEST_LEN] {
+    let mut hasher = Sha256::new();
+    hasher.update(header_bytes);
+    hasher.update(payload);
+    hasher.finalize().into()
+}
+
+/// Why an entry file cannot be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EntryError {
+    #[error("too short for a header")]
+    Truncated,
+    #[error("bad magic")]
+    BadMagic,
+    #[error("header length {0} out of range")]
+    BadHeaderLength(usize),
+    #[error("header does not decode: {0}")]
+    BadHeader(String),
+    #[error("format version {0}, expected {FORMAT_VERSION}")]
+    Version(u16),
+    #[error("entry belongs to another key")]
+    WrongKey,
+    #[error("payload is {actual} bytes, header says {expected}")]
+    PayloadSize { expected: u64, actual: u64 },
+    #[error("payload checksum mismatch")]
+    Checksum,
+    #[error("payload does not decompress: {0}")]
+    Decompress(String),
+    #[error("decoded payload is {actual} bytes, header says {expected}")]
+    RawSize { expected: u64, actual: u64 },
+}
+
+/// Encodes `value` as a complete entry file for `key`.
+pub fn encode(key: &Key, value: &[u8], codec: StoredCodec, created_ms: u64) -> std::io::Result<Vec<u8>> {
+    let payload = match codec {
+        StoredCodec::Raw => None,
+        StoredCodec::Zstd { level } => Some(zstd::bulk::compress(value, level.clamp(1, MAX_ZSTD_LEVEL) as i32)?),
+    };
+    let payload: &[u8] = payload.as_deref().unwrap_or(value);
+    let header = Header {
+        format_version: FORMAT_VERSION,
+        key: key.0,
+        codec,
+        raw_size: value.len() as u64,
+        payload_size: payload.len() as u64,
+        created_ms,
+    };
+    let header_bytes = postcard::to_allocvec(&header).map_err(std::io::Error::other)?;
+    let mut file = Vec::with_capacity(PREFIX_LEN + header_bytes.len() + DIGEST_LEN + payload.len());
+    file.extend_from_slice(MAGIC);
+    file.extend_from_slice(&(header_bytes.len() as u32).to_le_bytes());
+    file.extend_from_slice(&header_bytes);
+    file.extend_from_slice(&digest(&header_bytes, payload));
+    file.extend_from_slice(payload);
+    Ok(file)
+}
+
+/// Parses the header at the start of `file` (which may be just a prefix of the
+/// entry), returning it and where the payload starts. Checks the header's form
+/// and key, not the digest: for listings, where metadata is all that is used.
+pub fn decode_header(file: &[u8], key: Option<&Key>) -> Result<(Header, usize), EntryError> {
+    if file.len() < PREFIX_LEN {
+        return Err(EntryError::Truncated);
+    }
+    if &file[..8] != MAGIC {
+        return Err(EntryError::BadMagic);
+    }
+    let header_len = u32::from_le_bytes(file[8..12].try_into().unwrap()) as usize;
+    if header_len == 0 || header_len > MAX_HEADER_LEN {
+        return Err(EntryError::BadHeaderLength(header_len));
+    }
+    let header_bytes = file.get(PREFIX_LEN..PREFIX_LEN + header_len).ok_or(EntryError::Truncated)?;
+    let header: Header = postcard::from_bytes(header_bytes).map_err(|e| EntryError::BadHeader(e.to_string()))?;
+    if header.format_version != FORMAT_VERSION {
+        return Err(EntryError::Version(header.format_version));
+    }
+    if let StoredCodec::Zstd { level } = header.codec {
+        if !(1..=MAX_ZSTD_LEVEL).contains(&level) {
+            return Err(EntryError::BadHeader(format!("zstd level {level}")));
+        }
+    }
+    if key.is_some_and(|k| k.0 != header.key) {
+        return Err(EntryError::WrongKey);
+    }
+    Ok((header, PREFIX_LEN + header_len + DIGEST_LEN))
+}
+
+/// Checks a whole entry file and returns its header and decoded value.
+pub fn decode(file: &[u8], key: &Key, max_raw_size: u64) -> Result<(Header, Vec<u8>), EntryError> {
+    let (header, start) = decode_header(file, Some(key))?;
+    let payload = file.get(start..).ok_or(EntryError::Truncated)?;
+    if payload.len() as u64 != header.payload_size {
+        return Err(EntryError::PayloadSize { expected: header.payload_size, actual: payload.len() as u64 });
+    }
+    let header_bytes = &file[PREFIX_LEN..start - DIGEST_LEN];
+    if digest(header_bytes, payload) != file[start - DIGEST_LEN..start] {
+        return Err(EntryError::Checksum);
+    }
+    let value = match header.codec {
+        StoredCodec::Raw => payload.to_vec(),
+        StoredCodec::Zstd { .. } => {
+            // The digest vouches for the header's size; the cap guards against a
+            // writer that lied consistently.
+            let capacity = header.raw_size.min(max_raw_size) as usize;
+            zstd::bulk::decompress(payload, capacity).map_err(|e| EntryError::Decompress(e.to_string()))?
+        }
+    };
+    if value.len() as u64 != header.raw_size {
+        return Err(EntryError::RawSize { expected: header.raw_size, actual: value.len() as u64 });
+    }
+    Ok((header, value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> (Key, Vec<u8>) {
+        let value: Vec<u8> = (0..10_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        (Key::of(b"sample"), value)
+    }
+
+    #[test]
+    fn round_trips_both_codecs() {
+        let (key, value) = sample();
+        for codec in [StoredCodec::Raw, StoredCodec::Zstd { level: 3 }, StoredCodec::Zstd { level: 19 }] {
+            let file = encode(&key, &value, codec, 1234).unwrap();
+            let (header, decoded) = decode(&file, &key, u64::MAX).unwrap();
+            assert_eq!(decoded, value);
+            assert_eq!(header.codec, codec);
+            assert_eq!(header.created_ms, 1234);
+        }
+    }
+
+    #[test]
+    fn every_single_bit_flip_and_truncation_is_detected() {
+        let (key, value) = sample();
+        let value = &value[..300];
+        for codec in [StoredCodec::Raw, StoredCodec::Zstd { level: 3 }] {
+            let file = encode(&key, value, codec, 1).unwrap();
+            for bit in 0..file.len() * 8 {
+                let mut bad = file.clone();
+                bad[bit / 8] ^= 1 << (bit % 8);
+                assert!(decode(&bad, &key, u64::MAX).is_err(), "flip of bit {bit} undetected");
+            }
+            for len in 0..file.len() {
+                assert!(decode(&file[..len], &key, u64::MAX).is_err(), "truncation to {len} undetected");
+            }
+        }
+    }
+
+    #[test]
+    fn another_keys_entry_is_refused() {
+        let (key, value) = sample();
+        let file = encode(&key, &value, StoredCodec::Raw, 1).unwrap();
+        assert_eq!(decode(&file, &Key::of(b"other"), u64::MAX).unwrap_err(), EntryError::WrongKey);
+    }
+}

@@ -1,0 +1,308 @@
+//! Running a policy component: compiled once per process, instantiated with no
+//! ambient authority (its only imports are the `view` capability; any WASI
+//! import its language's runtime brings is linked to a trap), under a memory
+//! cap and a CPU deadline per call. A call that traps, runs out of time or
+//! memory, or fails in any other way costs at most its deadline: it is logged
+//! and counted, the caller gets the safe default, and the instance is dropped
+//! and made anew (and configured again) on the next call.
+
+use crate::bindings::exports::capcache::policy::policy::{Action, Admission, Candidate, MaintainReport, Setting, SettingsError};
+use crate::bindings::{PolicyWorld, PolicyWorldPre};
+use crate::bindings::capcache::policy::types::EntryMeta;
+use crate::error::Error;
+use crate::settings::HostSettings;
+use crate::stats::Stats;
+use crate::view::{PolicyView, Shared};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
+
+/// The default policy's component, built from `guest/default` by build.rs.
+static DEFAULT_POLICY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/default-policy.wasm"));
+
+/// The WIT interfaces a policy may import.
+const ALLOWED_IMPORTS: [&str; 2] = ["capcache:policy/types@0.1.0", "capcache:policy/view@0.1.0"];
+
+/// How often the deadline clock ticks.
+const TICK: Duration = Duration::from_millis(2);
+
+/// A policy component, not yet running.
+#[derive(Clone)]
+pub struct Policy {
+    name: String,
+    bytes: Arc<[u8]>,
+}
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy").field("name", &self.name).field("bytes", &self.bytes.len()).finish()
+    }
+}
+
+impl Default for Policy {
+    /// The default policy, embedded in the host: wasmtime's cache behaviour.
+    fn default() -> Self {
+        Policy { name: "default".into(), bytes: DEFAULT_POLICY.into() }
+    }
+}
+
+impl Policy {
+    /// A policy component from a `.wasm` file.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Policy, Error> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|source| Error::PolicyFile { path: path.to_path_buf(), source })?;
+        Ok(Policy { name: path.display().to_string(), bytes: bytes.into() })
+    }
+
+    /// A policy component from bytes; `name` appears in messages.
+    pub fn from_bytes(name: impl Into<String>, bytes: impl Into<Arc<[u8]>>) -> Policy {
+        Policy { name: name.into(), bytes: bytes.into() }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The component's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Compiles the component (once per process for the same bytes) and
+    /// checks that it fits the WIT world.
+    pub(crate) fn prepare(&self) -> Result<PolicyWorldPre<PolicyState>, Error> {
+        static COMPILED: OnceLock<Mutex<HashMap<crate::key::Key, PolicyWorldPre<PolicyState>>>> = OnceLock::new();
+        let digest = crate::key::Key::of(&self.bytes);
+        let compiled = COMPILED.get_or_init(Default::default);
+        if let Some(pre) = compiled.lock().get(&digest) {
+            return Ok(pre.clone());
+        }
+        let engine = engine();
+        let component = Component::new(engine, &self.bytes).map_err(|e| Error::PolicyComponent {
+            policy: self.name.clone(),
+            reason: format!("{e:#}"),
+        })?;
+        let world_error = |reason: String| Error::PolicyWorld { policy: self.name.clone(), reason };
+        // A policy may import the view and the runtime interfaces of its
+        // language (WASI), which are granted nothing; anything else means it was
+        // built against another contract.
+        let ty = component.component_type();
+        for (name, _) in ty.imports(engine) {
+            if !ALLOWED_IMPORTS.contains(&name) && !name.starts_with("wasi:") {
+                return Err(world_error(format!(
+                    "it imports {name}, and a policy may import only {} (and WASI, which is granted nothing)",
+                    ALLOWED_IMPORTS.join(", ")
+                )));
+            }
+        }
+        let mut linker = Linker::<PolicyState>::new(engine);
+        PolicyWorld::add_to_linker::<PolicyState, HasSelf<PolicyView>>(&mut linker, |state| &mut state.view)
+            .map_err(|e| world_error(format!("{e:#}")))?;
+        linker.define_unknown_imports_as_traps(&component).map_err(|e| world_error(format!("{e:#}")))?;
+        let pre = linker.instantiate_pre(&component).map_err(|e| world_error(format!("{e:#}")))?;
+        let pre = PolicyWorldPre::new(pre).map_err(|e| world_error(format!("{e:#}")))?;
+        compiled.lock().insert(digest, pre.clone());
+        Ok(pre)
+    }
+}
+
+/// The engine all policies run on: its own, apart from whatever engine the
+/// host compiles user modules with, with epoch interruption for deadlines.
+fn engine() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        config.max_wasm_stack(1 << 20);
+        let engine = Engine::new(&config).expect("the policy engine's configuration is valid");
+        let ticker = engine.weak();
+        std::thread::Builder::new()
+            .name("capcache-policy-clock".into())
+            .spawn(move || {
+                while let Some(engine) = ticker.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(TICK);
+                }
+            })
+            .expect("cannot start the policy deadline thread");
+        engine
+    })
+}
+
+fn ticks(deadline: Duration) -> u64 {
+    (deadline.as_nanos() / TICK.as_nanos()).max(1) as u64 + 1
+}
+
+/// What a policy's store holds.
+pub struct PolicyState {
+    view: PolicyView,
+    limits: StoreLimits,
+}
+
+struct Live {
+    store: Store<PolicyState>,
+    bindings: PolicyWorld,
+}
+
+/// A running policy, re-made after any fault.
+pub(crate) struct PolicyRuntime {
+    name: String,
+    pre: PolicyWorldPre<PolicyState>,
+    settings: Vec<Setting>,
+    shared: Arc<Shared>,
+    host: HostSettings,
+    live: Option<Live>,
+}
+
+impl PolicyRuntime {
+    /// Instantiates and configures the policy; a refusal of the settings or a
+    /// fault is an error for the user.
+    pub(crate) fn start(
+        policy: &Policy,
+        settings: &[(String, String)],
+        shared: Arc<Shared>,
+        host: HostSettings,
+    ) -> Result<PolicyRuntime, Error> {
+        let mut runtime = PolicyRuntime {
+            name: policy.name.clone(),
+            pre: policy.prepare()?,
+            settings: settings.iter().map(|(key, value)| Setting { key: key.clone(), value: value.clone() }).collect(),
+            shared,
+            host,
+            live: None,
+        };
+        match runtime.instantiate() {
+            Ok(live) => runtime.live = Some(live),
+            Err(StartError::Settings(SettingsError::UnknownKey(key))) => {
+                return Err(Error::UnknownSetting { policy: runtime.name, key });
+            }
+            Err(StartError::Settings(SettingsError::InvalidValue(s))) => {
+                return Err(Error::InvalidSetting { policy: runtime.name, key: s.key, value: s.value, expected: s.expected });
+            }
+            Err(StartError::Fault(e)) => return Err(Error::PolicyFault { policy: runtime.name, reason: format!("{e:#}") }),
+        }
+        Ok(runtime)
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn instantiate(&self) -> Result<Live, StartError> {
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.host.policy_memory_limit)
+            .table_elements(1 << 16)
+            .instances(16)
+            .tables(16)
+            .memories(4)
+            .trap_on_grow_failure(true)
+            .build();
+        let view = PolicyView::new(self.shared.clone(), self.name.clone());
+        let mut store = Store::new(engine(), PolicyState { view, limits });
+        store.limiter(|state| &mut state.limits);
+        store.set_epoch_deadline(ticks(self.host.configure_deadline));
+        let bindings = self.pre.instantiate(&mut store).map_err(StartError::Fault)?;
+        bindings
+            .capcache_policy_policy()
+            .call_configure(&mut store, &self.settings)
+            .map_err(StartError::Fault)?
+            .map_err(StartError::Settings)?;
+        Ok(Live { store, bindings })
+    }
+
+    /// Calls into the policy with a deadline; `None` if it failed in any way.
+    fn call<R>(
+        &mut self,
+        what: &str,
+        deadline: Duration,
+        f: impl FnOnce(&mut Store<PolicyState>, &PolicyWorld) -> wasmtime::Result<R>,
+    ) -> Option<R> {
+        let started = Instant::now();
+        if self.live.is_none() {
+            match self.instantiate() {
+                Ok(live) => self.live = Some(live),
+                Err(e) => {
+                    let reason = match e {
+                        StartError::Fault(e) => format!("{e:#}"),
+                        StartError::Settings(e) => format!("settings refused on restart: {e:?}"),
+                    };
+                    self.fault(what, started, &reason);
+                    return None;
+                }
+            }
+        }
+        let live = self.live.as_mut().unwrap();
+        live.store.data_mut().view.begin_call();
+        live.store.set_epoch_deadline(ticks(deadline));
+        match f(&mut live.store, &live.bindings) {
+            Ok(result) => Some(result),
+            Err(e) => {
+                self.live = None;
+                self.fault(what, started, &format!("{e:#}"));
+                None
+            }
+        }
+    }
+
+    fn fault(&self, what: &str, started: Instant, reason: &str) {
+        Stats::bump(&self.shared.stats.policy_faults);
+        tracing::warn!(
+            policy = %self.name,
+            call = what,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "policy failed, using the safe default and restarting it: {reason}"
+        );
+    }
+
+    /// On a miss: store or not, and how. Safe default: store, as the default
+    /// policy would.
+    pub(crate) fn admit(&mut self, candidate: &Candidate) -> Option<Admission> {
+        let deadline = self.host.admit_deadline;
+        self.call("admit", deadline, |store, b| b.capcache_policy_policy().call_admit(store, candidate))
+    }
+
+    pub(crate) fn on_hit(&mut self, entry: &EntryMeta) -> Vec<Action> {
+        let deadline = self.host.event_deadline;
+        let actions = self.call("on-hit", deadline, |store, b| b.capcache_policy_policy().call_on_hit(store, entry));
+        sanitize_actions(actions.unwrap_or_default())
+    }
+
+    pub(crate) fn on_insert(&mut self, entry: &EntryMeta) -> Vec<Action> {
+        let deadline = self.host.event_deadline;
+        let actions = self.call("on-insert", deadline, |store, b| b.capcache_policy_policy().call_on_insert(store, entry));
+        sanitize_actions(actions.unwrap_or_default())
+    }
+
+    pub(crate) fn maintain(&mut self, now: u64) -> Option<MaintainReport> {
+        let deadline = self.host.maintain_deadline;
+        self.call("maintain", deadline, |store, b| b.capcache_policy_policy().call_maintain(store, now))
+    }
+}
+
+enum StartError {
+    Settings(SettingsError),
+    Fault(wasmtime::Error),
+}
+
+/// A policy may answer an event with any list; the host acts on at most one
+/// action of each kind, the first, and ignores the rest.
+fn sanitize_actions(actions: Vec<Action>) -> Vec<Action> {
+    let mut kept: Vec<Action> = Vec::new();
+    for action in actions {
+        let kind = std::mem::discriminant(&action);
+        if !kept.iter().any(|a| std::mem::discriminant(a) == kind) {
+            kept.push(action);
+        }
+        if kept.len() == 3 {
+            break;
+        }
+    }
+    kept
+}
+

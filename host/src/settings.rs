@@ -1,0 +1,41 @@
+//! Settings of the host's mechanics (the policy's settings are its own).
+
+use std::time::Duration;
+
+/// Bounds the host puts on the cache and on its policy.
+#[derive(Debug, Clone)]
+pub struct HostSettings {
+    /// Events (hits, inserts) queued for the policy's worker; more are dropped
+    /// and counted, so a hit never waits. wasmtime's `worker-event-queue-size`.
+    pub event_queue_size: usize,
+    /// Linear memory the policy may grow to.
+    pub policy_memory_limit: usize,
+    /// CPU time the policy may take for `configure`.
+    pub configure_deadline: Duration,
+    /// ... for `admit`, on the caller's thread, on a miss.
+    pub admit_deadline: Duration,
+    /// ... for `on-hit` and `on-insert`, on the worker.
+    pub event_deadline: Duration,
+    /// ... for `maintain`, on the worker.
+    pub maintain_deadline: Duration,
+    /// How long a miss waits for the policy while the worker is using it
+    /// (e.g. during a maintain) before storing with the default decision.
+    pub admit_wait: Duration,
+    /// The largest value the cache stores.
+    pub max_entry_size: u64,
+}
+
+impl Default for HostSettings {
+    fn default() -> Self {
+        HostSettings {
+            event_queue_size: 16,
+            policy_memory_limit: 64 << 20,
+            configure_deadline: Duration::from_secs(1),
+            admit_deadline: Duration::from_millis(100),
+            event_deadline: Duration::from_millis(250),
+            maintain_deadline: Duration::from_secs(30),
+            admit_wait: Duration::from_millis(20),
+            max_entry_size: 4 << 30,
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! The on-disk layout and every filesystem operation, each relative to a
+//! cap-std directory handle: nothing here can name a path outside the cache
+//! root, whatever string it is given.
+//!
+//! ```text
+//! <root>/<namespace>/entries/<key name>   one file per entry (see `entry`)
+//!                   /tmp/<unique>         writes in progress
+//!                   /state/<name>         the policy's own files
+//!                   /usage.log            usage journal (see `usage`)
+//! ```
+//!
+//! Every write goes to a fresh temporary file (create_new, so two writers never
+//! share one) and is renamed into place, so readers see a whole old file or a
+//! whole new one. A temporary file left by a crash never blocks a later write:
+//! each write makes its own.
+
+use crate::clock::{Clock, ms_to_system_time, system_time_to_ms};
+use crate::entry::{self, EntryError, Header, StoredCodec};
+use crate::error::Error;
+use crate::key::Key;
+use cap_std::ambient_authority;
+use cap_std::fs::{Dir, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub const ENTRIES: &str = "entries";
+pub const TMP: &str = "tmp";
+pub const STATE: &str = "state";
+
+/// Bytes read from an entry to list it: enough for any header.
+const HEADER_PREFIX: usize = 1200;
+
+/// The three areas of a namespace, as directory handles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Area {
+    Entries,
+    Tmp,
+    State,
+}
+
+/// What reading an entry found.
+#[derive(Debug)]
+pub enum ReadOutcome {
+    Found(Header, Vec<u8>),
+    Missing,
+    Corrupt(EntryError),
+}
+
+/// A listed file.
+#[derive(Debug, Clone)]
+pub struct FileInfo {
+    pub name: String,
+    pub size: u64,
+    pub modified_ms: u64,
+}
+
+/// One cache namespace on disk.
+#[derive(Debug)]
+pub struct Store {
+    path: PathBuf,
+    namespace: Dir,
+    entries: Dir,
+    tmp: Dir,
+    state: Dir,
+    clock: Arc<dyn Clock>,
+    temp_counter: AtomicU64,
+}
+
+/// Whether `name` is acceptable as a namespace.
+pub fn valid_namespace(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && !name.starts_with('.')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+impl Store {
+    /// Opens (creating as needed) `namespace` under `root`.
+    pub fn open(root: &Path, namespace: &str, clock: Arc<dyn Clock>) -> Result<Store, Error> {
+        if !valid_namespace(namespace) {
+            return Err(Error::InvalidNamespace(namespace.to_string()));
+        }
+        let dir_err = |path: PathBuf| move |source| Error::Directory { path, source };
+        Dir::create_ambient_dir_all(root, ambient_authority()).map_err(dir_err(root.to_path_buf()))?;
+        let root_dir = Dir::open_ambient_dir(root, ambient_authority()).map_err(dir_err(root.to_path_buf()))?;
+        let path = root.join(namespace);
+        root_dir.create_dir_all(namespace).map_err(dir_err(path.clone()))?;
+        let namespace = root_dir.open_dir(namespace).map_err(dir_err(path.clone()))?;
+        let open_area = |name: &str| -> Result<Dir, Error> {
+            namespace.create_dir_all(name).map_err(dir_err(path.join(name)))?;
+            namespace.open_dir(name).map_err(dir_err(path.join(name)))
+        };
+        let store = Store {
+            entries: open_area(ENTRIES)?,
+            tmp: open_area(TMP)?,
+            state: open_area(STATE)?,
+            namespace,
+            path,
+            clock,
+            temp_counter: AtomicU64::new(0),
+        };
+        // Prove now, not on the first miss, that the directory is writable.
+        let probe = store.temp_file().map_err(dir_err(store.path.join(TMP)))?;
+        let _ = store.tmp.remove_file(&probe.0);
+        Ok(store)
+    }
+
+    /// The namespace's path, for messages.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    pub(crate) fn namespace_dir(&self) -> &Dir {
+        &self.namespace
+    }
+
+    pub fn dir(&self, area: Area) -> &Dir {
+        match area {
+            Area::Entries => &self.entries,
+            Area::Tmp => &self.tmp,
+            Area::State => &self.state,
+        }
+    }
+
+    /// Creates a fresh temporary file; its name is unique to this process and
+    /// write, and create_new guarantees no one else has it.
+    fn temp_file(&self) -> io::Result<(String, cap_std::fs::File)> {
+        loop {
+            let name = format!(
+                "{}-{}-{}.tmp",
+                std::process::id(),
+                self.temp_counter.fetch_add(1, Ordering::Relaxed),
+                self.clock.now_ms()
+            );
+            match self.tmp.open_with(&name, OpenOptions::new().write(true).create_new(true)) {
+                Ok(file) => return Ok((name, file)),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Writes `contents` to a temporary file with its modification time set to
+    /// `modified_ms`, and hands its name to `publish`; removes it if that fails.
+    fn write_then(
+        &self,
+        contents: &[u8],
+        modified_ms: u64,
+        publish: impl FnOnce(&str) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let (temp, file) = self.temp_file()?;
+        let result = (|| {
+            let mut file = file.into_std();
+            file.write_all(contents)?;
+            file.set_modified(ms_to_system_time(modified_ms))?;
+            drop(file);
+            publish(&temp)
+        })();
+        if result.is_err() {
+            let _ = self.tmp.remove_file(&temp);
+        }
+        result
+    }
+
+    /// Replaces `area/name` with `contents`, atomically.
+    pub fn write_atomic(&self, area: Area, name: &str, contents: &[u8]) -> io::Result<()> {
+        let now = self.clock.now_ms();
+        self.write_then(contents, now, |temp| self.tmp.rename(temp, self.dir(area), name))
+    }
+
+    /// Creates `area/name` with `contents` only if it does not exist, atomically
+    /// (a hard link of a complete file, which fails if the name is taken).
+    pub fn create_exclusive(&self, area: Area, name: &str, contents: &[u8]) -> io::Result<()> {
+        let now = self.clock.now_ms();
+        self.write_then(contents, now, |temp| {
+            let linked = self.tmp.hard_link(temp, self.dir(area), name);
+            let _ = self.tmp.remove_file(temp);
+            linked
+        })
+    }
+
+    /// Stores `value` under `key` with `codec`. `created_ms` is kept from an
+    /// earlier version of the entry when re-encoding.
+    pub fn write_entry(&self, key: &Key, value: &[u8], codec: StoredCodec, created_ms: Option<u64>) -> io::Result<u64> {
+        let now = self.clock.now_ms();
+        let file = entry::encode(key, value, codec, created_ms.unwrap_or(now))?;
+        let name = key.name();
+        self.write_then(&file, now, |temp| self.tmp.rename(temp, &self.entries, &name))?;
+        Ok(file.len() as u64)
+    }
+
+    /// Reads and checks the entry for `key`.
+    pub fn read_entry(&self, key: &Key, max_raw_size: u64) -> io::Result<ReadOutcome> {
+        let bytes = match self.entries.read(key.name()) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(ReadOutcome::Missing),
+            Err(e) => return Err(e),
+        };
+        Ok(match entry::decode(&bytes, key, max_raw_size) {
+            Ok((header, value)) => ReadOutcome::Found(header, value),
+            Err(e) => ReadOutcome::Corrupt(e),
+        })
+    }
+
+    /// Reads just the header of entry `name`, and its file's size and
+    /// modification time (which is the entry's last use).
+    pub fn entry_header(&self, name: &str) -> io::Result<(Header, u64, u64)> {
+        let key = Key::from_name(name)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an entry name"))?;
+        let file = self.entries.open(name)?;
+        let metadata = file.metadata()?;
+        if !metadata.is_file() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
+        }
+        let mut prefix = Vec::with_capacity(HEADER_PREFIX);
+        file.take(HEADER_PREFIX as u64).read_to_end(&mut prefix)?;
+        let (header, _) = entry::decode_header(&prefix, Some(&key))
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let modified = metadata.modified().map(|t| system_time_to_ms(t.into_std())).unwrap_or(0);
+        Ok((header, metadata.len(), modified))
+    }
+
+    /// Sets entry `name`'s last use to now. The file's contents are untouched,
+    /// so a module mapped from it is unaffected.
+    pub fn touch_entry(&self, name: &str) -> io::Result<()> {
+        let file = self.entries.open(name)?.into_std();
+        file.set_modified(ms_to_system_time(self.clock.now_ms()))
+    }
+
+    pub fn remove(&self, area: Area, name: &str) -> io::Result<()> {
+        self.dir(area).remove_file(name)
+    }
+
+    /// Names of the regular files of `area`, sorted (symlinks and directories
+    /// are skipped: the host never follows them).
+    pub fn list_names(&self, area: Area) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for item in self.dir(area).entries()? {
+            let item = item?;
+            if !item.file_type()?.is_file() {
+                continue;
+            }
+            if let Ok(name) = item.file_name().into_string() {
+                names.push(name);
+            }
+        }
+        names.sort_unstable();
+        Ok(names)
+    }
+
+    /// Size and modification time of `area/name`, without following a symlink.
+    pub fn file_info(&self, area: Area, name: &str) -> io::Result<FileInfo> {
+        let metadata = self.dir(area).symlink_metadata(name)?;
+        Ok(FileInfo {
+            name: name.to_string(),
+            size: metadata.len(),
+            modified_ms: metadata.modified().map(|t| system_time_to_ms(t.into_std())).unwrap_or(0),
+        })
+    }
+}

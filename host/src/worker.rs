@@ -1,0 +1,183 @@
+//! The worker: a thread that owns the policy's time. Hits and inserts enqueue
+//! events on a bounded queue (a full queue drops the event and counts it, as
+//! wasmtime's worker does, so the caller never waits); the worker records
+//! usage, asks the policy what to do and does it: recode, remove, maintain.
+
+use crate::bindings::exports::capcache::policy::policy::{Action, MaintainReport};
+use crate::key::Key;
+use crate::policy::PolicyRuntime;
+use crate::stats::Stats;
+use crate::store::{Area, ReadOutcome};
+use crate::usage::{self, Usage};
+use crate::view::{self, Shared, codec_from_wit};
+use parking_lot::Mutex;
+use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::thread::JoinHandle;
+
+pub(crate) enum Event {
+    Hit(Key),
+    Inserted(Key),
+    /// Answer once every earlier event is handled.
+    Flush(SyncSender<()>),
+    /// Run `maintain` now and answer with its report.
+    Maintain(SyncSender<Option<MaintainReport>>),
+}
+
+pub(crate) struct Worker {
+    sender: Option<SyncSender<Event>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Worker {
+    pub(crate) fn start(shared: Arc<Shared>, policy: Arc<Mutex<PolicyRuntime>>, queue_size: usize) -> Worker {
+        let (sender, receiver) = mpsc::sync_channel(queue_size.max(1));
+        let thread = std::thread::Builder::new()
+            .name("capcache-worker".into())
+            .spawn(move || run(receiver, &shared, &policy))
+            .expect("cannot start the cache worker thread");
+        Worker { sender: Some(sender), thread: Some(thread) }
+    }
+
+    /// Queues an event without waiting; `false` if it was dropped.
+    pub(crate) fn offer(&self, event: Event) -> bool {
+        match self.sender.as_ref().map(|s| s.try_send(event)) {
+            Some(Ok(())) => true,
+            Some(Err(TrySendError::Full(_))) | Some(Err(TrySendError::Disconnected(_))) | None => false,
+        }
+    }
+
+    /// Queues a request and waits for its answer.
+    pub(crate) fn request<R>(&self, make: impl FnOnce(SyncSender<R>) -> Event) -> Option<R> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.sender.as_ref()?.send(make(tx)).ok()?;
+        rx.recv().ok()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        // Closing the queue lets the worker finish what is queued and stop.
+        self.sender = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn run(receiver: Receiver<Event>, shared: &Shared, policy: &Mutex<PolicyRuntime>) {
+    while let Ok(first) = receiver.recv() {
+        let mut batch = vec![first];
+        batch.extend(receiver.try_iter());
+        // All hits of the batch go to the journal in one append.
+        let hits: Vec<_> = batch
+            .iter()
+            .filter_map(|e| match e {
+                Event::Hit(key) => Some((usage::id_of(key), Some(1))),
+                _ => None,
+            })
+            .collect();
+        if !shared.read_only {
+            if let Err(e) = Usage::append(shared.store.namespace_dir(), &hits) {
+                tracing::warn!("cannot record usage in {}: {e}", shared.store.path().display());
+            }
+        }
+        for event in batch {
+            match event {
+                Event::Hit(key) => {
+                    if !shared.read_only {
+                        let _ = shared.store.touch_entry(&key.name());
+                    }
+                    handle_entry_event(shared, policy, &key, true);
+                }
+                Event::Inserted(key) => handle_entry_event(shared, policy, &key, false),
+                Event::Flush(reply) => {
+                    let _ = reply.send(());
+                }
+                Event::Maintain(reply) => {
+                    let _ = reply.send(maintain(shared, &mut policy.lock()));
+                }
+            }
+        }
+    }
+}
+
+fn handle_entry_event(shared: &Shared, policy: &Mutex<PolicyRuntime>, key: &Key, hit: bool) {
+    let name = key.name();
+    let meta = {
+        let mut usage = shared.usage.lock();
+        if let Err(e) = usage.refresh(shared.store.namespace_dir()) {
+            tracing::debug!("cannot read the usage journal: {e}");
+        }
+        match view::entry_meta(&shared.store, &usage, &name) {
+            Ok(meta) => meta,
+            // Gone or replaced meanwhile: nothing to tell the policy.
+            Err(_) => return,
+        }
+    };
+    let mut policy = policy.lock();
+    let actions = if hit { policy.on_hit(&meta) } else { policy.on_insert(&meta) };
+    if shared.read_only {
+        return;
+    }
+    for action in actions {
+        match action {
+            Action::Recode(codec) => recode(shared, key, codec_from_wit(codec)),
+            Action::Remove => {
+                if shared.store.remove(Area::Entries, &name).is_ok() {
+                    Stats::bump(&shared.stats.removed);
+                    let _ = Usage::append(shared.store.namespace_dir(), &[(usage::id_of(key), None)]);
+                }
+            }
+            Action::Maintain => {
+                maintain(shared, &mut policy);
+            }
+        }
+    }
+}
+
+/// Re-encodes an entry, atomically; the entry keeps its creation time.
+fn recode(shared: &Shared, key: &Key, codec: crate::entry::StoredCodec) {
+    let (header, value) = match shared.store.read_entry(key, u64::MAX) {
+        Ok(ReadOutcome::Found(header, value)) => (header, value),
+        _ => return,
+    };
+    if header.codec == codec {
+        return;
+    }
+    match shared.store.write_entry(key, &value, codec, Some(header.created_ms)) {
+        Ok(_) => Stats::bump(&shared.stats.recoded),
+        Err(e) => tracing::warn!("cannot re-encode entry {}: {e}", key.name()),
+    }
+}
+
+/// Runs the policy's maintenance pass, then compacts the usage journal if it
+/// has grown.
+pub(crate) fn maintain(shared: &Shared, policy: &mut PolicyRuntime) -> Option<MaintainReport> {
+    if shared.read_only {
+        return None;
+    }
+    let report = policy.maintain(shared.store.now_ms())?;
+    if report.ran {
+        Stats::bump(&shared.stats.maintain_runs);
+        tracing::info!(policy = policy.name(), "maintenance: {}", report.summary);
+        let dir = shared.store.namespace_dir();
+        let large = dir.metadata(usage::JOURNAL).map(|m| m.len() > usage::COMPACT_AT).unwrap_or(false);
+        if large {
+            let names: std::collections::HashSet<usage::EntryId> = shared
+                .store
+                .list_names(Area::Entries)
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|n| Key::from_name(n))
+                .map(|k| usage::id_of(&k))
+                .collect();
+            if let Err(e) = Usage::compact(dir, |id| names.contains(id)) {
+                tracing::warn!("cannot compact the usage journal: {e}");
+            }
+        }
+    } else {
+        tracing::debug!(policy = policy.name(), "maintenance did not run: {}", report.summary);
+    }
+    Some(report)
+}
