@@ -1,7 +1,6 @@
 // Builds the policy components in `guest/` for wasm32-wasip2, with a cargo of
-// their own and a target directory of their own. Shared by the build scripts of
-// `host` (which embeds the default policy) and `tests` (which loads the others),
-// through `include!`.
+// their own and a target directory of their own. Kept apart from build.rs so
+// that other build scripts can `include!` it.
 
 /// Builds every guest crate and returns the directory holding their `.wasm`.
 #[allow(dead_code)]

@@ -3,4 +3,5 @@
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "policy-world",
+    additional_derives: [PartialEq, Eq],
 });

@@ -5,7 +5,8 @@
 //! forever), `alloc-admit`, `alloc-hit` (allocate without bound), `trap-all`
 //! (trap on every call but `configure`), `garbage` (out-of-range levels and a
 //! flood of actions), `escape` (try to name things outside its view during
-//! `maintain`, and report each attempt's outcome in the summary).
+//! `maintain`, and report each attempt's outcome in the summary, one
+//! `call(name)=outcome` a line; the setting `targets` adds names to try).
 
 wit_bindgen::generate!({
     world: "policy-world",
@@ -20,6 +21,9 @@ use exports::capcache::policy::policy::{
 use std::sync::Mutex;
 
 static MODE: Mutex<String> = Mutex::new(String::new());
+/// Extra names for `escape` to try (setting `targets`, comma-separated): the
+/// test plants symlinks under these names.
+static TARGETS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 fn mode() -> String {
     MODE.lock().unwrap().clone()
@@ -89,6 +93,8 @@ fn try_escapes() -> String {
         "..",
         "",
     ];
+    let targets = TARGETS.lock().unwrap().clone();
+    let names = names.iter().copied().chain(targets.iter().map(String::as_str));
     let mut outcomes = Vec::new();
     let mut record = |what: String, result: Result<(), capcache::policy::types::Error>| {
         let outcome = match result {
@@ -98,14 +104,15 @@ fn try_escapes() -> String {
         outcomes.push(format!("{what}={outcome}"));
     };
     for name in names {
-        let shown: String = name.chars().take(24).collect();
-        record(format!("remove-entry({shown:?})"), view::remove_entry(name));
+        let shown: String = name.chars().take(48).collect();
+        // Reads first: a removal would take a planted link away.
         record(format!("read-entry({shown:?})"), view::read_entry(name, 0, 16).map(|_| ()));
         record(format!("stat-entry({shown:?})"), view::stat_entry(name).map(|_| ()));
         record(format!("read-state({shown:?})"), view::read_state(name).map(|_| ()));
         record(format!("write-state({shown:?})"), view::write_state(name, b"escaped"));
         record(format!("create-state({shown:?})"), view::create_state(name, b"escaped"));
         record(format!("remove-temp-file({shown:?})"), view::remove_temp_file(name));
+        record(format!("remove-entry({shown:?})"), view::remove_entry(name));
     }
     outcomes.join("\n")
 }
@@ -117,6 +124,9 @@ impl Guest for Hostile {
         for setting in settings {
             match setting.key.as_str() {
                 "mode" => *MODE.lock().unwrap() = setting.value,
+                "targets" => {
+                    *TARGETS.lock().unwrap() = setting.value.split(',').map(str::to_string).collect()
+                }
                 _ => return Err(SettingsError::UnknownKey(setting.key)),
             }
         }

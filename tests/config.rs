@@ -1,0 +1,89 @@
+//! Bad settings and bad policy components are errors that name what is wrong.
+
+mod support;
+use capcache::{Error, Policy};
+use support::*;
+
+#[test]
+fn every_wasmtime_setting_is_accepted() {
+    let t = TestCache::new();
+    let settings = [
+        ("baseline-compression-level", "5"),
+        ("optimized-compression-level", "19"),
+        ("optimized-compression-usage-counter-threshold", "100"),
+        ("cleanup-interval", "30m"),
+        ("optimizing-compression-task-timeout", "10m"),
+        ("allowed-clock-drift-for-files-from-future", "2h"),
+        ("file-count-soft-limit", "1000"),
+        ("files-total-size-soft-limit", "1Gi"),
+        ("file-count-limit-percent-if-deleting", "50%"),
+        ("files-total-size-limit-percent-if-deleting", "60%"),
+    ];
+    let cache = t.builder().settings(settings).open().unwrap();
+    cache.insert(b"k", b"v");
+    assert_eq!(cache.entry_info(b"k").unwrap().codec, capcache::StoredCodec::Zstd { level: 5 });
+}
+
+#[test]
+fn unknown_key() {
+    let t = TestCache::new();
+    let err = t.builder().setting("file-count-hard-limit", "5").open().unwrap_err();
+    assert!(matches!(&err, Error::UnknownSetting { key, .. } if key == "file-count-hard-limit"), "{err:?}");
+    assert!(err.to_string().contains("file-count-hard-limit"));
+}
+
+#[test]
+fn bad_values_name_the_key_the_value_and_what_is_allowed() {
+    let cases = [
+        ("file-count-soft-limit", "lots", "whole number"),
+        ("cleanup-interval", "1 fortnight", "duration"),
+        ("files-total-size-soft-limit", "big", "size"),
+        ("file-count-limit-percent-if-deleting", "170%", "percentage"),
+        ("baseline-compression-level", "0", "zstd level"),
+        ("optimized-compression-level", "23", "zstd level"),
+    ];
+    for (key, value, expected) in cases {
+        let t = TestCache::new();
+        let err = t.builder().setting(key, value).open().unwrap_err();
+        let message = err.to_string();
+        assert!(matches!(err, Error::InvalidSetting { .. }), "{key}: {err:?}");
+        for part in [key, value, expected] {
+            assert!(message.contains(part), "{message:?} lacks {part:?}");
+        }
+    }
+}
+
+#[test]
+fn baseline_above_optimized_is_refused() {
+    let t = TestCache::new();
+    let err = t.builder().setting("baseline-compression-level", "21").open().unwrap_err();
+    assert!(err.to_string().contains("baseline-compression-level"), "{err}");
+}
+
+#[test]
+fn missing_policy_file() {
+    let err = Policy::from_file("/nonexistent/policy.wasm").unwrap_err();
+    assert!(err.to_string().contains("/nonexistent/policy.wasm"), "{err}");
+}
+
+#[test]
+fn a_core_module_is_not_a_policy() {
+    let t = TestCache::new();
+    let err = t.builder().policy(Policy::from_bytes("core.wasm", tiny_module(1))).open().unwrap_err();
+    assert!(matches!(err, Error::PolicyComponent { .. }), "{err:?}");
+    assert!(err.to_string().contains("core.wasm"));
+}
+
+#[test]
+fn a_component_of_another_contract_is_refused_by_name() {
+    let t = TestCache::new();
+    let other_version = wat::parse_str(r#"(component (import "capcache:policy/view@0.2.0" (instance)))"#).unwrap();
+    let err = t.builder().policy(Policy::from_bytes("v2.wasm", other_version)).open().unwrap_err();
+    assert!(matches!(err, Error::PolicyWorld { .. }), "{err:?}");
+    assert!(err.to_string().contains("capcache:policy/view@0.2.0"), "{err}");
+
+    let no_exports = wat::parse_str("(component)").unwrap();
+    let err = t.builder().policy(Policy::from_bytes("empty.wasm", no_exports)).open().unwrap_err();
+    assert!(matches!(err, Error::PolicyWorld { .. }), "{err:?}");
+    assert!(err.to_string().contains("capcache:policy/policy"), "{err}");
+}

@@ -1,0 +1,76 @@
+//! A corrupt entry is a miss, is removed, and is counted; a leftover temporary
+//! file never blocks a write.
+
+mod support;
+use support::*;
+
+fn corrupt_and_check(damage: impl Fn(&mut Vec<u8>)) {
+    let t = TestCache::new();
+    let cache = t.open();
+    let value = incompressible(7, 5000);
+    cache.insert(b"k", &value);
+    let path = cache.entry_path(b"k").unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    damage(&mut bytes);
+    std::fs::write(&path, &bytes).unwrap();
+    assert_eq!(cache.get(b"k"), None, "a damaged entry was served");
+    assert!(!path.exists(), "the damaged entry was not removed");
+    let stats = cache.stats();
+    assert_eq!((stats.corrupt, stats.misses, stats.hits), (1, 1, 0));
+    // The cache goes on: the value is stored again and served.
+    let again = cache.get_or_insert_with(b"k", || Ok::<_, ()>(value.clone())).unwrap();
+    assert_eq!(again.source, capcache::Source::Computed);
+    assert_eq!(cache.get(b"k").as_deref(), Some(&value[..]));
+}
+
+#[test]
+fn flipped_payload_byte() {
+    corrupt_and_check(|b| {
+        let i = b.len() - 100;
+        b[i] ^= 0x40;
+    });
+}
+
+#[test]
+fn flipped_header_byte() {
+    corrupt_and_check(|b| b[14] ^= 0x01);
+}
+
+#[test]
+fn truncated_payload() {
+    corrupt_and_check(|b| b.truncate(b.len() / 2));
+}
+
+#[test]
+fn truncated_to_nothing() {
+    corrupt_and_check(|b| b.clear());
+}
+
+#[test]
+fn another_keys_entry_under_this_name() {
+    let t = TestCache::new();
+    let cache = t.open();
+    cache.insert(b"a", b"value of a");
+    cache.insert(b"b", b"value of b");
+    std::fs::copy(cache.entry_path(b"a").unwrap(), cache.entry_path(b"b").unwrap()).unwrap();
+    assert_eq!(cache.get(b"b"), None);
+    assert_eq!(cache.stats().corrupt, 1);
+}
+
+#[test]
+fn leftover_temp_files_never_block_a_write() {
+    let t = TestCache::new();
+    let cache = t.open();
+    let tmp = t.root().join("default/tmp");
+    // Leftovers of a crashed writer of this very process id and clock reading,
+    // under every name this process's next writes could choose first.
+    let now = capcache::Clock::now_ms(&*t.clock);
+    for n in 0..64 {
+        std::fs::write(tmp.join(format!("{}-{n}-{now}.tmp", std::process::id())), b"partial").unwrap();
+    }
+    let value = incompressible(3, 100);
+    assert!(cache.insert(b"k", &value));
+    assert_eq!(cache.get(b"k").as_deref(), Some(&value[..]));
+    // A leftover is never read as an entry.
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 64);
+}

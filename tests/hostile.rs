@@ -1,0 +1,133 @@
+//! A misbehaving policy costs a bounded delay: the host stops it, counts the
+//! fault, uses the safe default, restarts it and keeps serving.
+
+mod support;
+use capcache::{Cache, HostSettings, StoredCodec};
+use std::time::{Duration, Instant};
+use support::*;
+
+/// Generous: the deadlines below are 100 to 500 ms; this only catches a hang.
+const BOUND: Duration = Duration::from_secs(20);
+
+fn hostile(t: &TestCache, mode: &str) -> Cache {
+    t.builder()
+        .policy(guest_policy("hostile"))
+        .setting("mode", mode)
+        .host_settings(HostSettings {
+            admit_deadline: Duration::from_millis(100),
+            event_deadline: Duration::from_millis(100),
+            maintain_deadline: Duration::from_millis(500),
+            policy_memory_limit: 32 << 20,
+            ..HostSettings::default()
+        })
+        .open()
+        .unwrap()
+}
+
+/// The policy fails in `admit`: misses are stored with the safe default.
+fn check_admit_fault(mode: &str) {
+    let t = TestCache::new();
+    let cache = hostile(&t, mode);
+    let started = Instant::now();
+    assert!(cache.insert(b"a", b"value a"));
+    assert!(cache.insert(b"b", b"value b"));
+    assert!(started.elapsed() < BOUND);
+    // Stored at zstd 3, the safe default (the policy would have said 1).
+    assert_eq!(cache.entry_info(b"a").unwrap().codec, StoredCodec::Zstd { level: 3 });
+    // Restarted after each fault, and faulted again.
+    assert!(cache.stats().policy_faults >= 2, "{:?}", cache.stats());
+    assert_eq!(cache.get(b"a").as_deref(), Some(&b"value a"[..]));
+}
+
+#[test]
+fn infinite_loop_in_admit() {
+    check_admit_fault("loop-admit");
+}
+
+#[test]
+fn unbounded_allocation_in_admit() {
+    check_admit_fault("alloc-admit");
+}
+
+#[test]
+fn trap_on_every_call() {
+    check_admit_fault("trap-all");
+    let t = TestCache::new();
+    let cache = hostile(&t, "trap-all");
+    cache.insert(b"k", b"v");
+    assert!(cache.get(b"k").is_some());
+    cache.flush();
+    assert_eq!(cache.maintain(), None);
+    assert!(cache.stats().policy_faults >= 4);
+}
+
+/// The policy fails on the worker: hits are served all the same.
+fn check_hit_fault(mode: &str) {
+    let t = TestCache::new();
+    let cache = hostile(&t, mode);
+    assert!(cache.insert(b"k", b"value"));
+    assert_eq!(cache.entry_info(b"k").unwrap().codec, StoredCodec::Zstd { level: 1 });
+    let started = Instant::now();
+    for _ in 0..5 {
+        assert_eq!(cache.get(b"k").as_deref(), Some(&b"value"[..]));
+    }
+    cache.flush();
+    assert!(started.elapsed() < BOUND);
+    let stats = cache.stats();
+    assert!(stats.policy_faults >= 1, "{stats:?}");
+    assert_eq!(stats.hits, 5);
+    // Still usable for misses too.
+    assert!(cache.insert(b"k2", b"value 2"));
+}
+
+#[test]
+fn infinite_loop_in_on_hit() {
+    check_hit_fault("loop-hit");
+}
+
+#[test]
+fn unbounded_allocation_in_on_hit() {
+    check_hit_fault("alloc-hit");
+}
+
+#[test]
+fn infinite_loop_in_maintain() {
+    let t = TestCache::new();
+    let cache = hostile(&t, "loop-maintain");
+    cache.insert(b"k", b"v");
+    let started = Instant::now();
+    assert_eq!(cache.maintain(), None);
+    assert!(started.elapsed() < BOUND);
+    assert!(cache.stats().policy_faults >= 1);
+    assert!(cache.get(b"k").is_some());
+}
+
+#[test]
+fn garbage_answers_are_bounded_and_clamped() {
+    let t = TestCache::new();
+    let cache = hostile(&t, "garbage");
+    // Level 255 is clamped to zstd's highest, 22.
+    assert!(cache.insert(b"k", b"value"));
+    assert_eq!(cache.entry_info(b"k").unwrap().codec, StoredCodec::Zstd { level: 22 });
+    cache.flush();
+    // 100,000 `maintain` actions for one insert: one pass.
+    assert_eq!(cache.stats().maintain_runs, 1);
+    // A million recode actions for one hit: one recode at most (a no-op here).
+    assert!(cache.get(b"k").is_some());
+    cache.flush();
+    assert_eq!(cache.get(b"k").as_deref(), Some(&b"value"[..]));
+}
+
+#[test]
+fn infinite_loop_in_configure_is_a_clear_error() {
+    let t = TestCache::new();
+    let started = Instant::now();
+    let err = t
+        .builder()
+        .policy(guest_policy("hostile"))
+        .setting("mode", "loop-configure")
+        .open()
+        .unwrap_err();
+    assert!(started.elapsed() < BOUND);
+    assert!(matches!(err, capcache::Error::PolicyFault { .. }), "{err}");
+}

@@ -1,0 +1,94 @@
+//! A policy can name only what lies in its view: `..`, absolute paths,
+//! NUL, overlong names and symlinks that lead out are refused, and nothing
+//! outside the cache root changes.
+
+mod support;
+use std::collections::BTreeMap;
+use std::path::Path;
+use support::*;
+
+fn outside_of(t: &TestCache) -> BTreeMap<std::path::PathBuf, Vec<u8>> {
+    let root = t.root();
+    snapshot(t.dir.path()).into_iter().filter(|(p, _)| !p.starts_with(&root)).collect()
+}
+
+/// The outcome the hostile policy reported for `call(name)`.
+fn outcome<'a>(summary: &'a str, call: &str, name: &str) -> &'a str {
+    let prefix = format!("{call}({:?})=", name.chars().take(48).collect::<String>());
+    summary
+        .lines()
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
+        .unwrap_or_else(|| panic!("no outcome for {prefix} in:\n{summary}"))
+}
+
+#[test]
+fn escapes_are_refused_and_nothing_outside_changes() {
+    let t = TestCache::new();
+    // Things outside the cache a policy might want to reach.
+    std::fs::write(t.dir.path().join("outside.txt"), b"precious").unwrap();
+    std::fs::create_dir_all(t.root()).unwrap();
+    std::fs::write(t.root().join("outside.txt"), b"beside the namespace").unwrap();
+
+    // Open once with the default policy to lay out the namespace, then plant
+    // symlinks that point out of it.
+    drop(t.open());
+    let ns = t.root().join("default");
+    let outside = t.dir.path().join("outside.txt");
+    let link_entry = capcache::Key::of(b"absolute link").name();
+    let relative_link_entry = capcache::Key::of(b"relative link").name();
+    std::os::unix::fs::symlink(&outside, ns.join("entries").join(&link_entry)).unwrap();
+    std::os::unix::fs::symlink("../../../outside.txt", ns.join("entries").join(&relative_link_entry)).unwrap();
+    std::os::unix::fs::symlink(&outside, ns.join("state").join("link-out")).unwrap();
+    std::os::unix::fs::symlink("/etc", ns.join("state").join("etc-link")).unwrap();
+    let before = outside_of(&t);
+
+    let targets = format!("{link_entry},{relative_link_entry},etc-link");
+    let cache = t
+        .builder()
+        .policy(guest_policy("hostile"))
+        .settings([("mode", "escape"), ("targets", targets.as_str())])
+        .open()
+        .unwrap();
+    let report = cache.maintain().expect("the policy ran");
+    let summary = report.summary;
+
+    // Names that are not names: refused before any filesystem call.
+    let long = "a".repeat(5000);
+    for name in ["../outside.txt", "../../outside.txt", "/etc/passwd", "/tmp/capcache-escape", "state/../../outside.txt", "nul\0byte", long.as_str(), ".", "..", ""] {
+        for call in ["remove-entry", "read-entry", "stat-entry", "read-state", "write-state", "create-state", "remove-temp-file"] {
+            let got = outcome(&summary, call, name);
+            assert!(got.starts_with("Error::InvalidName"), "{call}({name:?}) gave {got}");
+        }
+    }
+    // Symlinks out of the view are not followed.
+    for name in [&link_entry, &relative_link_entry] {
+        assert_eq!(outcome(&summary, "read-entry", name), "Error::Denied");
+        assert_eq!(outcome(&summary, "stat-entry", name), "Error::Denied");
+    }
+    assert_eq!(outcome(&summary, "read-state", "link-out"), "Error::Denied");
+    assert_eq!(outcome(&summary, "read-state", "etc-link"), "Error::Denied");
+
+    // And the proof: nothing outside the root changed (the links themselves
+    // may have been removed or replaced: they are inside the view).
+    assert_eq!(outside_of(&t), before);
+    assert_eq!(std::fs::read(&outside).unwrap(), b"precious");
+    assert!(!Path::new("/tmp/capcache-escape").exists());
+    assert!(Path::new("/etc/passwd").exists());
+}
+
+#[test]
+fn the_host_lists_no_symlink_as_an_entry() {
+    let t = TestCache::new();
+    std::fs::create_dir_all(t.root()).unwrap();
+    std::fs::write(t.dir.path().join("outside.txt"), b"precious").unwrap();
+    let cache = t.open();
+    cache.insert(b"real", b"value");
+    let link = capcache::Key::of(b"link").name();
+    std::os::unix::fs::symlink(t.dir.path().join("outside.txt"), t.entries_dir().join(&link)).unwrap();
+    let report = cache.maintain().unwrap();
+    assert_eq!(report.entries_seen, 1, "{}", report.summary);
+    // Reading through the link is refused by construction, and counts as a
+    // cache failure, not a hit.
+    assert_eq!(cache.get(b"link"), None);
+    assert_eq!(std::fs::read(t.dir.path().join("outside.txt")).unwrap(), b"precious");
+}
