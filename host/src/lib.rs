@@ -47,3 +47,8 @@ pub use key::Key;
 pub use policy::Policy;
 pub use settings::HostSettings;
 pub use stats::StatsSnapshot;
+
+/// The README's Rust examples, compiled as doc tests so they stay true.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

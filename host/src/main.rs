@@ -133,6 +133,7 @@ fn run(cli: Cli) -> Result<()> {
 /// from and how long that took.
 fn compile(engine: &wasmtime::Engine, cache: &Cache, path: &PathBuf) -> Result<(Source, std::time::Duration)> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bytes = wat::parse_bytes(&bytes).with_context(|| format!("{} is neither wasm nor wat", path.display()))?;
     let started = Instant::now();
     let key = capcache::Key::of_parts(&[b"core-module", &bytes]);
     let cached = cache.get_or_insert_with(&key.0, || engine.precompile_module(&bytes))?;
