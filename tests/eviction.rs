@@ -7,13 +7,14 @@ use support::*;
 
 const HOUR: Duration = Duration::from_secs(3600);
 
-/// Inserts entries `range`, a second apart.
+/// Inserts entries `range`, a second apart, each handled by the worker before
+/// the next (so a cleanup that an insert triggers sees just what came before).
 fn fill(t: &TestCache, cache: &capcache::Cache, range: std::ops::Range<u64>) {
     for i in range {
         t.clock.advance(Duration::from_secs(1));
         assert!(cache.insert(&i.to_le_bytes(), &incompressible(i, 1000)));
+        cache.flush();
     }
-    cache.flush();
 }
 
 #[test]

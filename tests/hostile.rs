@@ -131,3 +131,29 @@ fn infinite_loop_in_configure_is_a_clear_error() {
     assert!(started.elapsed() < BOUND);
     assert!(matches!(err, capcache::Error::PolicyFault { .. }), "{err}");
 }
+
+#[test]
+fn hits_never_wait_for_a_stuck_policy_events_are_dropped_and_counted() {
+    let t = TestCache::new();
+    let cache = t
+        .builder()
+        .policy(guest_policy("hostile"))
+        .setting("mode", "loop-hit")
+        .host_settings(HostSettings {
+            event_queue_size: 2,
+            event_deadline: Duration::from_secs(2),
+            ..HostSettings::default()
+        })
+        .open()
+        .unwrap();
+    cache.insert(b"k", b"value");
+    cache.flush();
+    // The worker is stuck for 2 s in the first on-hit; the queue holds 2 more
+    // events; every other hit's event is dropped rather than waited for.
+    for _ in 0..50 {
+        assert_eq!(cache.get(b"k").as_deref(), Some(&b"value"[..]));
+    }
+    let stats = cache.stats();
+    assert_eq!(stats.hits, 50);
+    assert!(stats.events_dropped >= 40, "{stats:?}");
+}

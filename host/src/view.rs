@@ -249,7 +249,7 @@ impl view::Host for PolicyView {
         Ok(bytes)
     }
 
-    fn write_state(&mut self, name: String, contents: Vec<u8>) -> Result<(), Error> {
+    fn write_atomic(&mut self, name: String, contents: Vec<u8>) -> Result<(), Error> {
         check_plain_name(&name)?;
         self.writable()?;
         if contents.len() > MAX_STATE_FILE {

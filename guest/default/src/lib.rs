@@ -380,7 +380,7 @@ impl Guest for DefaultPolicy {
             };
         }
         let report = clean(&config, now);
-        if let Err(e) = view::write_state(LAST_CLEANUP, now.to_string().as_bytes()) {
+        if let Err(e) = view::write_atomic(LAST_CLEANUP, now.to_string().as_bytes()) {
             log(LogLevel::Warn, &format!("cannot record the cleanup time: {e:?}"));
         }
         // Released after every pass: wasmtime never removes its own lock, so a

@@ -109,7 +109,7 @@ fn try_escapes() -> String {
         record(format!("read-entry({shown:?})"), view::read_entry(name, 0, 16).map(|_| ()));
         record(format!("stat-entry({shown:?})"), view::stat_entry(name).map(|_| ()));
         record(format!("read-state({shown:?})"), view::read_state(name).map(|_| ()));
-        record(format!("write-state({shown:?})"), view::write_state(name, b"escaped"));
+        record(format!("write-atomic({shown:?})"), view::write_atomic(name, b"escaped"));
         record(format!("create-state({shown:?})"), view::create_state(name, b"escaped"));
         record(format!("remove-temp-file({shown:?})"), view::remove_temp_file(name));
         record(format!("remove-entry({shown:?})"), view::remove_entry(name));
