@@ -104,3 +104,30 @@ fn an_unwritable_directory_is_a_clear_error() {
     let message = err.to_string();
     assert!(message.contains(&t.root().display().to_string()), "{message}");
 }
+
+#[test]
+fn a_directory_others_can_write_is_refused_unless_allowed() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = TestCache::new();
+    std::fs::create_dir_all(t.root()).unwrap();
+    std::fs::set_permissions(t.root(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let err = t.builder().open().unwrap_err();
+    assert!(matches!(err, capcache::Error::InsecureDirectory { .. }), "{err:?}");
+    assert!(err.to_string().contains("world-writable"), "{err}");
+    let cache = t.builder().allow_insecure_directory(true).open().unwrap();
+    assert!(cache.insert(b"k", b"v"));
+}
+
+#[test]
+fn a_directory_of_another_user_is_refused() {
+    let t = TestCache::new();
+    std::fs::create_dir_all(t.root()).unwrap();
+    if std::os::unix::fs::chown(t.root(), Some(65534), None).is_err() {
+        // Not root: the directory cannot be given away; this process can see
+        // only its own directories here.
+        eprintln!("SKIPPED a_directory_of_another_user_is_refused: cannot chown (needs root)");
+        return;
+    }
+    let err = t.builder().open().unwrap_err();
+    assert!(err.to_string().contains("owned by user 65534"), "{err}");
+}

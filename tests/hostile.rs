@@ -157,3 +157,24 @@ fn hits_never_wait_for_a_stuck_policy_events_are_dropped_and_counted() {
     assert_eq!(stats.hits, 50);
     assert!(stats.events_dropped >= 40, "{stats:?}");
 }
+
+#[test]
+fn huge_report_is_bounded() {
+    let t = TestCache::new();
+    let cache = hostile(&t, "huge-summary");
+    let report = cache.maintain().expect("a 20 MiB report fits the policy's memory");
+    assert!(report.summary.len() <= 65 * 1024, "{} bytes kept", report.summary.len());
+    assert!(report.summary.ends_with("[truncated]"));
+}
+
+#[test]
+fn wasi_is_not_granted() {
+    let t = TestCache::new();
+    let cache = hostile(&t, "wasi");
+    cache.insert(b"k", b"v");
+    // Every WASI call traps: the pass fails and is counted, nothing is written.
+    assert_eq!(cache.maintain(), None);
+    assert!(cache.stats().policy_faults >= 1);
+    assert!(!std::path::Path::new("/tmp/capcache-wasi-escape").exists());
+    assert!(cache.get(b"k").is_some());
+}

@@ -7,9 +7,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use support::*;
 
+/// Everything outside the policy's view: outside the root, and the other
+/// namespaces inside it.
 fn outside_of(t: &TestCache) -> BTreeMap<std::path::PathBuf, Vec<u8>> {
-    let root = t.root();
-    snapshot(t.dir.path()).into_iter().filter(|(p, _)| !p.starts_with(&root)).collect()
+    let view = t.root().join("default");
+    snapshot(t.dir.path()).into_iter().filter(|(p, _)| !p.starts_with(&view)).collect()
 }
 
 /// The outcome the hostile policy reported for `call(name)`.
@@ -29,6 +31,11 @@ fn escapes_are_refused_and_nothing_outside_changes() {
     std::fs::create_dir_all(t.root()).unwrap();
     std::fs::write(t.root().join("outside.txt"), b"beside the namespace").unwrap();
 
+    // Another namespace, with an entry the policy must not touch.
+    let other = t.builder().namespace("other").open().unwrap();
+    other.insert(b"theirs", b"another engine's artifact");
+    let theirs = capcache::Key::of(b"theirs").name();
+    drop(other);
     // Open once with the default policy to lay out the namespace, then plant
     // symlinks that point out of it.
     drop(t.open());
@@ -42,7 +49,8 @@ fn escapes_are_refused_and_nothing_outside_changes() {
     std::os::unix::fs::symlink("/etc", ns.join("state").join("etc-link")).unwrap();
     let before = outside_of(&t);
 
-    let targets = format!("{link_entry},{relative_link_entry},etc-link");
+    let other_entry = format!("../../other/entries/{theirs}");
+    let targets = format!("{link_entry},{relative_link_entry},etc-link,{other_entry}");
     let cache = t
         .builder()
         .policy(guest_policy("hostile"))
@@ -54,7 +62,7 @@ fn escapes_are_refused_and_nothing_outside_changes() {
 
     // Names that are not names: refused before any filesystem call.
     let long = "a".repeat(5000);
-    for name in ["../outside.txt", "../../outside.txt", "/etc/passwd", "/tmp/capcache-escape", "state/../../outside.txt", "nul\0byte", long.as_str(), ".", "..", ""] {
+    for name in [other_entry.as_str(), "../outside.txt", "../../outside.txt", "/etc/passwd", "/tmp/capcache-escape", "state/../../outside.txt", "nul\0byte", long.as_str(), ".", "..", ""] {
         for call in ["remove-entry", "read-entry", "stat-entry", "read-state", "write-atomic", "create-state", "remove-temp-file"] {
             let got = outcome(&summary, call, name);
             assert!(got.starts_with("Error::InvalidName"), "{call}({name:?}) gave {got}");

@@ -36,6 +36,7 @@ pub struct CacheBuilder {
     host: HostSettings,
     clock: Arc<dyn Clock>,
     enabled: bool,
+    open_options: crate::store::OpenOptionsExt,
 }
 
 impl Default for CacheBuilder {
@@ -48,6 +49,7 @@ impl Default for CacheBuilder {
             host: HostSettings::default(),
             clock: Arc::new(SystemClock),
             enabled: true,
+            open_options: Default::default(),
         }
     }
 }
@@ -94,6 +96,21 @@ impl CacheBuilder {
         self
     }
 
+    /// Serve hits only: never write, store or clean. (A directory that cannot
+    /// be written is opened this way anyway, with a warning.)
+    pub fn read_only(mut self, read_only: bool) -> Self {
+        self.open_options.read_only = read_only;
+        self
+    }
+
+    /// Open a directory that is writable by others or owned by another user.
+    /// Anyone who can write the cache can plant compiled code that the host
+    /// will load: only for directories protected some other way.
+    pub fn allow_insecure_directory(mut self, allow: bool) -> Self {
+        self.open_options.allow_insecure = allow;
+        self
+    }
+
     /// A disabled cache computes every value and stores nothing.
     pub fn enabled(mut self, enabled: bool) -> Self {
         self.enabled = enabled;
@@ -110,8 +127,9 @@ impl CacheBuilder {
             Some(dir) => dir,
             None => default_directory()?,
         };
-        let store = Store::open(&root, &self.namespace, self.clock.clone())?;
-        let shared = Arc::new(Shared { store, usage: Mutex::new(Usage::default()), stats: Stats::default(), read_only: false });
+        let store = Store::open(&root, &self.namespace, self.clock.clone(), self.open_options)?;
+        let read_only = store.read_only();
+        let shared = Arc::new(Shared { store, usage: Mutex::new(Usage::default()), stats: Stats::default(), read_only });
         let runtime = PolicyRuntime::start(&self.policy, &self.settings, shared.clone(), self.host.clone())?;
         let policy = Arc::new(Mutex::new(runtime));
         let worker = Worker::start(shared.clone(), policy.clone(), self.host.event_queue_size);
@@ -213,7 +231,7 @@ impl Cache {
             Ok(ReadOutcome::Corrupt(e)) => {
                 Stats::bump(&shared.stats.corrupt);
                 tracing::warn!("cache entry {} in {} is corrupt ({e}); removing it", key.name(), shared.store.path().display());
-                if shared.store.remove(Area::Entries, &key.name()).is_ok() {
+                if !shared.read_only && shared.store.remove(Area::Entries, &key.name()).is_ok() {
                     let _ = Usage::append(shared.store.namespace_dir(), &[(usage::id_of(key), None)]);
                 }
             }
@@ -236,6 +254,9 @@ impl Cache {
     pub fn insert_by_key(&self, key: &Key, value: &[u8]) -> bool {
         let Some(inner) = self.inner.as_ref() else { return false };
         let shared = &inner.shared;
+        if shared.read_only {
+            return false;
+        }
         if value.len() as u64 > inner.host.max_entry_size {
             Stats::bump(&shared.stats.skipped);
             return false;
@@ -325,6 +346,11 @@ impl Cache {
 
     pub fn stats(&self) -> StatsSnapshot {
         self.inner.as_ref().map(|i| i.shared.stats.snapshot()).unwrap_or_default()
+    }
+
+    /// Whether the cache serves hits only (asked for, or found unwritable).
+    pub fn is_read_only(&self) -> bool {
+        self.inner.as_ref().is_some_and(|i| i.shared.read_only)
     }
 
     /// The policy's name (the embedded default, or the path it was loaded from).

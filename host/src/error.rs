@@ -33,6 +33,11 @@ pub enum Error {
     },
     #[error("policy {policy} failed while being configured: {reason}")]
     PolicyFault { policy: String, reason: String },
+    #[error(
+        "cache directory {path} is {problem}: anyone who can write it can plant compiled code that will run; \
+         fix its ownership or permissions, or allow it explicitly (allow_insecure_directory, --allow-insecure-dir)"
+    )]
+    InsecureDirectory { path: PathBuf, problem: String },
     #[error("no directory given for the cache and the platform has no cache directory")]
     NoDirectory,
 }

@@ -46,11 +46,22 @@ struct CacheArgs {
     /// Compile without the cache.
     #[arg(long)]
     no_cache: bool,
+    /// Serve hits only; store and clean nothing.
+    #[arg(long)]
+    read_only: bool,
+    /// Use a cache directory that others can write (anyone who can write it
+    /// can plant code that will run).
+    #[arg(long)]
+    allow_insecure_dir: bool,
 }
 
 impl CacheArgs {
     fn open(&self, namespace: &str) -> Result<Cache> {
-        let mut builder = Cache::builder().namespace(namespace).enabled(!self.no_cache);
+        let mut builder = Cache::builder()
+            .namespace(namespace)
+            .enabled(!self.no_cache)
+            .read_only(self.read_only)
+            .allow_insecure_directory(self.allow_insecure_dir);
         if let Some(dir) = &self.dir {
             builder = builder.directory(dir);
         }

@@ -27,6 +27,9 @@ static DEFAULT_POLICY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/default
 /// The WIT interfaces a policy may import.
 const ALLOWED_IMPORTS: [&str; 2] = ["capcache:policy/types@0.1.0", "capcache:policy/view@0.1.0"];
 
+/// The longest maintenance summary kept from a policy.
+const MAX_SUMMARY: usize = 64 << 10;
+
 /// How often the deadline clock ticks.
 const TICK: Duration = Duration::from_millis(2);
 
@@ -281,7 +284,17 @@ impl PolicyRuntime {
 
     pub(crate) fn maintain(&mut self, now: u64) -> Option<MaintainReport> {
         let deadline = self.host.maintain_deadline;
-        self.call("maintain", deadline, |store, b| b.capcache_policy_policy().call_maintain(store, now))
+        let mut report = self.call("maintain", deadline, |store, b| b.capcache_policy_policy().call_maintain(store, now))?;
+        // A policy's words are shown to people: keep them short.
+        if report.summary.len() > MAX_SUMMARY {
+            let mut end = MAX_SUMMARY;
+            while !report.summary.is_char_boundary(end) {
+                end -= 1;
+            }
+            report.summary.truncate(end);
+            report.summary.push_str(" [truncated]");
+        }
+        Some(report)
     }
 }
 

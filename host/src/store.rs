@@ -66,6 +66,44 @@ pub struct Store {
     state: Dir,
     clock: Arc<dyn Clock>,
     temp_counter: AtomicU64,
+    read_only: bool,
+}
+
+/// How to treat the directory when opening.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpenOptionsExt {
+    /// Open even if the directory is writable by others or owned by another user.
+    pub allow_insecure: bool,
+    /// Never write: serve what is there.
+    pub read_only: bool,
+}
+
+/// Refuses a directory that others can write: they could plant compiled code
+/// that the host would load. World-writable (the sticky bit does not help: it
+/// stops others removing our files, not adding theirs), or owned by another
+/// user (root's directories are trusted). Group-writable is allowed: with the
+/// common user-private groups and umask 002 every directory is.
+fn check_directory_security(dir: &Dir, path: &Path) -> Result<(), Error> {
+    use cap_std::fs::{MetadataExt, PermissionsExt};
+    let metadata = dir.dir_metadata().map_err(|source| Error::Directory { path: path.to_path_buf(), source })?;
+    let mode = metadata.permissions().mode();
+    let owner = metadata.uid();
+    let me = rustix::process::geteuid().as_raw();
+    let problem = if mode & 0o002 != 0 {
+        Some(format!("world-writable (mode {:o})", mode & 0o7777))
+    } else if owner != me && owner != 0 {
+        Some(format!("owned by user {owner}, not by this process's user {me}"))
+    } else {
+        None
+    };
+    match problem {
+        Some(problem) => Err(Error::InsecureDirectory { path: path.to_path_buf(), problem }),
+        None => Ok(()),
+    }
+}
+
+fn is_unwritable(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem)
 }
 
 /// Whether `name` is acceptable as a namespace.
@@ -76,34 +114,74 @@ pub fn valid_namespace(name: &str) -> bool {
 }
 
 impl Store {
-    /// Opens (creating as needed) `namespace` under `root`.
-    pub fn open(root: &Path, namespace: &str, clock: Arc<dyn Clock>) -> Result<Store, Error> {
+    /// Opens (creating as needed) `namespace` under `root`. A directory that
+    /// exists but cannot be written is opened read-only, with a warning.
+    pub fn open(root: &Path, namespace: &str, clock: Arc<dyn Clock>, options: OpenOptionsExt) -> Result<Store, Error> {
         if !valid_namespace(namespace) {
             return Err(Error::InvalidNamespace(namespace.to_string()));
         }
         let dir_err = |path: PathBuf| move |source| Error::Directory { path, source };
-        Dir::create_ambient_dir_all(root, ambient_authority()).map_err(dir_err(root.to_path_buf()))?;
+        let mut read_only = options.read_only;
+        if !read_only {
+            if let Err(e) = Dir::create_ambient_dir_all(root, ambient_authority()) {
+                // Perhaps it exists, read-only: then serve from it.
+                if !root.is_dir() {
+                    return Err(dir_err(root.to_path_buf())(e));
+                }
+            }
+        }
         let root_dir = Dir::open_ambient_dir(root, ambient_authority()).map_err(dir_err(root.to_path_buf()))?;
+        if !options.allow_insecure {
+            check_directory_security(&root_dir, root)?;
+        }
         let path = root.join(namespace);
-        root_dir.create_dir_all(namespace).map_err(dir_err(path.clone()))?;
-        let namespace = root_dir.open_dir(namespace).map_err(dir_err(path.clone()))?;
-        let open_area = |name: &str| -> Result<Dir, Error> {
-            namespace.create_dir_all(name).map_err(dir_err(path.join(name)))?;
-            namespace.open_dir(name).map_err(dir_err(path.join(name)))
+        let open_area = |parent: &Dir, name: &str, path: &Path, read_only: &mut bool| -> Result<Dir, Error> {
+            if !*read_only {
+                if let Err(e) = parent.create_dir_all(name) {
+                    if !is_unwritable(&e) {
+                        return Err(dir_err(path.to_path_buf())(e));
+                    }
+                    *read_only = true;
+                }
+            }
+            parent.open_dir(name).map_err(dir_err(path.to_path_buf()))
         };
-        let store = Store {
-            entries: open_area(ENTRIES)?,
-            tmp: open_area(TMP)?,
-            state: open_area(STATE)?,
-            namespace,
+        let namespace_dir = open_area(&root_dir, namespace, &path, &mut read_only)?;
+        if !options.allow_insecure {
+            check_directory_security(&namespace_dir, &path)?;
+        }
+        let entries = open_area(&namespace_dir, ENTRIES, &path.join(ENTRIES), &mut read_only)?;
+        let tmp = open_area(&namespace_dir, TMP, &path.join(TMP), &mut read_only)?;
+        let state = open_area(&namespace_dir, STATE, &path.join(STATE), &mut read_only)?;
+        let mut store = Store {
+            entries,
+            tmp,
+            state,
+            namespace: namespace_dir,
             path,
             clock,
             temp_counter: AtomicU64::new(0),
+            read_only,
         };
         // Prove now, not on the first miss, that the directory is writable.
-        let probe = store.temp_file().map_err(dir_err(store.path.join(TMP)))?;
-        let _ = store.tmp.remove_file(&probe.0);
+        if !store.read_only {
+            match store.temp_file() {
+                Ok((probe, _)) => {
+                    let _ = store.tmp.remove_file(&probe);
+                }
+                Err(e) if is_unwritable(&e) => store.read_only = true,
+                Err(e) => return Err(dir_err(store.path.join(TMP))(e)),
+            }
+        }
+        if store.read_only && !options.read_only {
+            tracing::warn!("cache directory {} cannot be written: serving hits only, storing nothing", store.path.display());
+        }
         Ok(store)
+    }
+
+    /// Whether the store writes nothing.
+    pub fn read_only(&self) -> bool {
+        self.read_only
     }
 
     /// The namespace's path, for messages.

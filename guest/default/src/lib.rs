@@ -170,29 +170,37 @@ fn cleanup_due(config: &Config, now: u64) -> bool {
     }
 }
 
-/// Takes the cleanup lock. A lock older than the cleanup interval, or dated
-/// beyond the allowed clock drift, belongs to a process that died: it is broken.
+/// Takes the cleanup lock. A lock older than both the cleanup interval and the
+/// task timeout, or dated beyond the allowed clock drift, belongs to a process
+/// that died: it is broken. (wasmtime judges by the interval alone, so with a
+/// short interval a slow pass has its lock broken under it and two processes
+/// clean at once.)
 fn acquire_cleanup_lock(config: &Config, now: u64) -> Result<(), String> {
-    for _ in 0..2 {
+    let expiry = config.cleanup_interval_ms.max(config.optimizing_compression_task_timeout_ms);
+    for _ in 0..3 {
         match view::create_state(CLEANUP_LOCK, now.to_string().as_bytes()) {
             Ok(()) => return Ok(()),
             Err(Error::AlreadyExists) => {
-                let held_since = read_timestamp(CLEANUP_LOCK);
-                let expired = match held_since {
-                    // Unreadable: being written or garbage. Judge by the file's age.
-                    None => view::stat_state(CLEANUP_LOCK)
-                        .map(|m| now.saturating_sub(m.modified) >= config.cleanup_interval_ms)
-                        .unwrap_or(true),
-                    Some(t) => {
-                        now.saturating_sub(t) >= config.cleanup_interval_ms
-                            || t > now.saturating_add(config.allowed_clock_drift_for_files_from_future_ms)
-                    }
+                let expired = match view::read_state(CLEANUP_LOCK) {
+                    // Released meanwhile: try again. (Treating a vanished lock
+                    // as expired would remove the next holder's lock.)
+                    Err(Error::NotFound) => continue,
+                    Err(e) => return Err(format!("cannot read the cleanup lock: {e:?}")),
+                    Ok(bytes) => match std::str::from_utf8(&bytes).ok().and_then(|s| s.trim().parse::<u64>().ok()) {
+                        Some(t) => {
+                            now.saturating_sub(t) >= expiry
+                                || t > now.saturating_add(config.allowed_clock_drift_for_files_from_future_ms)
+                        }
+                        // Unreadable: judge by the file's age.
+                        None => match view::stat_state(CLEANUP_LOCK) {
+                            Ok(meta) => now.saturating_sub(meta.modified) >= expiry,
+                            Err(Error::NotFound) => continue,
+                            Err(e) => return Err(format!("cannot stat the cleanup lock: {e:?}")),
+                        },
+                    },
                 };
                 if !expired {
-                    return Err(format!(
-                        "another process holds the cleanup lock (since {})",
-                        held_since.map(|t| t.to_string()).unwrap_or_else(|| "?".into())
-                    ));
+                    return Err("another process holds the cleanup lock".into());
                 }
                 log(LogLevel::Info, "breaking an expired cleanup lock");
                 let _ = view::remove_state(CLEANUP_LOCK);
@@ -200,7 +208,7 @@ fn acquire_cleanup_lock(config: &Config, now: u64) -> Result<(), String> {
             Err(e) => return Err(format!("cannot create the cleanup lock: {e:?}")),
         }
     }
-    Err("the cleanup lock was taken again while breaking it".into())
+    Err("the cleanup lock changed hands while being taken".into())
 }
 
 fn list_all_entries() -> Result<Vec<EntryMeta>, Error> {
@@ -379,10 +387,14 @@ impl Guest for DefaultPolicy {
                 summary: reason,
             };
         }
+        // These two lines bracket the time the lock is held; the concurrency
+        // test reads them to prove two processes never clean at once.
+        log(LogLevel::Debug, "cleanup started");
         let report = clean(&config, now);
         if let Err(e) = view::write_atomic(LAST_CLEANUP, now.to_string().as_bytes()) {
             log(LogLevel::Warn, &format!("cannot record the cleanup time: {e:?}"));
         }
+        log(LogLevel::Debug, "cleanup finished");
         // Released after every pass: wasmtime never removes its own lock, so a
         // long-running process of wasmtime cleans only once.
         if let Err(e) = view::remove_state(CLEANUP_LOCK) {

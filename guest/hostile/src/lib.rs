@@ -4,7 +4,9 @@
 //! Modes: `loop-admit`, `loop-hit`, `loop-insert`, `loop-maintain` (spin
 //! forever), `alloc-admit`, `alloc-hit` (allocate without bound), `trap-all`
 //! (trap on every call but `configure`), `garbage` (out-of-range levels and a
-//! flood of actions), `escape` (try to name things outside its view during
+//! flood of actions), `huge-summary` (a 20 MiB maintenance report), `wasi`
+//! (reach for files, environment and clocks through WASI, which is not
+//! granted, during `maintain`), `escape` (try to name things outside its view during
 //! `maintain`, and report each attempt's outcome in the summary, one
 //! `call(name)=outcome` a line; the setting `targets` adds names to try).
 
@@ -162,8 +164,17 @@ impl Guest for Hostile {
 
     fn maintain(_now: u64) -> MaintainReport {
         misbehave("maintain");
-        if mode() == "escape" {
-            return empty_report(try_escapes());
+        match mode().as_str() {
+            "escape" => return empty_report(try_escapes()),
+            "huge-summary" => return empty_report("x".repeat(20 << 20)),
+            "wasi" => {
+                // Each of these needs WASI, which the host links to traps.
+                let _ = std::fs::write("/tmp/capcache-wasi-escape", b"escaped");
+                let listing = std::fs::read_dir("/").map(|d| d.count()).unwrap_or(0);
+                let home = std::env::var("HOME").unwrap_or_default();
+                return empty_report(format!("wasi worked: {listing} entries in /, HOME={home}"));
+            }
+            _ => {}
         }
         empty_report(format!("hostile policy in mode {:?}: nothing done", mode()))
     }

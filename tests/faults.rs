@@ -1,0 +1,452 @@
+//! Faults: crashes mid-write, corruption, concurrent processes, disk trouble
+//! and clock trouble. The caller always gets its value; nothing corrupt is
+//! ever served; nothing partial is ever visible.
+//!
+//! Some tests run children: this test binary again, running the ignored test
+//! `child_process` with a role in `CAPCACHE_TEST_CHILD`.
+
+mod support;
+use capcache::{Cache, Clock, Key, Source};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use support::*;
+
+const KEYS: u64 = 300;
+
+fn key(k: u64) -> Vec<u8> {
+    format!("module {k}").into_bytes()
+}
+
+/// The value for key `k`: up to 150 KB, so that writes take a while.
+fn expected(k: u64) -> Vec<u8> {
+    incompressible(k, 1 + (k as usize * 7919) % 150_000)
+}
+
+fn env_count(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+struct Rng(u64);
+impl Rng {
+    fn seeded() -> Rng {
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
+        Rng(nanos ^ (std::process::id() as u64) << 32 | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn child(role: &str, dir: &Path) -> Command {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .args(["--ignored", "--exact", "child_process", "--nocapture", "--test-threads=1"])
+        .env("CAPCACHE_TEST_CHILD", role)
+        .env("CAPCACHE_TEST_DIR", dir);
+    command
+}
+
+/// What each child does, by role.
+#[test]
+#[ignore = "run by the other tests as a child process"]
+fn child_process() {
+    let Ok(role) = std::env::var("CAPCACHE_TEST_CHILD") else { return };
+    let dir = PathBuf::from(std::env::var("CAPCACHE_TEST_DIR").unwrap());
+    match role.as_str() {
+        "writer" => writer(&dir),
+        "mixer" => mixer(&dir),
+        "read-only" => read_only_child(&dir),
+        other => panic!("unknown role {other}"),
+    }
+}
+
+/// Writes and reads forever, until killed. A wrong value served is recorded
+/// in a marker file, since a killed child's exit code says nothing.
+fn writer(dir: &Path) {
+    let cache = Cache::builder()
+        .directory(dir)
+        .settings([("optimized-compression-usage-counter-threshold", "2"), ("optimized-compression-level", "6")])
+        .open()
+        .unwrap();
+    println!("\nready");
+    let mut rng = Rng::seeded();
+    loop {
+        let k = rng.below(KEYS);
+        match cache.get(&key(k)) {
+            Some(value) if value != expected(k) => {
+                std::fs::write(dir.join("MISMATCH"), format!("key {k}")).unwrap();
+                std::process::abort();
+            }
+            Some(_) => {}
+            None => {
+                cache.insert(&key(k), &expected(k));
+            }
+        }
+    }
+}
+
+/// Kills a child that a failing test leaves behind.
+struct KillOnDrop(std::process::Child);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn crash_mid_write_leaves_only_whole_entries() {
+    let kills = env_count("CAPCACHE_CRASH_KILLS", 200);
+    let t = TestCache::new();
+    let mut rng = Rng::seeded();
+    for _ in 0..kills {
+        let mut process = KillOnDrop(child("writer", &t.root()).stdout(Stdio::piped()).spawn().unwrap());
+        // The test harness prints its own lines first.
+        let mut lines = BufReader::new(process.0.stdout.take().unwrap()).lines();
+        assert!(lines.any(|l| l.unwrap().contains("ready")), "the writer did not start");
+        std::thread::sleep(Duration::from_micros(rng.below(40_000)));
+        process.0.kill().unwrap(); // SIGKILL
+        process.0.wait().unwrap();
+    }
+    assert!(!t.root().join("MISMATCH").exists(), "a writer was served a wrong value");
+
+    // Every file in entries/ is a whole entry of a known key; none is a
+    // temporary file.
+    t.clock.advance(Duration::from_secs(31 * 60));
+    let cache = t.open();
+    let names: Vec<String> = std::fs::read_dir(t.entries_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    let mut intact = 0;
+    for k in 0..KEYS {
+        let name = Key::of(&key(k)).name();
+        if names.contains(&name) {
+            assert_eq!(cache.get(&key(k)), Some(expected(k)), "entry of key {k} is not intact");
+            intact += 1;
+        }
+    }
+    assert_eq!(intact, names.len(), "entries/ holds files that are no key's entry: {names:?}");
+    assert_eq!(cache.stats().corrupt, 0);
+    assert!(intact > 0, "no writer ever stored anything");
+
+    // The next maintenance pass removes what the killed writers left.
+    let tmp = t.root().join("default/tmp");
+    let leftovers = std::fs::read_dir(&tmp).unwrap().count() as u64;
+    let report = cache.maintain().unwrap();
+    assert_eq!(report.removed_temp_files, leftovers, "{}", report.summary);
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
+    eprintln!("crash: {kills} kills survived; {intact} entries intact, 0 corrupt; {leftovers} leftover temporary files removed");
+}
+
+#[test]
+fn random_corruption_is_always_detected() {
+    let injected = env_count("CAPCACHE_CORRUPTIONS", 1000);
+    let t = TestCache::new();
+    let cache = t.open();
+    let mut rng = Rng::seeded();
+    let keys = 50;
+    for i in 0..injected {
+        let k = rng.below(keys);
+        let value = incompressible(k, 1 + (k as usize * 331) % 5000);
+        if cache.get(&key(k)).is_none() {
+            cache.insert(&key(k), &value);
+        }
+        let path = cache.entry_path(&key(k)).unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        match i % 4 {
+            // One bit anywhere.
+            0 => {
+                let bit = rng.below(bytes.len() as u64 * 8) as usize;
+                bytes[bit / 8] ^= 1 << (bit % 8);
+            }
+            // One bit in the header.
+            1 => {
+                let bit = rng.below(80 * 8) as usize;
+                bytes[bit / 8] ^= 1 << (bit % 8);
+            }
+            // Several random bytes.
+            2 => {
+                for _ in 0..1 + rng.below(8) {
+                    let at = rng.below(bytes.len() as u64) as usize;
+                    bytes[at] = bytes[at].wrapping_add(1 + rng.below(255) as u8);
+                }
+            }
+            // Truncation anywhere, header included.
+            _ => bytes.truncate(rng.below(bytes.len() as u64) as usize),
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(cache.get(&key(k)), None, "corruption {i} (kind {}) was served", i % 4);
+        assert!(!path.exists(), "corrupt entry {i} was not removed");
+    }
+    assert_eq!(cache.stats().corrupt, injected);
+    eprintln!("corruption: {injected} injected, {} detected", cache.stats().corrupt);
+}
+
+/// Records, from the default policy's log, when this process held the
+/// cleanup lock (wall-clock nanoseconds, comparable across processes).
+mod cleanup_log {
+    use std::sync::Mutex;
+    use tracing::field::{Field, Visit};
+    use tracing_subscriber::layer::{Context, Layer};
+
+    pub static INTERVALS: Mutex<Vec<(u128, u128)>> = Mutex::new(Vec::new());
+    static STARTED: Mutex<Option<u128>> = Mutex::new(None);
+
+    pub struct Recorder;
+    struct Message(String);
+    impl Visit for Message {
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            if field.name() == "message" {
+                self.0 = format!("{value:?}");
+            }
+        }
+    }
+    impl<S: tracing::Subscriber> Layer<S> for Recorder {
+        fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+            let mut message = Message(String::new());
+            event.record(&mut message);
+            match message.0.as_str() {
+                "cleanup started" => *STARTED.lock().unwrap() = Some(now),
+                "cleanup finished" => {
+                    if let Some(start) = STARTED.lock().unwrap().take() {
+                        INTERVALS.lock().unwrap().push((start, now));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Mixed gets, inserts and maintenance on a shared directory; prints what it
+/// saw for the parent to add up.
+fn mixer(dir: &Path) {
+    use tracing_subscriber::prelude::*;
+    tracing_subscriber::registry()
+        .with(cleanup_log::Recorder.with_filter(tracing_subscriber::filter::LevelFilter::DEBUG))
+        .init();
+    let ops = env_count("CAPCACHE_MIXER_OPS", 4000);
+    let cache = Cache::builder()
+        .directory(dir)
+        .settings([("file-count-soft-limit", "60"), ("cleanup-interval", "20ms")])
+        .open()
+        .unwrap();
+    let mut rng = Rng::seeded();
+    let (mut gets, mut mismatches, mut maintains) = (0u64, 0u64, 0u64);
+    for _ in 0..ops {
+        let k = rng.below(KEYS / 3);
+        match rng.below(100) {
+            0..=69 => {
+                gets += 1;
+                if let Some(value) = cache.get(&key(k)) {
+                    if value != expected(k) {
+                        mismatches += 1;
+                    }
+                }
+            }
+            70..=97 => {
+                cache.insert(&key(k), &expected(k));
+            }
+            _ => {
+                maintains += 1;
+                cache.maintain();
+            }
+        }
+    }
+    cache.flush();
+    let s = cache.stats();
+    println!(
+        "RESULT {gets} {} {} {} {mismatches} {} {} {maintains}",
+        s.hits, s.misses, s.inserts, s.corrupt, s.policy_faults
+    );
+    for (start, end) in cleanup_log::INTERVALS.lock().unwrap().iter() {
+        println!("CLEANUP {start} {end}");
+    }
+}
+
+#[test]
+fn concurrent_processes_never_corrupt_and_never_clean_at_once() {
+    let processes = env_count("CAPCACHE_PROCESSES", 8);
+    let t = TestCache::new();
+    drop(t.open()); // lay out the directory once
+    let children: Vec<_> = (0..processes)
+        .map(|_| child("mixer", &t.root()).stdout(Stdio::piped()).spawn().unwrap())
+        .collect();
+    let mut intervals: Vec<(u128, u128, usize)> = Vec::new();
+    let (mut total_ops, mut total_hits) = (0, 0);
+    for (index, process) in children.into_iter().enumerate() {
+        let output = process.wait_with_output().unwrap();
+        assert!(output.status.success(), "child {index} failed");
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        let result: Vec<u64> = stdout
+            .lines()
+            // The harness's "test child_process ... " may precede it on the line.
+            .find_map(|l| l.split_once("RESULT ").map(|(_, rest)| rest))
+            .unwrap_or_else(|| panic!("child {index} printed no result:\n{stdout}"))
+            .split_whitespace()
+            .map(|n| n.parse().unwrap())
+            .collect();
+        let [gets, hits, misses, inserts, mismatches, corrupt, faults, maintains] = result[..] else { panic!() };
+        assert_eq!(hits + misses, gets, "child {index}: hits and misses do not add up");
+        assert_eq!(mismatches, 0, "child {index} was served a wrong value");
+        assert_eq!(corrupt, 0, "child {index} found a corrupt entry");
+        assert_eq!(faults, 0, "child {index}: the policy faulted");
+        total_ops += gets + inserts + maintains;
+        total_hits += hits;
+        for line in stdout.lines().filter_map(|l| l.split_once("CLEANUP ").map(|(_, rest)| rest)) {
+            let (start, end) = line.split_once(' ').unwrap();
+            intervals.push((start.parse().unwrap(), end.parse().unwrap(), index));
+        }
+    }
+    intervals.sort();
+    for pair in intervals.windows(2) {
+        let ((_, end, a), (start, _, b)) = (pair[0], pair[1]);
+        assert!(end <= start || a == b, "processes {a} and {b} cleaned at once");
+    }
+    assert!(intervals.len() as u64 >= processes, "too few cleanups ({}) to judge", intervals.len());
+    assert!(total_hits > 0);
+    eprintln!(
+        "concurrency: {processes} processes, {total_ops} operations, {total_hits} hits, 0 corrupt, {} cleanups, none at once",
+        intervals.len()
+    );
+}
+
+/// A cache directory this process cannot write: hits are served, misses are
+/// computed and not stored, nothing changes on disk.
+fn read_only_child(dir: &Path) {
+    let cache = Cache::builder().directory(dir).open().expect("a read-only directory opens read-only");
+    assert!(cache.is_read_only());
+    assert_eq!(cache.get(&key(1)), Some(expected(1)));
+    let got = cache.get_or_insert_with(&key(2), || Ok::<_, ()>(expected(2))).unwrap();
+    assert_eq!((got.source, got.bytes == expected(2)), (Source::Computed, true));
+    assert!(!cache.insert(&key(3), &expected(3)));
+    cache.get(&key(1)).unwrap();
+    cache.flush();
+    assert_eq!(cache.maintain(), None);
+    println!("read-only child ok");
+}
+
+#[test]
+fn read_only_directory_serves_hits_and_computes_misses() {
+    let t = TestCache::new();
+    let cache = t.open();
+    cache.insert(&key(1), &expected(1));
+    drop(cache);
+    let before = snapshot(t.dir.path());
+    if rustix::process::geteuid().is_root() {
+        // Root ignores permission bits: the child runs as nobody.
+        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::process::CommandExt;
+        std::fs::set_permissions(t.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let output = child("read-only", &t.root()).uid(65534).gid(65534).output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success() && stdout.contains("read-only child ok"), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    } else {
+        let status = Command::new("chmod").args(["-R", "a-w"]).arg(t.root()).status().unwrap();
+        assert!(status.success());
+        read_only_child(&t.root());
+        Command::new("chmod").args(["-R", "u+w"]).arg(t.root()).status().unwrap();
+    }
+    assert_eq!(snapshot(t.dir.path()), before, "a read-only cache changed its directory");
+}
+
+/// Unmounts on drop.
+struct Mount(PathBuf);
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn full_disk_costs_only_the_cache() {
+    let t = TestCache::new();
+    let root = t.root();
+    std::fs::create_dir_all(&root).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=600k,mode=0755", "tmpfs"])
+        .arg(&root)
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("SKIPPED full_disk_costs_only_the_cache: cannot mount a tmpfs here (needs root)");
+        return;
+    }
+    let _mount = Mount(root.clone());
+    let cache = t.open();
+    let mut stored = Vec::new();
+    let mut refused = 0;
+    for k in 0..40 {
+        let value = incompressible(k, 50_000);
+        let got = cache.get_or_insert_with(&key(k), || Ok::<_, ()>(value.clone())).unwrap();
+        assert_eq!(got.bytes, value, "the caller did not get its value");
+        if cache.entry_path(&key(k)).unwrap().exists() {
+            stored.push(k);
+        } else {
+            refused += 1;
+        }
+    }
+    assert!(refused > 0, "the disk never filled");
+    assert!(cache.stats().failures > 0);
+    // What was stored is whole and served; no temporary file is left behind.
+    for k in &stored {
+        assert_eq!(cache.get(&key(*k)), Some(incompressible(*k, 50_000)));
+    }
+    assert_eq!(std::fs::read_dir(root.join("default/tmp")).unwrap().count(), 0);
+    assert_eq!(cache.stats().corrupt, 0);
+}
+
+#[test]
+fn directory_deleted_underneath() {
+    let t = TestCache::new();
+    let cache = t.open();
+    cache.insert(&key(1), &expected(1));
+    std::fs::remove_dir_all(t.root()).unwrap();
+    assert_eq!(cache.get(&key(1)), None);
+    let got = cache.get_or_insert_with(&key(2), || Ok::<_, ()>(expected(2))).unwrap();
+    assert_eq!((got.source, got.bytes == expected(2)), (Source::Computed, true));
+    assert!(!cache.insert(&key(3), &expected(3)));
+    assert!(cache.stats().failures >= 2, "{:?}", cache.stats());
+    cache.flush();
+    // A new cache on the same path starts afresh.
+    let cache = t.open();
+    assert!(cache.insert(&key(1), &expected(1)));
+    assert_eq!(cache.get(&key(1)), Some(expected(1)));
+}
+
+#[test]
+fn clock_going_backwards() {
+    let t = TestCache::new();
+    let cache = t.builder().setting("file-count-soft-limit", "5").open().unwrap();
+    for k in 0..5 {
+        cache.insert(&key(k), &expected(k));
+        cache.flush();
+    }
+    let runs = cache.stats().maintain_runs;
+    // Two days back: the last cleanup now lies beyond the allowed drift, so a
+    // cleanup is due at once rather than in two days.
+    t.clock.set(t.clock.now_ms() - 2 * 86_400_000);
+    cache.insert(&key(5), &expected(5));
+    cache.flush();
+    assert_eq!(cache.stats().maintain_runs, runs + 1);
+    // Every older entry now looks as if from the future: they go first, and
+    // the entry stored at the new time stays.
+    assert!(cache.get(&key(5)).is_some());
+    assert!(t.entry_count() <= 3);
+    for k in 0..6 {
+        if let Some(value) = cache.get(&key(k)) {
+            assert_eq!(value, expected(k));
+        }
+    }
+}
