@@ -73,3 +73,22 @@ fn an_unusable_directory_only_costs_the_cache() {
     assert_eq!(kinds(&stdout(&output)), ["miss"]);
     assert!(String::from_utf8_lossy(&output.stderr).contains("cache unavailable"));
 }
+
+#[test]
+fn config_file_is_read_and_its_errors_name_the_key() {
+    let t = TestCache::new();
+    let modules = modules(t.dir.path());
+    let config = t.dir.path().join("config.toml");
+    std::fs::write(&config, format!("[cache]\ndirectory = {:?}\n[cache.policy-settings]\ncleanup-interval = \"30m\"\n", t.root())).unwrap();
+    let config_arg = config.display().to_string();
+    let args = ["compile", "--config", config_arg.as_str(), modules[0].as_str()];
+    assert_eq!(kinds(&stdout(&capcache(&args))), ["miss"]);
+    assert_eq!(kinds(&stdout(&capcache(&args))), ["hit"]);
+    assert!(t.root().is_dir(), "the configured directory was not used");
+
+    std::fs::write(&config, "[cache]\nfile-count-soft-limit = 5\n").unwrap();
+    let output = capcache(&args);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("file-count-soft-limit") && stderr.contains("policy-settings"), "{stderr}");
+}

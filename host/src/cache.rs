@@ -55,6 +55,34 @@ impl Default for CacheBuilder {
 }
 
 impl CacheBuilder {
+    /// A builder set up as a configuration file says (see [`crate::config`]).
+    pub fn from_config(config: &crate::Config) -> Result<CacheBuilder, Error> {
+        let c = &config.cache;
+        let mut builder = CacheBuilder::default()
+            .enabled(c.enabled)
+            .read_only(c.read_only)
+            .allow_insecure_directory(c.allow_insecure_directory)
+            .settings(config.policy_settings());
+        if let Some(dir) = &c.directory {
+            builder = builder.directory(dir);
+        }
+        if let crate::config::PolicyChoice::File(path) = &c.policy {
+            builder = builder.policy(Policy::from_file(path)?);
+        }
+        let h = &c.host;
+        let defaults = HostSettings::default();
+        let ms = |v: Option<u64>, d| v.map(std::time::Duration::from_millis).unwrap_or(d);
+        builder.host = HostSettings {
+            event_queue_size: h.event_queue_size.map(|n| n as usize).unwrap_or(defaults.event_queue_size),
+            policy_memory_limit: h.policy_memory_limit.map(|n| n as usize).unwrap_or(defaults.policy_memory_limit),
+            admit_deadline: ms(h.admit_deadline_ms, defaults.admit_deadline),
+            event_deadline: ms(h.event_deadline_ms, defaults.event_deadline),
+            maintain_deadline: ms(h.maintain_deadline_ms, defaults.maintain_deadline),
+            ..defaults
+        };
+        Ok(builder)
+    }
+
     /// The cache's root directory; default: the platform's cache directory
     /// (e.g. `~/.cache/capcache`).
     pub fn directory(mut self, directory: impl Into<PathBuf>) -> Self {
@@ -64,7 +92,7 @@ impl CacheBuilder {
 
     /// The namespace under the root. Entries of different namespaces never
     /// meet; include whatever makes compiled code incompatible (see
-    /// [`crate::key::engine_namespace`]).
+    /// [`crate::wasmtime::engine_namespace`]).
     pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
         self.namespace = namespace.into();
         self

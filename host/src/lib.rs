@@ -27,6 +27,7 @@
 mod bindings;
 pub mod cache;
 pub mod clock;
+pub mod config;
 pub mod entry;
 pub mod error;
 pub mod key;
@@ -36,12 +37,14 @@ pub mod stats;
 pub mod store;
 pub mod usage;
 pub mod view;
+pub mod wasmtime;
 mod worker;
 
 pub use bindings::exports::capcache::policy::policy::MaintainReport;
 pub use entry::StoredCodec;
 pub use cache::{Cache, CacheBuilder, Cached, EntryInfo, Source};
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::Config;
 pub use error::Error;
 pub use key::Key;
 pub use policy::Policy;

@@ -34,6 +34,10 @@ enum Command {
 
 #[derive(clap::Args)]
 struct CacheArgs {
+    /// Configuration file [default: $CAPCACHE_CONFIG, else the platform config
+    /// dir's capcache/config.toml if it exists]. Flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// The cache directory [default: the platform cache directory, e.g. ~/.cache/capcache].
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -57,11 +61,20 @@ struct CacheArgs {
 
 impl CacheArgs {
     fn open(&self, namespace: &str) -> Result<Cache> {
-        let mut builder = Cache::builder()
-            .namespace(namespace)
-            .enabled(!self.no_cache)
-            .read_only(self.read_only)
-            .allow_insecure_directory(self.allow_insecure_dir);
+        let config = match capcache::Config::locate(self.config.as_deref()) {
+            Some(path) => capcache::Config::read(&path)?,
+            None => capcache::Config::default(),
+        };
+        let mut builder = capcache::CacheBuilder::from_config(&config)?.namespace(namespace);
+        if self.no_cache {
+            builder = builder.enabled(false);
+        }
+        if self.read_only {
+            builder = builder.read_only(true);
+        }
+        if self.allow_insecure_dir {
+            builder = builder.allow_insecure_directory(true);
+        }
         if let Some(dir) = &self.dir {
             builder = builder.directory(dir);
         }
@@ -96,14 +109,17 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     let engine = wasmtime::Engine::default();
-    let namespace = capcache::key::engine_namespace(&engine);
+    let namespace = capcache::wasmtime::engine_namespace(&engine);
     match cli.command {
         Command::Compile { modules, cache } => {
             // A policy or setting the user named explicitly must work; a cache
             // directory that cannot be used only costs the cache.
             let cache = match cache.open(&namespace) {
                 Ok(cache) => cache,
-                Err(e) if cache.policy.is_none() && cache.settings.is_empty() => {
+                Err(e) if e.downcast_ref::<capcache::Error>().is_some_and(|e| {
+                    matches!(e, capcache::Error::Directory { .. } | capcache::Error::NoDirectory)
+                }) =>
+                {
                     tracing::warn!("cache unavailable, compiling without it: {e:#}");
                     Cache::disabled()
                 }

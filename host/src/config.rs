@@ -1,0 +1,257 @@
+//! The configuration file, in the spirit of wasmtime's cache configuration:
+//!
+//! ```toml
+//! [cache]
+//! enabled = true                      # false: compute everything, store nothing
+//! directory = "/var/cache/capcache"   # default: the platform cache directory
+//! policy = "default"                  # or the path of a policy component (.wasm)
+//! read-only = false                   # serve hits only
+//! allow-insecure-directory = false    # see SECURITY.md
+//!
+//! [cache.policy-settings]             # passed to the policy's `configure`
+//! cleanup-interval = "30m"
+//! file-count-soft-limit = 10000
+//!
+//! [cache.host]                        # the host's limits on the policy
+//! event-queue-size = 16
+//! policy-memory-limit = 67108864      # bytes
+//! admit-deadline-ms = 100
+//! event-deadline-ms = 250
+//! maintain-deadline-ms = 30000
+//! ```
+//!
+//! Every key has a default. Unknown keys and bad values are errors that name
+//! the key, the value and what is allowed.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// A parsed configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub cache: CacheSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct CacheSection {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    pub directory: Option<PathBuf>,
+    #[serde(default)]
+    pub policy: PolicyChoice,
+    #[serde(default)]
+    pub read_only: bool,
+    #[serde(default)]
+    pub allow_insecure_directory: bool,
+    #[serde(default)]
+    pub policy_settings: BTreeMap<String, SettingValue>,
+    #[serde(default)]
+    pub host: HostSection,
+}
+
+impl Default for CacheSection {
+    fn default() -> Self {
+        CacheSection {
+            enabled: true,
+            directory: None,
+            policy: PolicyChoice::Default,
+            read_only: false,
+            allow_insecure_directory: false,
+            policy_settings: BTreeMap::new(),
+            host: HostSection::default(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `"default"`, or a path to a policy component.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum PolicyChoice {
+    #[default]
+    Default,
+    File(PathBuf),
+}
+
+impl<'de> Deserialize<'de> for PolicyChoice {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        match text.as_str() {
+            "default" => Ok(PolicyChoice::Default),
+            "" => Err(serde::de::Error::custom("policy is empty: expected \"default\" or the path of a .wasm component")),
+            path => Ok(PolicyChoice::File(PathBuf::from(path))),
+        }
+    }
+}
+
+/// A policy setting's value: written as a string, number or boolean, and
+/// passed to the policy as text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SettingValue(pub String);
+
+impl<'de> Deserialize<'de> for SettingValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = SettingValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string, a number or a boolean")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<SettingValue, E> {
+                Ok(SettingValue(v.to_string()))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<SettingValue, E> {
+                Ok(SettingValue(v.to_string()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<SettingValue, E> {
+                Ok(SettingValue(v.to_string()))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<SettingValue, E> {
+                Ok(SettingValue(v.to_string()))
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<SettingValue, E> {
+                Ok(SettingValue(v.to_string()))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct HostSection {
+    pub event_queue_size: Option<u32>,
+    pub policy_memory_limit: Option<u64>,
+    pub admit_deadline_ms: Option<u64>,
+    pub event_deadline_ms: Option<u64>,
+    pub maintain_deadline_ms: Option<u64>,
+}
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("configuration {origin}: {message}")]
+    Invalid { origin: String, message: String },
+}
+
+impl Config {
+    /// Parses configuration text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Invalid { origin: origin.to_string(), message: e.to_string().trim_end().to_string() })?;
+        let host = &config.cache.host;
+        let checks: [(&str, Option<u64>, u64, u64); 5] = [
+            ("event-queue-size", host.event_queue_size.map(u64::from), 1, 1 << 20),
+            ("policy-memory-limit", host.policy_memory_limit, 1 << 20, 4 << 30),
+            ("admit-deadline-ms", host.admit_deadline_ms, 1, 60_000),
+            ("event-deadline-ms", host.event_deadline_ms, 1, 60_000),
+            ("maintain-deadline-ms", host.maintain_deadline_ms, 1, 3_600_000),
+        ];
+        for (key, value, min, max) in checks {
+            if let Some(value) = value.filter(|v| !(min..=max).contains(v)) {
+                return Err(ConfigError::Invalid {
+                    origin: origin.to_string(),
+                    message: format!("cache.host.{key} = {value}: expected a number from {min} to {max}"),
+                });
+            }
+        }
+        Ok(config)
+    }
+
+    /// Reads and parses a configuration file.
+    pub fn read(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// The configuration file to use: `explicit` (e.g. `--config`), else
+    /// `CAPCACHE_CONFIG`, else `<platform config dir>/capcache/config.toml` if
+    /// it exists. `None`: no file, all defaults.
+    pub fn locate(explicit: Option<&Path>) -> Option<PathBuf> {
+        if let Some(path) = explicit {
+            return Some(path.to_path_buf());
+        }
+        if let Some(path) = std::env::var_os("CAPCACHE_CONFIG") {
+            return Some(PathBuf::from(path));
+        }
+        dirs::config_dir().map(|d| d.join("capcache").join("config.toml")).filter(|p| p.is_file())
+    }
+
+    /// The policy settings, in the order `configure` receives them.
+    pub fn policy_settings(&self) -> Vec<(String, String)> {
+        self.cache.policy_settings.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_is_all_defaults() {
+        let config = Config::parse("", "test").unwrap();
+        assert_eq!(config, Config::default());
+        assert!(config.cache.enabled);
+        assert_eq!(config.cache.policy, PolicyChoice::Default);
+    }
+
+    #[test]
+    fn full_file() {
+        let config = Config::parse(
+            r#"
+            [cache]
+            enabled = true
+            directory = "/var/cache/x"
+            policy = "/opt/policy.wasm"
+            read-only = true
+            [cache.policy-settings]
+            cleanup-interval = "30m"
+            file-count-soft-limit = 10000
+            [cache.host]
+            event-queue-size = 32
+            "#,
+            "test",
+        )
+        .unwrap();
+        assert_eq!(config.cache.directory.as_deref(), Some(Path::new("/var/cache/x")));
+        assert_eq!(config.cache.policy, PolicyChoice::File("/opt/policy.wasm".into()));
+        assert!(config.cache.read_only);
+        assert_eq!(
+            config.policy_settings(),
+            [("cleanup-interval".to_string(), "30m".to_string()), ("file-count-soft-limit".into(), "10000".into())]
+        );
+        assert_eq!(config.cache.host.event_queue_size, Some(32));
+    }
+
+    /// Each bad file, and what its message must name.
+    #[test]
+    fn errors_name_key_value_and_what_is_allowed() {
+        let cases: [(&str, &[&str]); 6] = [
+            ("[cache]\ndirectroy = \"/x\"", &["directroy", "directory"]),
+            ("[cash]\n", &["cash", "cache"]),
+            ("[cache]\nenabled = \"yes\"", &["enabled", "yes", "boolean"]),
+            ("[cache]\npolicy = \"\"", &["policy", "default", ".wasm"]),
+            ("[cache.policy-settings]\nlimits = [1, 2]", &["limits", "a string, a number or a boolean"]),
+            ("[cache.host]\nevent-queue-size = 0", &["event-queue-size", "0", "from 1"]),
+        ];
+        for (text, needles) in cases {
+            let message = Config::parse(text, "test.toml").unwrap_err().to_string();
+            assert!(message.contains("test.toml"), "{message}");
+            for needle in needles {
+                assert!(message.contains(needle), "{text:?}: {message:?} lacks {needle:?}");
+            }
+        }
+    }
+}
