@@ -332,12 +332,17 @@ impl Store {
     }
 
     /// Size and modification time of `area/name`, without following a symlink.
+    /// For a temporary file of ours, the time is the later of its modification
+    /// and its creation as the host's clock read it (kept in its name): writing
+    /// sets the modification time from the system clock, and a host on another
+    /// clock must still see a write in progress as fresh.
     pub fn file_info(&self, area: Area, name: &str) -> io::Result<FileInfo> {
         let metadata = self.dir(area).symlink_metadata(name)?;
-        Ok(FileInfo {
-            name: name.to_string(),
-            size: metadata.len(),
-            modified_ms: metadata.modified().map(|t| system_time_to_ms(t.into_std())).unwrap_or(0),
-        })
+        let mut modified_ms = metadata.modified().map(|t| system_time_to_ms(t.into_std())).unwrap_or(0);
+        if area == Area::Tmp {
+            let created = name.strip_suffix(".tmp").and_then(|n| n.rsplit('-').next()).and_then(|t| t.parse().ok());
+            modified_ms = modified_ms.max(created.unwrap_or(0));
+        }
+        Ok(FileInfo { name: name.to_string(), size: metadata.len(), modified_ms })
     }
 }
