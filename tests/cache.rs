@@ -5,6 +5,26 @@ use capcache::{Cache, Source, StoredCodec};
 use support::*;
 
 #[test]
+fn a_cache_is_shared_across_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Cache>();
+    let t = TestCache::new();
+    let cache = t.open();
+    std::thread::scope(|scope| {
+        for n in 0..4u8 {
+            let cache = &cache;
+            scope.spawn(move || {
+                for i in 0..50u8 {
+                    let got = cache.get_or_insert_with(&[n, i], || Ok::<_, ()>(vec![n; i as usize])).unwrap();
+                    assert_eq!(got.bytes, vec![n; i as usize]);
+                }
+            });
+        }
+    });
+    assert_eq!(cache.stats().inserts, 200);
+}
+
+#[test]
 fn miss_then_insert_then_hit() {
     let t = TestCache::new();
     let cache = t.open();

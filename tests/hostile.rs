@@ -9,7 +9,12 @@ use support::*;
 /// Generous: the deadlines below are 100 to 500 ms; this only catches a hang.
 const BOUND: Duration = Duration::from_secs(20);
 
+/// A cache on the hostile policy in `mode`, with files planted outside its
+/// view; `check_outside` then proves they are untouched.
 fn hostile(t: &TestCache, mode: &str) -> Cache {
+    if !t.dir.path().join("outside.txt").exists() {
+        plant_outside(t);
+    }
     t.builder()
         .policy(guest_policy("hostile"))
         .setting("mode", mode)
@@ -24,9 +29,15 @@ fn hostile(t: &TestCache, mode: &str) -> Cache {
         .unwrap()
 }
 
+fn check_outside(t: &TestCache, before: &std::collections::BTreeMap<std::path::PathBuf, Vec<u8>>) {
+    assert_eq!(&outside_view(t), before, "the policy changed something outside its view");
+}
+
 /// The policy fails in `admit`: misses are stored with the safe default.
 fn check_admit_fault(mode: &str) {
     let t = TestCache::new();
+    plant_outside(&t);
+    let before = outside_view(&t);
     let cache = hostile(&t, mode);
     let started = Instant::now();
     assert!(cache.insert(b"a", b"value a"));
@@ -37,6 +48,8 @@ fn check_admit_fault(mode: &str) {
     // Restarted after each fault, and faulted again.
     assert!(cache.stats().policy_faults >= 2, "{:?}", cache.stats());
     assert_eq!(cache.get(b"a").as_deref(), Some(&b"value a"[..]));
+    cache.flush();
+    check_outside(&t, &before);
 }
 
 #[test]
@@ -64,6 +77,8 @@ fn trap_on_every_call() {
 /// The policy fails on the worker: hits are served all the same.
 fn check_hit_fault(mode: &str) {
     let t = TestCache::new();
+    plant_outside(&t);
+    let before = outside_view(&t);
     let cache = hostile(&t, mode);
     assert!(cache.insert(b"k", b"value"));
     assert_eq!(cache.entry_info(b"k").unwrap().codec, StoredCodec::Zstd { level: 1 });
@@ -78,6 +93,13 @@ fn check_hit_fault(mode: &str) {
     assert_eq!(stats.hits, 5);
     // Still usable for misses too.
     assert!(cache.insert(b"k2", b"value 2"));
+    cache.flush();
+    check_outside(&t, &before);
+}
+
+#[test]
+fn infinite_loop_in_on_insert() {
+    check_hit_fault("loop-insert");
 }
 
 #[test]
@@ -93,6 +115,8 @@ fn unbounded_allocation_in_on_hit() {
 #[test]
 fn infinite_loop_in_maintain() {
     let t = TestCache::new();
+    plant_outside(&t);
+    let before = outside_view(&t);
     let cache = hostile(&t, "loop-maintain");
     cache.insert(b"k", b"v");
     let started = Instant::now();
@@ -100,6 +124,7 @@ fn infinite_loop_in_maintain() {
     assert!(started.elapsed() < BOUND);
     assert!(cache.stats().policy_faults >= 1);
     assert!(cache.get(b"k").is_some());
+    check_outside(&t, &before);
 }
 
 #[test]
@@ -170,6 +195,8 @@ fn huge_report_is_bounded() {
 #[test]
 fn wasi_is_not_granted() {
     let t = TestCache::new();
+    plant_outside(&t);
+    let before = outside_view(&t);
     let cache = hostile(&t, "wasi");
     cache.insert(b"k", b"v");
     // Every WASI call traps: the pass fails and is counted, nothing is written.
@@ -177,4 +204,5 @@ fn wasi_is_not_granted() {
     assert!(cache.stats().policy_faults >= 1);
     assert!(!std::path::Path::new("/tmp/capcache-wasi-escape").exists());
     assert!(cache.get(b"k").is_some());
+    check_outside(&t, &before);
 }

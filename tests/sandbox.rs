@@ -3,16 +3,9 @@
 //! outside the cache root changes.
 
 mod support;
-use std::collections::BTreeMap;
 use std::path::Path;
 use support::*;
 
-/// Everything outside the policy's view: outside the root, and the other
-/// namespaces inside it.
-fn outside_of(t: &TestCache) -> BTreeMap<std::path::PathBuf, Vec<u8>> {
-    let view = t.root().join("default");
-    snapshot(t.dir.path()).into_iter().filter(|(p, _)| !p.starts_with(&view)).collect()
-}
 
 /// The outcome the hostile policy reported for `call(name)`.
 fn outcome<'a>(summary: &'a str, call: &str, name: &str) -> &'a str {
@@ -47,7 +40,7 @@ fn escapes_are_refused_and_nothing_outside_changes() {
     std::os::unix::fs::symlink("../../../outside.txt", ns.join("entries").join(&relative_link_entry)).unwrap();
     std::os::unix::fs::symlink(&outside, ns.join("state").join("link-out")).unwrap();
     std::os::unix::fs::symlink("/etc", ns.join("state").join("etc-link")).unwrap();
-    let before = outside_of(&t);
+    let before = outside_view(&t);
 
     let other_entry = format!("../../other/entries/{theirs}");
     let targets = format!("{link_entry},{relative_link_entry},etc-link,{other_entry}");
@@ -78,7 +71,7 @@ fn escapes_are_refused_and_nothing_outside_changes() {
 
     // And the proof: nothing outside the root changed (the links themselves
     // may have been removed or replaced: they are inside the view).
-    assert_eq!(outside_of(&t), before);
+    assert_eq!(outside_view(&t), before);
     assert_eq!(std::fs::read(&outside).unwrap(), b"precious");
     assert!(!Path::new("/tmp/capcache-escape").exists());
     assert!(Path::new("/etc/passwd").exists());

@@ -85,6 +85,20 @@ pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     files
 }
 
+/// Everything under the test's directory outside the policy's view (the
+/// namespace `default`): what no policy may change.
+pub fn outside_view(t: &TestCache) -> BTreeMap<PathBuf, Vec<u8>> {
+    let view = t.root().join("default");
+    snapshot(t.dir.path()).into_iter().filter(|(p, _)| !p.starts_with(&view)).collect()
+}
+
+/// Plants files outside the view: beside the root, and in another namespace.
+pub fn plant_outside(t: &TestCache) {
+    std::fs::create_dir_all(t.root().join("other/entries")).unwrap();
+    std::fs::write(t.dir.path().join("outside.txt"), b"precious").unwrap();
+    std::fs::write(t.root().join("other/entries/theirs"), b"another engine's artifact").unwrap();
+}
+
 /// A small valid core module, different for each `n`.
 pub fn tiny_module(n: u32) -> Vec<u8> {
     wat::parse_str(format!(r#"(module (func (export "answer") (result i32) i32.const {n}))"#)).unwrap()
