@@ -92,3 +92,93 @@ fn config_file_is_read_and_its_errors_name_the_key() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("file-count-soft-limit") && stderr.contains("policy-settings"), "{stderr}");
 }
+
+/// Compiles the three modules into a cache under `t`, twice; returns the
+/// `--dir` argument.
+fn populated(t: &TestCache) -> String {
+    let modules = modules(t.dir.path());
+    let root = t.root().display().to_string();
+    let mut args = vec!["compile", "--dir", root.as_str()];
+    args.extend(modules.iter().map(String::as_str));
+    stdout(&capcache(&args));
+    stdout(&capcache(&args));
+    root
+}
+
+#[test]
+fn stats_add_up_over_processes_and_zero() {
+    let t = TestCache::new();
+    let root = populated(&t);
+    let out = stdout(&capcache(&["stats", "--dir", &root]));
+    assert!(out.contains("hits            3"), "{out}");
+    assert!(out.contains("misses          3"), "{out}");
+    assert!(out.contains("hit rate        50.0 %"), "{out}");
+    assert!(out.contains("entries         3"), "{out}");
+    let json = stdout(&capcache(&["stats", "--dir", &root, "--json"]));
+    assert!(json.contains("\"hits\": 3") && json.contains("\"entries\": 3"), "{json}");
+    stdout(&capcache(&["stats", "--dir", &root, "--zero"]));
+    let out = stdout(&capcache(&["stats", "--dir", &root]));
+    assert!(out.contains("hits            0") && out.contains("entries         3"), "{out}");
+}
+
+#[test]
+fn ls_lists_each_entry() {
+    let t = TestCache::new();
+    let root = populated(&t);
+    let out = stdout(&capcache(&["ls", "--dir", &root, "--sort", "hits"]));
+    let rows: Vec<&str> = out.lines().skip(1).collect();
+    assert_eq!(rows.len(), 3, "{out}");
+    for row in rows {
+        let columns: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(columns[0].len(), 43, "{row}");
+        assert_eq!(columns[3], "zstd:3", "{row}");
+        assert_eq!(columns[5], "1", "{row}");
+    }
+}
+
+#[test]
+fn verify_finds_bad_entries_and_fix_removes_them() {
+    let t = TestCache::new();
+    let root = populated(&t);
+    assert!(stdout(&capcache(&["verify", "--dir", &root])).contains("3 entries checked, 0 bad"));
+    let entries = std::fs::read_dir(Path::new(&root)).unwrap().next().unwrap().unwrap().path().join("entries");
+    let victim = std::fs::read_dir(&entries).unwrap().next().unwrap().unwrap().path();
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&victim, bytes).unwrap();
+    let output = capcache(&["verify", "--dir", &root]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("1 bad, 0 removed"));
+    assert!(stdout(&capcache(&["verify", "--dir", &root, "--fix"])).contains("1 bad, 1 removed"));
+    assert!(!victim.exists());
+    assert!(stdout(&capcache(&["verify", "--dir", &root])).contains("2 entries checked, 0 bad"));
+}
+
+#[test]
+fn gc_and_clear() {
+    let t = TestCache::new();
+    let root = populated(&t);
+    assert!(stdout(&capcache(&["gc", "--dir", &root])).contains("3 entries seen"));
+    assert!(stdout(&capcache(&["clear", "--dir", &root])).contains("3 entries removed"));
+    assert!(stdout(&capcache(&["ls", "--dir", &root])).lines().count() == 1);
+}
+
+#[test]
+fn policy_check() {
+    let hostile = guest_path("hostile").display().to_string();
+    let out = stdout(&capcache(&["policy", "check", &hostile, "--set", "mode=garbage"]));
+    assert!(out.contains("matches") && out.contains("import   capcache:policy/view@0.1.0"), "{out}");
+    assert!(out.contains("export   capcache:policy/policy@0.1.0") && out.contains("configure: ok"), "{out}");
+
+    let output = capcache(&["policy", "check", "default", "--set", "cleanup-interval=never"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cleanup-interval"));
+
+    let t = TestCache::new();
+    let core = t.dir.path().join("core.wasm");
+    std::fs::write(&core, tiny_module(1)).unwrap();
+    let output = capcache(&["policy", "check", &core.display().to_string()]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("not a valid policy component"));
+}

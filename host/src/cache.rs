@@ -161,7 +161,7 @@ impl CacheBuilder {
         let runtime = PolicyRuntime::start(&self.policy, &self.settings, shared.clone(), self.host.clone())?;
         let policy = Arc::new(Mutex::new(runtime));
         let worker = Worker::start(shared.clone(), policy.clone(), self.host.event_queue_size);
-        Ok(Cache { inner: Some(Inner { shared, policy, worker, host: self.host }) })
+        Ok(Cache { inner: Some(Inner { shared, policy, worker: Some(worker), host: self.host }) })
     }
 }
 
@@ -178,9 +178,40 @@ pub struct Cache {
 struct Inner {
     shared: Arc<Shared>,
     policy: Arc<Mutex<PolicyRuntime>>,
-    // Declared after the fields it uses; dropping it drains the queue.
-    worker: Worker,
+    /// Always `Some` until dropped: dropping it drains the queue.
+    worker: Option<Worker>,
     host: HostSettings,
+}
+
+impl Inner {
+    fn worker(&self) -> &Worker {
+        self.worker.as_ref().expect("the worker lives as long as the cache")
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Let the worker finish what is queued, then record this process's
+        // counters for `capcache stats`.
+        drop(self.worker.take());
+        let shared = &self.shared;
+        if !shared.read_only {
+            if let Err(e) = shared.stats.snapshot().append_to(shared.store.namespace_dir()) {
+                tracing::debug!("cannot record statistics in {}: {e}", shared.store.path().display());
+            }
+        }
+    }
+}
+
+/// What [`Cache::verify`] found.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyReport {
+    /// Entries checked.
+    pub checked: u64,
+    /// Entries that failed, with why.
+    pub bad: Vec<(String, String)>,
+    /// Bad entries removed (with `fix`).
+    pub removed: u64,
 }
 
 /// Where a value came from.
@@ -250,7 +281,7 @@ impl Cache {
         match outcome {
             Ok(ReadOutcome::Found(_, value)) => {
                 Stats::bump(&shared.stats.hits);
-                if !inner.worker.offer(Event::Hit(*key)) {
+                if !inner.worker().offer(Event::Hit(*key)) {
                     Stats::bump(&shared.stats.events_dropped);
                 }
                 return Some(value);
@@ -310,7 +341,7 @@ impl Cache {
                 Stats::bump(&shared.stats.inserts);
                 // A new entry starts with no usage.
                 let _ = Usage::append(shared.store.namespace_dir(), &[(usage::id_of(key), None)]);
-                if !inner.worker.offer(Event::Inserted(*key)) {
+                if !inner.worker().offer(Event::Inserted(*key)) {
                     Stats::bump(&shared.stats.events_dropped);
                 }
                 true
@@ -362,18 +393,113 @@ impl Cache {
     /// Waits until the worker has handled every event queued so far.
     pub fn flush(&self) {
         if let Some(inner) = &self.inner {
-            inner.worker.request(Event::Flush);
+            inner.worker().request(Event::Flush);
         }
     }
 
     /// Runs the policy's maintenance pass now (after queued events) and
     /// returns its report; `None` if disabled or the policy failed.
     pub fn maintain(&self) -> Option<MaintainReport> {
-        self.inner.as_ref()?.worker.request(Event::Maintain).flatten()
+        self.inner.as_ref()?.worker().request(Event::Maintain).flatten()
     }
 
+    /// This process's counters since the cache was opened.
     pub fn stats(&self) -> StatsSnapshot {
         self.inner.as_ref().map(|i| i.shared.stats.snapshot()).unwrap_or_default()
+    }
+
+    /// The counters of every process that used this namespace (as recorded
+    /// when each closed its cache), plus this one's so far.
+    pub fn lifetime_stats(&self) -> StatsSnapshot {
+        let Some(inner) = &self.inner else { return StatsSnapshot::default() };
+        let mut total = StatsSnapshot::load(inner.shared.store.namespace_dir()).unwrap_or_else(|e| {
+            tracing::warn!("cannot read statistics: {e}");
+            StatsSnapshot::default()
+        });
+        total.add(&inner.shared.stats.snapshot());
+        total
+    }
+
+    /// Forgets the recorded counters (this process's too).
+    pub fn zero_stats(&self) -> std::io::Result<()> {
+        let Some(inner) = &self.inner else { return Ok(()) };
+        for counter in inner.shared.stats.all() {
+            counter.store(0, std::sync::atomic::Ordering::Relaxed);
+        }
+        match inner.shared.store.namespace_dir().remove_file(crate::stats::STATS_LOG) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every entry, as the policy would see it (unordered).
+    pub fn entries(&self) -> Vec<EntryInfo> {
+        let Some(inner) = &self.inner else { return Vec::new() };
+        let shared = &inner.shared;
+        let mut usage = shared.usage.lock();
+        let _ = usage.refresh(shared.store.namespace_dir());
+        let names = shared.store.list_names(Area::Entries).unwrap_or_default();
+        names
+            .iter()
+            .filter_map(|name| view::entry_meta(&shared.store, &usage, name).ok())
+            .map(|meta| EntryInfo {
+                name: meta.name,
+                codec: codec_from_wit(meta.codec),
+                stored_size: meta.stored_size,
+                raw_size: meta.raw_size,
+                created_ms: meta.created,
+                last_used_ms: meta.last_used,
+                hits: meta.hits,
+            })
+            .collect()
+    }
+
+    /// Reads and checks every file in the entries area; with `fix`, removes
+    /// the bad ones. `progress(done, total)` is called after each.
+    pub fn verify(&self, fix: bool, mut progress: impl FnMut(u64, u64)) -> std::io::Result<VerifyReport> {
+        let mut report = VerifyReport::default();
+        let Some(inner) = &self.inner else { return Ok(report) };
+        let store = &inner.shared.store;
+        let names = store.list_names(Area::Entries)?;
+        let total = names.len() as u64;
+        for name in names {
+            let problem = match Key::from_name(&name) {
+                None => Some("not an entry name".to_string()),
+                Some(key) => match store.read_entry(&key, inner.host.max_entry_size) {
+                    Ok(ReadOutcome::Found(..)) | Ok(ReadOutcome::Missing) => None,
+                    Ok(ReadOutcome::Corrupt(e)) => Some(e.to_string()),
+                    Err(e) => Some(e.to_string()),
+                },
+            };
+            report.checked += 1;
+            if let Some(problem) = problem {
+                if fix && store.remove(Area::Entries, &name).is_ok() {
+                    report.removed += 1;
+                }
+                report.bad.push((name, problem));
+            }
+            progress(report.checked, total);
+        }
+        Ok(report)
+    }
+
+    /// Removes every entry, temporary file and usage record of the namespace
+    /// (the policy's state stays). Returns how many entries went.
+    pub fn clear(&self) -> std::io::Result<u64> {
+        let Some(inner) = &self.inner else { return Ok(0) };
+        self.flush();
+        let store = &inner.shared.store;
+        let mut removed = 0;
+        for name in store.list_names(Area::Entries)? {
+            if store.remove(Area::Entries, &name).is_ok() {
+                removed += 1;
+            }
+        }
+        for name in store.list_names(Area::Tmp)? {
+            let _ = store.remove(Area::Tmp, &name);
+        }
+        let _ = store.namespace_dir().remove_file(crate::usage::JOURNAL);
+        Ok(removed)
     }
 
     /// Whether the cache serves hits only (asked for, or found unwritable).

@@ -42,7 +42,7 @@ mod worker;
 
 pub use bindings::exports::capcache::policy::policy::MaintainReport;
 pub use entry::StoredCodec;
-pub use cache::{Cache, CacheBuilder, Cached, EntryInfo, Source};
+pub use cache::{Cache, CacheBuilder, Cached, EntryInfo, Source, VerifyReport};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::Config;
 pub use error::Error;

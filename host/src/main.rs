@@ -7,7 +7,13 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 #[derive(Parser)]
-#[command(name = "capcache", version, about = "A compiled-module cache for WebAssembly hosts, with a sandboxed policy")]
+#[command(
+    name = "capcache",
+    version,
+    about = "A compiled-module cache for WebAssembly hosts, with a sandboxed policy",
+    after_help = "Exit codes: 0 success; 1 error (the message says what was wrong); 2 `verify` found bad entries.\n\
+                  Logging: CAPCACHE_LOG=info (or debug) shows what the cache and its policy do."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -30,6 +36,65 @@ enum Command {
         #[command(flatten)]
         cache: CacheArgs,
     },
+    /// Print what the cache did, over every process that used it: hits,
+    /// misses, hit rate, bytes stored, entries, evictions, policy faults.
+    Stats {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Forget the recorded counters.
+        #[arg(long)]
+        zero: bool,
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
+    /// List the entries: size on disk, size decoded, codec, age, hits.
+    Ls {
+        /// Order by this column (largest, oldest or most used first).
+        #[arg(long, value_enum, default_value = "name")]
+        sort: SortBy,
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
+    /// Check every entry's integrity. Exit code 2 if any is bad (and not
+    /// removed with --fix).
+    Verify {
+        /// Remove the bad entries.
+        #[arg(long)]
+        fix: bool,
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
+    /// Remove every entry of the cache (for this engine configuration).
+    Clear {
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
+    /// Work with policy components.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Load a policy component, say whether it matches the WIT world, list
+    /// what it imports and exports, and run its `configure` with the given
+    /// settings (in a scratch directory).
+    Check {
+        /// The component (.wasm); "default" for the embedded default policy.
+        policy: String,
+        /// A setting to pass to `configure`, KEY=VALUE (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        settings: Vec<String>,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SortBy {
+    Name,
+    Size,
+    Age,
+    Hits,
 }
 
 #[derive(clap::Args)]
@@ -81,14 +146,47 @@ impl CacheArgs {
         if let Some(path) = &self.policy {
             builder = builder.policy(Policy::from_file(path)?);
         }
-        for setting in &self.settings {
-            let Some((key, value)) = setting.split_once('=') else {
-                bail!("--set {setting:?}: expected KEY=VALUE");
-            };
-            builder = builder.setting(key.trim(), value.trim());
+        for (key, value) in parse_settings(&self.settings)? {
+            builder = builder.setting(key, value);
         }
         Ok(builder.open()?)
     }
+}
+
+fn parse_settings(settings: &[String]) -> Result<Vec<(String, String)>> {
+    settings
+        .iter()
+        .map(|setting| match setting.split_once('=') {
+            Some((key, value)) => Ok((key.trim().to_string(), value.trim().to_string())),
+            None => bail!("--set {setting:?}: expected KEY=VALUE"),
+        })
+        .collect()
+}
+
+/// Exit code when `verify` finds bad entries it did not remove.
+const EXIT_BAD_ENTRIES: u8 = 2;
+
+/// An error that carries its own exit code.
+#[derive(Debug)]
+struct Exit(u8);
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {}", self.0)
+    }
+}
+impl std::error::Error for Exit {}
+
+fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {
+    // Hidden when stderr is not a terminal, and for a handful of items.
+    if total < 4 {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({eta})").unwrap().progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
 }
 
 fn main() -> std::process::ExitCode {
@@ -100,6 +198,7 @@ fn main() -> std::process::ExitCode {
         .init();
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<Exit>().is_some() => std::process::ExitCode::from(e.downcast_ref::<Exit>().unwrap().0),
         Err(e) => {
             eprintln!("capcache: {e:#}");
             std::process::ExitCode::FAILURE
@@ -126,6 +225,7 @@ fn run(cli: Cli) -> Result<()> {
                 Err(e) => return Err(e),
             };
             let mut failed = 0;
+            let bar = progress_bar(modules.len() as u64, "compiling");
             for path in &modules {
                 match compile(&engine, &cache, path) {
                     Ok((source, elapsed)) => {
@@ -133,14 +233,19 @@ fn run(cli: Cli) -> Result<()> {
                             Source::Hit => "hit",
                             Source::Computed => "miss",
                         };
-                        println!("{what:4}  {:9.2} ms  {}", elapsed.as_secs_f64() * 1e3, path.display());
+                        bar.println(format!("{what:4}  {:9.2} ms  {}", elapsed.as_secs_f64() * 1e3, path.display()));
+                        if bar.is_hidden() {
+                            println!("{what:4}  {:9.2} ms  {}", elapsed.as_secs_f64() * 1e3, path.display());
+                        }
                     }
                     Err(e) => {
                         failed += 1;
-                        eprintln!("capcache: {}: {e:#}", path.display());
+                        bar.suspend(|| eprintln!("capcache: {}: {e:#}", path.display()));
                     }
                 }
+                bar.inc(1);
             }
+            bar.finish_and_clear();
             cache.flush();
             if failed > 0 {
                 bail!("{failed} of {} modules failed to compile", modules.len());
@@ -153,6 +258,121 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", report.summary);
             Ok(())
         }
+        Command::Stats { json, zero, cache } => {
+            let cache = cache.open(&namespace)?;
+            if zero {
+                cache.zero_stats().context("cannot forget the statistics")?;
+                println!("statistics zeroed");
+                return Ok(());
+            }
+            let stats = cache.lifetime_stats();
+            let entries = cache.entries();
+            let stored: u64 = entries.iter().map(|e| e.stored_size).sum();
+            let raw: u64 = entries.iter().map(|e| e.raw_size).sum();
+            if json {
+                let value = serde_json::json!({
+                    "directory": cache.path(),
+                    "counters": stats,
+                    "hit_rate": stats.hit_rate(),
+                    "entries": entries.len(),
+                    "bytes_stored": stored,
+                    "bytes_raw": raw,
+                });
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                let path = cache.path().map(|p| p.display().to_string()).unwrap_or_default();
+                println!("directory       {path}");
+                println!("hits            {}", stats.hits);
+                println!("misses          {}", stats.misses);
+                println!("hit rate        {:.1} %", stats.hit_rate() * 100.0);
+                println!("entries         {}", entries.len());
+                println!("bytes stored    {stored}");
+                println!("bytes decoded   {raw}");
+                println!("inserts         {}", stats.inserts);
+                println!("skipped         {}", stats.skipped);
+                println!("evictions       {}", stats.removed);
+                println!("recoded         {}", stats.recoded);
+                println!("corrupt         {}", stats.corrupt);
+                println!("failures        {}", stats.failures);
+                println!("policy faults   {}", stats.policy_faults);
+                println!("events dropped  {}", stats.events_dropped);
+            }
+            Ok(())
+        }
+        Command::Ls { sort, cache } => {
+            let cache = cache.open(&namespace)?;
+            let mut entries = cache.entries();
+            match sort {
+                SortBy::Name => entries.sort_by(|a, b| a.name.cmp(&b.name)),
+                SortBy::Size => entries.sort_by(|a, b| b.stored_size.cmp(&a.stored_size)),
+                SortBy::Age => entries.sort_by(|a, b| a.created_ms.cmp(&b.created_ms)),
+                SortBy::Hits => entries.sort_by(|a, b| b.hits.cmp(&a.hits)),
+            }
+            let now = capcache::Clock::now_ms(&capcache::SystemClock);
+            println!("{:43}  {:>12}  {:>12}  {:7}  {:>10}  {:>6}", "name", "stored", "decoded", "codec", "age", "hits");
+            for e in &entries {
+                let codec = match e.codec {
+                    capcache::StoredCodec::Raw => "raw".to_string(),
+                    capcache::StoredCodec::Zstd { level } => format!("zstd:{level}"),
+                };
+                let age = std::time::Duration::from_secs(now.saturating_sub(e.created_ms) / 1000);
+                println!(
+                    "{:43}  {:>12}  {:>12}  {:7}  {:>10}  {:>6}",
+                    e.name, e.stored_size, e.raw_size, codec, format_age(age), e.hits
+                );
+            }
+            Ok(())
+        }
+        Command::Verify { fix, cache } => {
+            let cache = cache.open(&namespace)?;
+            let bar = progress_bar(cache.entries().len() as u64, "verifying");
+            let report = cache.verify(fix, |done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            })?;
+            bar.finish_and_clear();
+            for (name, problem) in &report.bad {
+                println!("bad  {name}: {problem}");
+            }
+            println!("{} entries checked, {} bad, {} removed", report.checked, report.bad.len(), report.removed);
+            if report.bad.len() as u64 > report.removed {
+                return Err(Exit(EXIT_BAD_ENTRIES).into());
+            }
+            Ok(())
+        }
+        Command::Clear { cache } => {
+            let cache = cache.open(&namespace)?;
+            let removed = cache.clear()?;
+            println!("{removed} entries removed");
+            Ok(())
+        }
+        Command::Policy(PolicyCommand::Check { policy, settings }) => {
+            let policy = if policy == "default" { Policy::default() } else { Policy::from_file(&policy)? };
+            let (imports, exports) = policy.describe()?;
+            println!("policy   {}", policy.name());
+            println!("world    capcache:policy/policy-world@0.1.0: matches");
+            for name in &imports {
+                let note = if name.starts_with("wasi:") { " (granted nothing: calls trap)" } else { "" };
+                println!("import   {name}{note}");
+            }
+            for name in &exports {
+                println!("export   {name}");
+            }
+            let scratch = tempfile::tempdir()?;
+            Cache::builder().directory(scratch.path()).policy(policy).settings(parse_settings(&settings)?).open()?;
+            println!("configure: ok ({} settings)", settings.len());
+            Ok(())
+        }
+    }
+}
+
+fn format_age(age: std::time::Duration) -> String {
+    let s = age.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86400 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
     }
 }
 

@@ -75,6 +75,18 @@ impl Policy {
         &self.bytes
     }
 
+    /// What the component imports and exports, by WIT name, checked against
+    /// the contract as `prepare` checks it.
+    pub fn describe(&self) -> Result<(Vec<String>, Vec<String>), Error> {
+        self.prepare()?;
+        let component = Component::new(engine(), &self.bytes)
+            .map_err(|e| Error::PolicyComponent { policy: self.name.clone(), reason: format!("{e:#}") })?;
+        let ty = component.component_type();
+        let imports = ty.imports(engine()).map(|(name, _)| name.to_string()).collect();
+        let exports = ty.exports(engine()).map(|(name, _)| name.to_string()).collect();
+        Ok((imports, exports))
+    }
+
     /// Compiles the component (once per process for the same bytes) and
     /// checks that it fits the WIT world.
     pub(crate) fn prepare(&self) -> Result<PolicyWorldPre<PolicyState>, Error> {

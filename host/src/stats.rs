@@ -1,6 +1,14 @@
-//! Counters of what the cache did, for people and for tests.
+//! Counters of what the cache did, for people and for tests. Each process
+//! keeps its own in memory and, when its cache closes, appends them as one
+//! fixed-size record to the namespace's `stats.log` (O_APPEND: no lost
+//! updates between processes); `capcache stats` adds the records up.
 
+use cap_std::fs::{Dir, OpenOptions};
+use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+pub const STATS_LOG: &str = "stats.log";
+const RECORD_MAGIC: &[u8; 8] = b"CCSTATS1";
 
 macro_rules! counters {
     ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
@@ -9,13 +17,27 @@ macro_rules! counters {
         pub(crate) struct Stats { $(pub(crate) $name: AtomicU64,)* }
 
         /// A copy of the counters at one moment.
-        #[derive(Debug, Default, Clone, PartialEq, Eq)]
+        #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
         pub struct StatsSnapshot { $($(#[$doc])* pub $name: u64,)* }
 
         impl Stats {
             pub(crate) fn snapshot(&self) -> StatsSnapshot {
                 StatsSnapshot { $($name: self.$name.load(Relaxed),)* }
             }
+            pub(crate) fn all(&self) -> Vec<&AtomicU64> {
+                vec![$(&self.$name,)*]
+            }
+        }
+
+        impl StatsSnapshot {
+            fn to_array(&self) -> Vec<u64> {
+                vec![$(self.$name,)*]
+            }
+            fn add_array(&mut self, values: &[u64]) {
+                let mut values = values.iter();
+                $(self.$name += values.next().copied().unwrap_or(0);)*
+            }
+            const COUNTERS: usize = [$(stringify!($name),)*].len();
         }
     };
 }
@@ -49,5 +71,54 @@ counters! {
 impl Stats {
     pub(crate) fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Relaxed);
+    }
+}
+
+impl StatsSnapshot {
+    /// hits / (hits + misses), or 0 with no lookups.
+    pub fn hit_rate(&self) -> f64 {
+        let lookups = self.hits + self.misses;
+        if lookups == 0 { 0.0 } else { self.hits as f64 / lookups as f64 }
+    }
+
+    fn record_len() -> usize {
+        RECORD_MAGIC.len() + 8 * Self::COUNTERS
+    }
+
+    /// Appends these counters to the namespace's log, in one write.
+    pub(crate) fn append_to(&self, dir: &Dir) -> io::Result<()> {
+        if *self == StatsSnapshot::default() {
+            return Ok(());
+        }
+        let mut record = Vec::with_capacity(Self::record_len());
+        record.extend_from_slice(RECORD_MAGIC);
+        for value in self.to_array() {
+            record.extend_from_slice(&value.to_le_bytes());
+        }
+        dir.open_with(STATS_LOG, OpenOptions::new().append(true).create(true))?.write_all(&record)
+    }
+
+    /// The sum of every record in the namespace's log. Records of another
+    /// layout (or torn by a crash) are skipped.
+    pub(crate) fn load(dir: &Dir) -> io::Result<StatsSnapshot> {
+        let bytes = match dir.read(STATS_LOG) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let mut total = StatsSnapshot::default();
+        for record in bytes.chunks_exact(Self::record_len()).filter(|r| r.starts_with(RECORD_MAGIC)) {
+            let values: Vec<u64> = record[RECORD_MAGIC.len()..]
+                .chunks_exact(8)
+                .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+                .collect();
+            total.add_array(&values);
+        }
+        Ok(total)
+    }
+
+    /// Adds another snapshot's counters to these.
+    pub fn add(&mut self, other: &StatsSnapshot) {
+        self.add_array(&other.to_array());
     }
 }
