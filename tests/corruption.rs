@@ -33,7 +33,19 @@ fn flipped_payload_byte() {
 
 #[test]
 fn flipped_header_byte() {
-    corrupt_and_check(|b| b[14] ^= 0x01);
+    // The header sits before the 32-byte digest and 12-byte suffix at the end.
+    corrupt_and_check(|b| {
+        let i = b.len() - 12 - 32 - 5;
+        b[i] ^= 0x01;
+    });
+}
+
+#[test]
+fn flipped_trailer_magic() {
+    corrupt_and_check(|b| {
+        let i = b.len() - 1;
+        b[i] ^= 0x20;
+    });
 }
 
 #[test]

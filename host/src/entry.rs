@@ -1,12 +1,14 @@
 //! The entry file format. An entry is one file:
 //!
 //! ```text
-//! magic "CAPCACHE" | header length (u32 LE) | header (postcard) | digest | payload
+//! payload | header (postcard) | digest | header length (u32 LE) | magic "CAPCACHE"
 //! ```
 //!
-//! The header names the key the entry belongs to, how the payload is stored,
-//! its sizes and when the entry was first stored; the digest is the SHA-256 of
-//! header and payload together. Every read checks all of it, so a truncated,
+//! The payload comes first so that a raw entry's file is, from offset 0, the
+//! artifact itself: wasmtime can map it straight from the file (it ignores
+//! what follows the artifact). The header names the key the entry belongs to,
+//! how the payload is stored, its sizes and when the entry was first stored; the
+//! digest is the SHA-256 of header and payload together. Every read checks all of it, so a truncated,
 //! bit-flipped, misplaced or foreign file is never served: it is reported as
 //! [`EntryError`] and the caller treats it as a miss.
 
@@ -40,9 +42,11 @@ pub struct Header {
     pub created_ms: u64,
 }
 
-/// Bytes before the header: magic and header length.
-const PREFIX_LEN: usize = 12;
+/// Bytes after the digest: header length and magic.
+const SUFFIX_LEN: usize = 12;
 const DIGEST_LEN: usize = 32;
+/// Bytes at the end of a file that always hold the whole trailer.
+pub const MAX_TRAILER_LEN: usize = MAX_HEADER_LEN + DIGEST_LEN + SUFFIX_LEN;
 
 fn digest(header_bytes: &[u8], payload: &[u8]) -> [u8; DIGEST_LEN] {
     let mut hasher = Sha256::new();
@@ -92,30 +96,46 @@ pub fn encode(key: &Key, value: &[u8], codec: StoredCodec, created_ms: u64) -> s
         created_ms,
     };
     let header_bytes = postcard::to_allocvec(&header).map_err(std::io::Error::other)?;
-    let mut file = Vec::with_capacity(PREFIX_LEN + header_bytes.len() + DIGEST_LEN + payload.len());
-    file.extend_from_slice(MAGIC);
-    file.extend_from_slice(&(header_bytes.len() as u32).to_le_bytes());
+    let mut file = Vec::with_capacity(payload.len() + header_bytes.len() + DIGEST_LEN + SUFFIX_LEN);
+    file.extend_from_slice(payload);
     file.extend_from_slice(&header_bytes);
     file.extend_from_slice(&digest(&header_bytes, payload));
-    file.extend_from_slice(payload);
+    file.extend_from_slice(&(header_bytes.len() as u32).to_le_bytes());
+    file.extend_from_slice(MAGIC);
     Ok(file)
 }
 
-/// Parses the header at the start of `file` (which may be just a prefix of the
-/// entry), returning it and where the payload starts. Checks the header's form
-/// and key, not the digest: for listings, where metadata is all that is used.
-pub fn decode_header(file: &[u8], key: Option<&Key>) -> Result<(Header, usize), EntryError> {
-    if file.len() < PREFIX_LEN {
+/// What the end of an entry file says.
+#[derive(Debug, Clone)]
+pub struct Trailer {
+    pub header: Header,
+    /// Where the header starts in the file (the payload is everything before).
+    pub header_offset: u64,
+    header_len: usize,
+    digest: [u8; DIGEST_LEN],
+}
+
+/// Parses the trailer from `tail`, the last bytes of a file `file_len` long
+/// (at least [`MAX_TRAILER_LEN`] of them, or the whole file). Checks the form,
+/// the sizes and the key, not the digest: enough for listings.
+pub fn decode_trailer(tail: &[u8], file_len: u64, key: Option<&Key>) -> Result<Trailer, EntryError> {
+    if tail.len() < SUFFIX_LEN || (tail.len() as u64) > file_len {
         return Err(EntryError::Truncated);
     }
-    if &file[..8] != MAGIC {
+    let suffix = &tail[tail.len() - SUFFIX_LEN..];
+    if &suffix[4..] != MAGIC {
         return Err(EntryError::BadMagic);
     }
-    let header_len = u32::from_le_bytes(file[8..12].try_into().unwrap()) as usize;
+    let header_len = u32::from_le_bytes(suffix[..4].try_into().unwrap()) as usize;
     if header_len == 0 || header_len > MAX_HEADER_LEN {
         return Err(EntryError::BadHeaderLength(header_len));
     }
-    let header_bytes = file.get(PREFIX_LEN..PREFIX_LEN + header_len).ok_or(EntryError::Truncated)?;
+    let trailer_len = header_len + DIGEST_LEN + SUFFIX_LEN;
+    if tail.len() < trailer_len {
+        return Err(EntryError::Truncated);
+    }
+    let start = tail.len() - trailer_len;
+    let header_bytes = &tail[start..start + header_len];
     let header: Header = postcard::from_bytes(header_bytes).map_err(|e| EntryError::BadHeader(e.to_string()))?;
     if header.format_version != FORMAT_VERSION {
         return Err(EntryError::Version(header.format_version));
@@ -128,20 +148,31 @@ pub fn decode_header(file: &[u8], key: Option<&Key>) -> Result<(Header, usize), 
     if key.is_some_and(|k| k.0 != header.key) {
         return Err(EntryError::WrongKey);
     }
-    Ok((header, PREFIX_LEN + header_len + DIGEST_LEN))
+    let payload_len = file_len - trailer_len as u64;
+    if payload_len != header.payload_size {
+        return Err(EntryError::PayloadSize { expected: header.payload_size, actual: payload_len });
+    }
+    let digest = tail[start + header_len..start + header_len + DIGEST_LEN].try_into().unwrap();
+    Ok(Trailer { header, header_offset: payload_len, header_len, digest })
+}
+
+/// Checks a whole entry file: its trailer and its digest. Returns the trailer;
+/// the payload is `file[..trailer.header_offset]`.
+pub fn check(file: &[u8], key: &Key) -> Result<Trailer, EntryError> {
+    let trailer = decode_trailer(file, file.len() as u64, Some(key))?;
+    let payload_end = trailer.header_offset as usize;
+    let header_bytes = &file[payload_end..payload_end + trailer.header_len];
+    if digest(header_bytes, &file[..payload_end]) != trailer.digest {
+        return Err(EntryError::Checksum);
+    }
+    Ok(trailer)
 }
 
 /// Checks a whole entry file and returns its header and decoded value.
 pub fn decode(file: &[u8], key: &Key, max_raw_size: u64) -> Result<(Header, Vec<u8>), EntryError> {
-    let (header, start) = decode_header(file, Some(key))?;
-    let payload = file.get(start..).ok_or(EntryError::Truncated)?;
-    if payload.len() as u64 != header.payload_size {
-        return Err(EntryError::PayloadSize { expected: header.payload_size, actual: payload.len() as u64 });
-    }
-    let header_bytes = &file[PREFIX_LEN..start - DIGEST_LEN];
-    if digest(header_bytes, payload) != file[start - DIGEST_LEN..start] {
-        return Err(EntryError::Checksum);
-    }
+    let trailer = check(file, key)?;
+    let header = trailer.header;
+    let payload = &file[..trailer.header_offset as usize];
     let value = match header.codec {
         StoredCodec::Raw => payload.to_vec(),
         StoredCodec::Zstd { .. } => {

@@ -20,7 +20,7 @@ use crate::error::Error;
 use crate::key::Key;
 use cap_std::ambient_authority;
 use cap_std::fs::{Dir, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,9 +28,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub const ENTRIES: &str = "entries";
 pub const TMP: &str = "tmp";
 pub const STATE: &str = "state";
-
-/// Bytes read from an entry to list it: enough for any header.
-const HEADER_PREFIX: usize = 1200;
 
 /// The three areas of a namespace, as directory handles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +41,17 @@ pub enum Area {
 #[derive(Debug)]
 pub enum ReadOutcome {
     Found(Header, Vec<u8>),
+    Missing,
+    Corrupt(EntryError),
+}
+
+/// What opening an entry found.
+#[derive(Debug)]
+pub enum OpenOutcome {
+    /// A raw entry, checked: its file, positioned at the artifact.
+    RawFile(Header, std::fs::File),
+    /// A compressed entry, checked and decoded.
+    Value(Header, Vec<u8>),
     Missing,
     Corrupt(EntryError),
 }
@@ -285,22 +293,50 @@ impl Store {
         })
     }
 
-    /// Reads just the header of entry `name`, and its file's size and
-    /// modification time (which is the entry's last use).
+    /// Reads just the header of entry `name` (from the end of its file), and
+    /// its file's size and modification time (which is the entry's last use).
     pub fn entry_header(&self, name: &str) -> io::Result<(Header, u64, u64)> {
         let key = Key::from_name(name)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an entry name"))?;
-        let file = self.entries.open(name)?;
+        let mut file = self.entries.open(name)?;
         let metadata = file.metadata()?;
         if !metadata.is_file() {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
         }
-        let mut prefix = Vec::with_capacity(HEADER_PREFIX);
-        file.take(HEADER_PREFIX as u64).read_to_end(&mut prefix)?;
-        let (header, _) = entry::decode_header(&prefix, Some(&key))
+        let len = metadata.len();
+        let tail_len = len.min(entry::MAX_TRAILER_LEN as u64);
+        file.seek(SeekFrom::Start(len - tail_len))?;
+        let mut tail = Vec::with_capacity(tail_len as usize);
+        file.take(tail_len).read_to_end(&mut tail)?;
+        let trailer = entry::decode_trailer(&tail, len, Some(&key))
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         let modified = metadata.modified().map(|t| system_time_to_ms(t.into_std())).unwrap_or(0);
-        Ok((header, metadata.len(), modified))
+        Ok((trailer.header, len, modified))
+    }
+
+    /// Opens the entry for `key` and checks it whole. A raw entry is returned
+    /// as its open file (which holds the artifact from offset 0, for wasmtime
+    /// to map); a compressed one as its decoded value.
+    pub fn open_entry(&self, key: &Key, max_raw_size: u64) -> io::Result<OpenOutcome> {
+        let mut file = match self.entries.open(key.name()) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(OpenOutcome::Missing),
+            Err(e) => return Err(e),
+        };
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        let trailer = match entry::check(&bytes, key) {
+            Ok(trailer) => trailer,
+            Err(e) => return Ok(OpenOutcome::Corrupt(e)),
+        };
+        if trailer.header.codec == StoredCodec::Raw {
+            file.seek(SeekFrom::Start(0))?;
+            return Ok(OpenOutcome::RawFile(trailer.header, file.into_std()));
+        }
+        Ok(match entry::decode(&bytes, key, max_raw_size) {
+            Ok((header, value)) => OpenOutcome::Value(header, value),
+            Err(e) => OpenOutcome::Corrupt(e),
+        })
     }
 
     /// Sets entry `name`'s last use to now. The file's contents are untouched,
