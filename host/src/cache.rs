@@ -14,7 +14,7 @@ use crate::key::Key;
 use crate::policy::{Policy, PolicyRuntime};
 use crate::settings::HostSettings;
 use crate::stats::{Stats, StatsSnapshot};
-use crate::store::{Area, ReadOutcome, Store};
+use crate::store::{Area, OpenOutcome, ReadOutcome, Store};
 use crate::usage::{self, Usage};
 use crate::view::{self, Shared, codec_from_wit};
 use crate::worker::{Event, Worker};
@@ -214,6 +214,12 @@ pub struct VerifyReport {
     pub removed: u64,
 }
 
+/// An entry as [`Cache::fetch`] found it.
+pub(crate) enum Fetched {
+    RawFile(std::fs::File),
+    Value(Vec<u8>),
+}
+
 /// Where a value came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -275,32 +281,56 @@ impl Cache {
     }
 
     pub fn get_by_key(&self, key: &Key) -> Option<Vec<u8>> {
+        match self.fetch(key, false)? {
+            Fetched::Value(value) => Some(value),
+            Fetched::RawFile(_) => unreachable!("asked for values only"),
+        }
+    }
+
+    /// Looks `key` up, checking the entry whole. With `raw_as_file`, a raw
+    /// entry comes back as its open file (the artifact from offset 0), for
+    /// wasmtime to map rather than copy.
+    pub(crate) fn fetch(&self, key: &Key, raw_as_file: bool) -> Option<Fetched> {
         let inner = self.inner.as_ref()?;
         let shared = &inner.shared;
-        let outcome = shared.store.read_entry(key, inner.host.max_entry_size);
-        match outcome {
-            Ok(ReadOutcome::Found(_, value)) => {
-                Stats::bump(&shared.stats.hits);
-                if !inner.worker().offer(Event::Hit(*key)) {
-                    Stats::bump(&shared.stats.events_dropped);
-                }
-                return Some(value);
-            }
-            Ok(ReadOutcome::Missing) => {}
-            Ok(ReadOutcome::Corrupt(e)) => {
+        let outcome = shared.store.open_entry(key, inner.host.max_entry_size, raw_as_file);
+        let found = match outcome {
+            Ok(OpenOutcome::RawFile(_, file)) => Some(Fetched::RawFile(file)),
+            Ok(OpenOutcome::Value(_, value)) => Some(Fetched::Value(value)),
+            Ok(OpenOutcome::Missing) => None,
+            Ok(OpenOutcome::Corrupt(e)) => {
                 Stats::bump(&shared.stats.corrupt);
                 tracing::warn!("cache entry {} in {} is corrupt ({e}); removing it", key.name(), shared.store.path().display());
                 if !shared.read_only && shared.store.remove(Area::Entries, &key.name()).is_ok() {
                     let _ = Usage::append(shared.store.namespace_dir(), &[(usage::id_of(key), None)]);
                 }
+                None
             }
             Err(e) => {
                 Stats::bump(&shared.stats.failures);
                 tracing::warn!("cannot read cache entry {} in {}: {e}", key.name(), shared.store.path().display());
+                None
             }
+        };
+        match &found {
+            Some(_) => {
+                Stats::bump(&shared.stats.hits);
+                if !inner.worker().offer(Event::Hit(*key)) {
+                    Stats::bump(&shared.stats.events_dropped);
+                }
+            }
+            None => Stats::bump(&shared.stats.misses),
         }
-        Stats::bump(&shared.stats.misses);
-        None
+        found
+    }
+
+    /// Counts a hit that turned out unusable (e.g. an artifact wasmtime
+    /// refused) as a miss instead.
+    pub(crate) fn unhit(&self) {
+        if let Some(inner) = &self.inner {
+            inner.shared.stats.hits.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            Stats::bump(&inner.shared.stats.misses);
+        }
     }
 
     /// Offers `value` for `key` to the cache; the policy decides whether and

@@ -376,25 +376,12 @@ fn format_age(age: std::time::Duration) -> String {
     }
 }
 
-/// Gets a usable module for `path` through the cache; returns where it came
-/// from and how long that took.
+/// Gets a usable module for `path` through the cache (direct mode: a hit
+/// need not read the file); returns where it came from and how long that took.
 fn compile(engine: &wasmtime::Engine, cache: &Cache, path: &PathBuf) -> Result<(Source, std::time::Duration)> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let bytes = wat::parse_bytes(&bytes).with_context(|| format!("{} is neither wasm nor wat", path.display()))?;
     let started = Instant::now();
-    let key = capcache::Key::of_parts(&[b"core-module", &bytes]);
-    let cached = cache.get_or_insert_with(&key.0, || engine.precompile_module(&bytes))?;
-    // SAFETY: the artifact was produced by `precompile_module` of an engine
-    // with the same compatibility hash (it is in the namespace), and capcache
-    // verified the entry's digest on reading it.
-    let module = unsafe { wasmtime::Module::deserialize(engine, &cached.bytes) };
-    let source = match module {
-        Ok(_) => cached.source,
-        Err(e) => {
-            tracing::warn!("cached artifact for {} does not load ({e:#}); compiling", path.display());
-            wasmtime::Module::new(engine, &bytes)?;
-            Source::Computed
-        }
-    };
+    let (_module, source) = capcache::wasmtime::load_module_file_with_source(cache, engine, path)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("cannot compile {}", path.display()))?;
     Ok((source, started.elapsed()))
 }

@@ -317,7 +317,7 @@ impl Store {
     /// Opens the entry for `key` and checks it whole. A raw entry is returned
     /// as its open file (which holds the artifact from offset 0, for wasmtime
     /// to map); a compressed one as its decoded value.
-    pub fn open_entry(&self, key: &Key, max_raw_size: u64) -> io::Result<OpenOutcome> {
+    pub fn open_entry(&self, key: &Key, max_raw_size: u64, raw_as_file: bool) -> io::Result<OpenOutcome> {
         let mut file = match self.entries.open(key.name()) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(OpenOutcome::Missing),
@@ -329,7 +329,7 @@ impl Store {
             Ok(trailer) => trailer,
             Err(e) => return Ok(OpenOutcome::Corrupt(e)),
         };
-        if trailer.header.codec == StoredCodec::Raw {
+        if raw_as_file && trailer.header.codec == StoredCodec::Raw {
             file.seek(SeekFrom::Start(0))?;
             return Ok(OpenOutcome::RawFile(trailer.header, file.into_std()));
         }

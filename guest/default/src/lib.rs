@@ -9,6 +9,9 @@
 //!   both are under their percent-if-deleting targets; entries dated too far in the
 //!   future (clock drift) are the first to go; stale temporary files are removed.
 //!
+//! The setting `raw-entries` (`never`, the default; `hot`; `always`) stores
+//! entries uncompressed, so that hosts map them instead of decompressing.
+//!
 //! Unlike wasmtime, the cleanup lock is released after every pass (wasmtime leaves
 //! its own lock behind, so a long-running process cleans only once), usage counts
 //! are kept by the host with the entry (no `.stats` file per entry to orphan), and
@@ -48,6 +51,19 @@ struct Config {
     files_total_size_soft_limit: u64,
     file_count_limit_percent_if_deleting: u8,
     files_total_size_limit_percent_if_deleting: u8,
+    raw_entries: RawEntries,
+}
+
+/// When to store entries uncompressed, so that hosts can map them rather than
+/// decompress them (capcache's own setting; wasmtime always compresses).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum RawEntries {
+    /// Never: wasmtime's behaviour.
+    Never,
+    /// Entries past the usage threshold are stored raw instead of recompressed.
+    Hot,
+    /// Every entry.
+    Always,
 }
 
 impl Default for Config {
@@ -63,6 +79,7 @@ impl Default for Config {
             files_total_size_soft_limit: 512 << 20,
             file_count_limit_percent_if_deleting: 70,
             files_total_size_limit_percent_if_deleting: 70,
+            raw_entries: RawEntries::Never,
         }
     }
 }
@@ -129,6 +146,14 @@ fn parse_config(settings: &[Setting]) -> Result<Config, SettingsError> {
             "files-total-size-limit-percent-if-deleting" => {
                 config.files_total_size_limit_percent_if_deleting =
                     parse_percent(value).ok_or_else(|| invalid(setting, PERCENT))?
+            }
+            "raw-entries" => {
+                config.raw_entries = match value.trim() {
+                    "never" => RawEntries::Never,
+                    "hot" => RawEntries::Hot,
+                    "always" => RawEntries::Always,
+                    _ => return Err(invalid(setting, "\"never\", \"hot\" or \"always\"")),
+                }
             }
             other => return Err(SettingsError::UnknownKey(other.to_string())),
         }
@@ -349,12 +374,22 @@ impl Guest for DefaultPolicy {
     }
 
     fn admit(_candidate: Candidate) -> Admission {
-        Admission::Store(Codec::Zstd(config().baseline_compression_level))
+        let config = config();
+        if config.raw_entries == RawEntries::Always {
+            return Admission::Store(Codec::Raw);
+        }
+        Admission::Store(Codec::Zstd(config.baseline_compression_level))
     }
 
     fn on_hit(entry: EntryMeta) -> Vec<Action> {
         let config = config();
         let hot = entry.hits >= config.optimized_compression_usage_counter_threshold;
+        if config.raw_entries == RawEntries::Hot {
+            return match entry.codec {
+                Codec::Zstd(_) if hot => vec![Action::Recode(Codec::Raw)],
+                _ => Vec::new(),
+            };
+        }
         match entry.codec {
             Codec::Zstd(level) if hot && level < config.optimized_compression_level => {
                 vec![Action::Recode(Codec::Zstd(config.optimized_compression_level))]

@@ -1,0 +1,135 @@
+//! The wasmtime adapter: modules and components through the cache, raw entries
+//! mapped from their files, direct mode, and engine configurations kept apart.
+
+mod support;
+use capcache::wasmtime::{load_component, load_module, load_module_file};
+use std::time::{Duration, SystemTime};
+use support::*;
+use wasmtime::{Engine, Instance, Store};
+
+fn answer(engine: &Engine, module: &wasmtime::Module) -> i32 {
+    let mut store = Store::new(engine, ());
+    let instance = Instance::new(&mut store, module, &[]).unwrap();
+    instance.get_typed_func::<(), i32>(&mut store, "answer").unwrap().call(&mut store, ()).unwrap()
+}
+
+#[test]
+fn module_hit_instantiates_and_runs() {
+    for raw in ["never", "always"] {
+        let t = TestCache::new();
+        let cache = t.builder().setting("raw-entries", raw).open().unwrap();
+        let engine = Engine::default();
+        let wasm = tiny_module(42);
+        let first = load_module(&cache, &engine, &wasm).unwrap();
+        assert_eq!(answer(&engine, &first), 42);
+        assert_eq!((cache.stats().misses, cache.stats().inserts), (1, 1));
+        let second = load_module(&cache, &engine, &wasm).unwrap();
+        assert_eq!(answer(&engine, &second), 42);
+        assert_eq!(cache.stats().hits, 1, "raw-entries={raw}");
+        let expected = if raw == "always" { capcache::StoredCodec::Raw } else { capcache::StoredCodec::Zstd { level: 3 } };
+        assert_eq!(cache.entries()[0].codec, expected);
+    }
+}
+
+#[test]
+fn a_raw_entry_is_the_artifact_from_offset_zero() {
+    let t = TestCache::new();
+    let cache = t.builder().setting("raw-entries", "always").open().unwrap();
+    let engine = Engine::default();
+    let wasm = tiny_module(7);
+    load_module(&cache, &engine, &wasm).unwrap();
+    let name = capcache::wasmtime::artifact_key(&engine, capcache::wasmtime::Kind::Module, &wasm).name();
+    let path = t.root().join("default/entries").join(name);
+    // wasmtime itself loads the entry file as it is (the trailer after the
+    // artifact is ignored by its loader).
+    let module = unsafe { wasmtime::Module::deserialize_file(&engine, &path) }.unwrap();
+    assert_eq!(answer(&engine, &module), 7);
+}
+
+#[test]
+fn another_engine_configuration_misses() {
+    let t = TestCache::new();
+    let cache = t.open();
+    let wasm = tiny_module(1);
+    let default = Engine::default();
+    let mut config = wasmtime::Config::new();
+    config.consume_fuel(true);
+    let fuel = Engine::new(&config).unwrap();
+    load_module(&cache, &default, &wasm).unwrap();
+    load_module(&cache, &fuel, &wasm).unwrap();
+    assert_eq!((cache.stats().hits, cache.stats().misses), (0, 2));
+    load_module(&cache, &fuel, &wasm).unwrap();
+    assert_eq!(cache.stats().hits, 1);
+    assert_ne!(capcache::wasmtime::engine_namespace(&default), capcache::wasmtime::engine_namespace(&fuel));
+}
+
+#[test]
+fn component_hit_instantiates_and_runs() {
+    for raw in ["never", "always"] {
+        let t = TestCache::new();
+        let cache = t.builder().setting("raw-entries", raw).open().unwrap();
+        let engine = Engine::default();
+        let wasm = wat::parse_str(
+            r#"(component
+                (core module $m (func (export "f") (result i32) i32.const 7))
+                (core instance $i (instantiate $m))
+                (func (export "f") (result s32) (canon lift (core func $i "f"))))"#,
+        )
+        .unwrap();
+        for round in 0..2 {
+            let component = load_component(&cache, &engine, &wasm).unwrap();
+            let mut store = Store::new(&engine, ());
+            let linker = wasmtime::component::Linker::new(&engine);
+            let instance = linker.instantiate(&mut store, &component).unwrap();
+            let f = instance.get_typed_func::<(), (i32,)>(&mut store, "f").unwrap();
+            assert_eq!(f.call(&mut store, ()).unwrap(), (7,));
+            assert_eq!(cache.stats().hits, round, "raw-entries={raw}");
+        }
+    }
+}
+
+/// Sets a file's modification time `ago` in the past.
+fn age(path: &std::path::Path, ago: Duration) {
+    let file = std::fs::File::options().write(true).open(path).unwrap();
+    file.set_modified(SystemTime::now() - ago).unwrap();
+}
+
+#[test]
+fn direct_mode_hits_without_reading_and_a_changed_file_misses() {
+    let t = TestCache::new();
+    let cache = t.open();
+    let engine = Engine::default();
+    let path = t.dir.path().join("m.wasm");
+    std::fs::write(&path, tiny_module(1)).unwrap();
+    age(&path, Duration::from_secs(3600));
+    assert_eq!(answer(&engine, &load_module_file(&cache, &engine, &path).unwrap()), 1);
+    // Manifest miss, artifact miss; both stored.
+    assert_eq!((cache.stats().misses, cache.stats().inserts), (2, 2));
+
+    assert_eq!(answer(&engine, &load_module_file(&cache, &engine, &path).unwrap()), 1);
+    assert_eq!((cache.stats().hits, cache.stats().misses), (2, 2), "manifest and artifact hits");
+
+    // New contents of the same size, with the old modification time put back:
+    // the change time still differs, so the file is hashed again.
+    let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(&path, tiny_module(9)).unwrap();
+    std::fs::File::options().write(true).open(&path).unwrap().set_modified(modified).unwrap();
+    assert_eq!(answer(&engine, &load_module_file(&cache, &engine, &path).unwrap()), 9);
+    assert_eq!(cache.stats().misses, 4);
+
+    // Same size, new contents, new time: the manifest no longer matches, the
+    // file is hashed, and the new module is compiled.
+    let before = std::fs::metadata(&path).unwrap().len();
+    std::fs::write(&path, tiny_module(2)).unwrap();
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), before);
+    age(&path, Duration::from_secs(1800));
+    assert_eq!(answer(&engine, &load_module_file(&cache, &engine, &path).unwrap()), 2);
+    assert_eq!(cache.stats().misses, 6);
+
+    // A file modified just now is hashed every time, never trusted to a manifest.
+    std::fs::write(&path, tiny_module(3)).unwrap();
+    let inserts = cache.stats().inserts;
+    assert_eq!(answer(&engine, &load_module_file(&cache, &engine, &path).unwrap()), 3);
+    assert_eq!(cache.stats().inserts, inserts + 1, "only the artifact is stored");
+}
