@@ -182,3 +182,59 @@ fn policy_check() {
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("not a valid policy component"));
 }
+
+#[test]
+fn run_a_wasi_command_twice_second_start_is_a_hit() {
+    let t = TestCache::new();
+    let program = t.dir.path().join("hello.wat");
+    std::fs::write(
+        &program,
+        r#"(module
+            (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+            (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
+            (memory (export "memory") 1)
+            (data (i32.const 16) "hello from wasi\n")
+            (func (export "_start")
+              (i32.store (i32.const 0) (i32.const 16))
+              (i32.store (i32.const 4) (i32.const 16))
+              (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+              (call $proc_exit (i32.const 3))))"#,
+    )
+    .unwrap();
+    let root = t.root().display().to_string();
+    let program = program.display().to_string();
+    for _ in 0..2 {
+        let output = capcache(&["run", "--dir", &root, &program, "--", "an", "argument"]);
+        assert_eq!(output.status.code(), Some(3), "{}", String::from_utf8_lossy(&output.stderr));
+        assert_eq!(String::from_utf8_lossy(&output.stdout), "hello from wasi\n");
+    }
+    let stats = stdout(&capcache(&["stats", "--dir", &root]));
+    assert!(stats.contains("hits            1") && stats.contains("misses          1"), "{stats}");
+}
+
+#[test]
+fn read_only_cache_directory_from_the_cli() {
+    // A pre-populated cache, then served from a directory this user cannot
+    // write: as `nobody` when root (root ignores permission bits).
+    let t = TestCache::new();
+    let modules = modules(t.dir.path());
+    let root = t.root().display().to_string();
+    let mut args = vec!["compile", "--dir", root.as_str()];
+    args.extend(modules.iter().map(String::as_str));
+    stdout(&capcache(&args));
+    let before = snapshot(t.dir.path());
+    let output = if rustix::process::geteuid().is_root() {
+        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::process::CommandExt;
+        std::fs::set_permissions(t.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_capcache")).args(&args).uid(65534).gid(65534).output().unwrap()
+    } else {
+        Command::new("chmod").args(["-R", "a-w"]).arg(t.root()).status().unwrap();
+        let output = capcache(&args);
+        Command::new("chmod").args(["-R", "u+w"]).arg(t.root()).status().unwrap();
+        output
+    };
+    assert_eq!(kinds(&stdout(&output)), ["hit"; 3]);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot be written"));
+    assert_eq!(snapshot(t.dir.path()), before, "the read-only run changed the cache");
+}

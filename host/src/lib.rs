@@ -30,6 +30,8 @@ pub mod clock;
 pub mod config;
 pub mod entry;
 pub mod error;
+#[cfg(feature = "incremental-cache")]
+pub mod incremental;
 pub mod key;
 pub mod policy;
 pub mod settings;

@@ -31,6 +31,20 @@ enum Command {
         #[command(flatten)]
         cache: CacheArgs,
     },
+    /// Run a WASI command (a core module exporting `_start`) through the
+    /// cache, so that a second run starts without compiling. The command gets
+    /// its arguments and the terminal's standard streams, nothing else: no
+    /// files, no environment.
+    #[cfg(feature = "run")]
+    Run {
+        /// The module (.wasm or .wat).
+        module: PathBuf,
+        /// Arguments for the command (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
     /// Run the policy's maintenance pass now and print its report.
     Gc {
         #[command(flatten)]
@@ -211,19 +225,7 @@ fn run(cli: Cli) -> Result<()> {
     let namespace = capcache::wasmtime::engine_namespace(&engine);
     match cli.command {
         Command::Compile { modules, cache } => {
-            // A policy or setting the user named explicitly must work; a cache
-            // directory that cannot be used only costs the cache.
-            let cache = match cache.open(&namespace) {
-                Ok(cache) => cache,
-                Err(e) if e.downcast_ref::<capcache::Error>().is_some_and(|e| {
-                    matches!(e, capcache::Error::Directory { .. } | capcache::Error::NoDirectory)
-                }) =>
-                {
-                    tracing::warn!("cache unavailable, compiling without it: {e:#}");
-                    Cache::disabled()
-                }
-                Err(e) => return Err(e),
-            };
+            let cache = open_or_compute(&cache, &namespace)?;
             let mut failed = 0;
             let bar = progress_bar(modules.len() as u64, "compiling");
             for path in &modules {
@@ -249,6 +251,17 @@ fn run(cli: Cli) -> Result<()> {
             cache.flush();
             if failed > 0 {
                 bail!("{failed} of {} modules failed to compile", modules.len());
+            }
+            Ok(())
+        }
+        #[cfg(feature = "run")]
+        Command::Run { module, args, cache } => {
+            let cache = open_or_compute(&cache, &namespace)?;
+            let code = run_command(&engine, &cache, &module, &args)?;
+            cache.flush();
+            drop(cache);
+            if code != 0 {
+                return Err(Exit(code.clamp(1, 255) as u8).into());
             }
             Ok(())
         }
@@ -363,6 +376,50 @@ fn run(cli: Cli) -> Result<()> {
             println!("configure: ok ({} settings)", settings.len());
             Ok(())
         }
+    }
+}
+
+/// Opens the cache; a directory that cannot be used only costs the cache (a
+/// policy or setting the user named must work, and a bad one is an error).
+fn open_or_compute(args: &CacheArgs, namespace: &str) -> Result<Cache> {
+    match args.open(namespace) {
+        Ok(cache) => Ok(cache),
+        Err(e)
+            if e.downcast_ref::<capcache::Error>()
+                .is_some_and(|e| matches!(e, capcache::Error::Directory { .. } | capcache::Error::NoDirectory)) =>
+        {
+            tracing::warn!("cache unavailable, compiling without it: {e:#}");
+            Ok(Cache::disabled())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Runs a WASI command module; returns its exit code.
+#[cfg(feature = "run")]
+fn run_command(engine: &wasmtime::Engine, cache: &Cache, path: &PathBuf, args: &[String]) -> Result<i32> {
+    use wasmtime_wasi::p1::WasiP1Ctx;
+    let module = capcache::wasmtime::load_module_file(cache, engine, path)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("cannot compile {}", path.display()))?;
+    let mut linker = wasmtime::Linker::<WasiP1Ctx>::new(engine);
+    wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |ctx| ctx).map_err(anyhow::Error::from)?;
+    let program = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut argv = vec![program];
+    argv.extend(args.iter().cloned());
+    let wasi = wasmtime_wasi::WasiCtxBuilder::new().inherit_stdio().args(&argv).build_p1();
+    let mut store = wasmtime::Store::new(engine, wasi);
+    let instance = linker.instantiate(&mut store, &module).map_err(anyhow::Error::from)?;
+    let start = instance
+        .get_typed_func::<(), ()>(&mut store, "_start")
+        .map_err(anyhow::Error::from)
+        .context("not a WASI command: it exports no `_start`")?;
+    match start.call(&mut store, ()) {
+        Ok(()) => Ok(0),
+        Err(e) => match e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+            Some(exit) => Ok(exit.0),
+            None => Err(anyhow::Error::from(e).context(format!("{} trapped", path.display()))),
+        },
     }
 }
 
