@@ -237,4 +237,15 @@ fn read_only_cache_directory_from_the_cli() {
     assert_eq!(kinds(&stdout(&output)), ["hit"; 3]);
     assert!(String::from_utf8_lossy(&output.stderr).contains("cannot be written"));
     assert_eq!(snapshot(t.dir.path()), before, "the read-only run changed the cache");
+
+    // A copy of the cache, as baked into an image, serves hits from its new
+    // place, read-only on request.
+    let copy = t.dir.path().join("baked");
+    assert!(Command::new("cp").arg("-r").arg(t.root()).arg(&copy).status().unwrap().success());
+    let copy_arg = copy.display().to_string();
+    let mut args = vec!["compile", "--read-only", "--dir", copy_arg.as_str()];
+    args.extend(modules.iter().map(String::as_str));
+    let before = snapshot(&copy);
+    assert_eq!(kinds(&stdout(&capcache(&args))), ["hit"; 3]);
+    assert_eq!(snapshot(&copy), before);
 }

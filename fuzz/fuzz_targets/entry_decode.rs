@@ -21,7 +21,8 @@ fuzz_target!(|data: &[u8]| {
         let again = entry::encode(&key, &value, header.codec, header.created_ms).unwrap();
         assert_eq!(again.len(), data.len());
     }
-    let _ = entry::decode_header(data, None);
+    let _ = entry::decode_trailer(data, data.len() as u64, None);
+    let _ = entry::check(data, &key);
     // Arbitrary bytes as a value: encoded, it decodes back exactly.
     let codec = match data.first() {
         Some(b) if b % 2 == 0 => StoredCodec::Raw,
