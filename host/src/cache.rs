@@ -246,6 +246,20 @@ pub struct EntryInfo {
     pub hits: u64,
 }
 
+impl From<crate::bindings::capcache::policy::types::EntryMeta> for EntryInfo {
+    fn from(meta: crate::bindings::capcache::policy::types::EntryMeta) -> Self {
+        EntryInfo {
+            name: meta.name,
+            codec: codec_from_wit(meta.codec),
+            stored_size: meta.stored_size,
+            raw_size: meta.raw_size,
+            created_ms: meta.created,
+            last_used_ms: meta.last_used,
+            hits: meta.hits,
+        }
+    }
+}
+
 impl std::fmt::Debug for Cache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.inner {
@@ -403,16 +417,7 @@ impl Cache {
         let shared = &inner.shared;
         let mut usage = shared.usage.lock();
         let _ = usage.refresh(shared.store.namespace_dir());
-        let meta = view::entry_meta(&shared.store, &usage, &Key::of(key).name()).ok()?;
-        Some(EntryInfo {
-            name: meta.name,
-            codec: codec_from_wit(meta.codec),
-            stored_size: meta.stored_size,
-            raw_size: meta.raw_size,
-            created_ms: meta.created,
-            last_used_ms: meta.last_used,
-            hits: meta.hits,
-        })
+        view::entry_meta(&shared.store, &usage, &Key::of(key).name()).ok().map(EntryInfo::from)
     }
 
     /// The file that holds (or would hold) the entry for `key`.
@@ -472,15 +477,7 @@ impl Cache {
         names
             .iter()
             .filter_map(|name| view::entry_meta(&shared.store, &usage, name).ok())
-            .map(|meta| EntryInfo {
-                name: meta.name,
-                codec: codec_from_wit(meta.codec),
-                stored_size: meta.stored_size,
-                raw_size: meta.raw_size,
-                created_ms: meta.created,
-                last_used_ms: meta.last_used,
-                hits: meta.hits,
-            })
+            .map(EntryInfo::from)
             .collect()
     }
 

@@ -30,6 +30,7 @@ use exports::capcache::policy::policy::{
 use std::sync::Mutex;
 
 include!("../../common/settings.rs");
+include!("../../common/report.rs");
 
 /// State file holding the time of the last completed cleanup (decimal ms).
 const LAST_CLEANUP: &str = "last-cleanup";
@@ -281,17 +282,7 @@ fn remove_stale_temp_files(config: &Config, now: u64) -> (u64, u64) {
 
 /// The cleanup pass proper, run under the lock.
 fn clean(config: &Config, now: u64) -> MaintainReport {
-    let mut report = MaintainReport {
-        ran: true,
-        entries_seen: 0,
-        evicted: 0,
-        removed_from_future: 0,
-        removed_temp_files: 0,
-        bytes_freed: 0,
-        entries_after: 0,
-        bytes_after: 0,
-        summary: String::new(),
-    };
+    let mut report = empty_report(true, String::new());
     let (temp_removed, temp_bytes) = remove_stale_temp_files(config, now);
     report.removed_temp_files = temp_removed;
     report.bytes_freed += temp_bytes;
@@ -410,17 +401,7 @@ impl Guest for DefaultPolicy {
     fn maintain(now: u64) -> MaintainReport {
         let config = config();
         if let Err(reason) = acquire_cleanup_lock(&config, now) {
-            return MaintainReport {
-                ran: false,
-                entries_seen: 0,
-                evicted: 0,
-                removed_from_future: 0,
-                removed_temp_files: 0,
-                bytes_freed: 0,
-                entries_after: 0,
-                bytes_after: 0,
-                summary: reason,
-            };
+            return empty_report(false, reason);
         }
         // These two lines bracket the time the lock is held; the concurrency
         // test reads them to prove two processes never clean at once.

@@ -64,19 +64,7 @@ fn misbehave(export: &str) {
     }
 }
 
-fn empty_report(summary: String) -> MaintainReport {
-    MaintainReport {
-        ran: true,
-        entries_seen: 0,
-        evicted: 0,
-        removed_from_future: 0,
-        removed_temp_files: 0,
-        bytes_freed: 0,
-        entries_after: 0,
-        bytes_after: 0,
-        summary,
-    }
-}
+include!("../../common/report.rs");
 
 /// Every way out of the view this policy can think of. Each outcome is written
 /// as `what=ok` or `what=<error>` into the report, for the test to read.
@@ -165,18 +153,18 @@ impl Guest for Hostile {
     fn maintain(_now: u64) -> MaintainReport {
         misbehave("maintain");
         match mode().as_str() {
-            "escape" => return empty_report(try_escapes()),
-            "huge-summary" => return empty_report("x".repeat(20 << 20)),
+            "escape" => return empty_report(true, try_escapes()),
+            "huge-summary" => return empty_report(true, "x".repeat(20 << 20)),
             "wasi" => {
                 // Each of these needs WASI, which the host links to traps.
                 let _ = std::fs::write("/tmp/capcache-wasi-escape", b"escaped");
                 let listing = std::fs::read_dir("/").map(|d| d.count()).unwrap_or(0);
                 let home = std::env::var("HOME").unwrap_or_default();
-                return empty_report(format!("wasi worked: {listing} entries in /, HOME={home}"));
+                return empty_report(true, format!("wasi worked: {listing} entries in /, HOME={home}"));
             }
             _ => {}
         }
-        empty_report(format!("hostile policy in mode {:?}: nothing done", mode()))
+        empty_report(true, format!("hostile policy in mode {:?}: nothing done", mode()))
     }
 }
 

@@ -14,6 +14,8 @@ use exports::capcache::policy::policy::{
     Action, Admission, Candidate, Guest, MaintainReport, Setting, SettingsError,
 };
 
+include!("../../common/report.rs");
+
 struct KeepNothing;
 
 impl Guest for KeepNothing {
@@ -38,17 +40,7 @@ impl Guest for KeepNothing {
     }
 
     fn maintain(_now: u64) -> MaintainReport {
-        let mut report = MaintainReport {
-            ran: true,
-            entries_seen: 0,
-            evicted: 0,
-            removed_from_future: 0,
-            removed_temp_files: 0,
-            bytes_freed: 0,
-            entries_after: 0,
-            bytes_after: 0,
-            summary: String::new(),
-        };
+        let mut report = empty_report(true, String::new());
         loop {
             // Always the first page: what it lists is removed.
             let page = match view::list_entries(None, 1024) {
