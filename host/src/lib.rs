@@ -39,6 +39,7 @@ pub mod stats;
 pub mod store;
 pub mod usage;
 pub mod view;
+#[cfg(feature = "adapter")]
 pub mod wasmtime;
 mod worker;
 
