@@ -1,0 +1,88 @@
+//! Figures for the policy's costs, through the public API:
+//! a miss's admit + store of a small value, a hit's event through the worker,
+//! and `maintain` over many entries (wall time and the process's peak RSS).
+//!
+//! ```sh
+//! cargo bench -p capcache --bench policy [-- --entries 10000,100000]
+//! ```
+
+use capcache::Cache;
+use std::time::{Duration, Instant};
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.split_whitespace().nth(1).unwrap().parse().unwrap()))
+        .unwrap_or(0)
+}
+
+fn main() {
+    let mut sizes = vec![10_000usize, 100_000];
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if arg == "--entries" {
+            sizes = args.next().expect("--entries N,M").split(',').map(|n| n.parse().unwrap()).collect();
+        }
+    }
+    let scratch = tempfile::tempdir().unwrap();
+
+    // A miss of a 100-byte value: admit (a policy call) + encode + atomic write.
+    let cache = Cache::builder().directory(scratch.path().join("small")).open().unwrap();
+    let n = 2000u32;
+    let t = Instant::now();
+    for i in 0..n {
+        cache.insert(&i.to_le_bytes(), &[7u8; 100]);
+    }
+    let per_insert = t.elapsed() / n;
+    cache.flush();
+    // Hits: the caller's part (read + check), then the worker's (journal, touch, on-hit).
+    let t = Instant::now();
+    for i in 0..n {
+        cache.get(&i.to_le_bytes()).unwrap();
+    }
+    let per_hit = t.elapsed() / n;
+    cache.flush();
+    // One hit at a time, each waited for: the caller's part plus the
+    // worker's (usage journal, touch, on-hit call into the policy).
+    let rounds = 500u32;
+    let t = Instant::now();
+    for i in 0..rounds {
+        cache.get(&i.to_le_bytes()).unwrap();
+        cache.flush();
+    }
+    let per_round = t.elapsed() / rounds;
+    println!("insert (admit + store, 100 B):   {:>9.1} µs", per_insert.as_secs_f64() * 1e6);
+    println!("hit, caller's side (100 B):      {:>9.1} µs", per_hit.as_secs_f64() * 1e6);
+    println!("hit + its event handled:         {:>9.1} µs", per_round.as_secs_f64() * 1e6);
+    println!("events dropped in the burst:     {:>9}", cache.stats().events_dropped);
+    drop(cache);
+
+    for entries in sizes {
+        let dir = scratch.path().join(format!("n{entries}"));
+        let cache = Cache::builder()
+            .directory(&dir)
+            .settings([("file-count-soft-limit", (entries * 2).to_string())])
+            .open()
+            .unwrap();
+        for i in 0..entries as u64 {
+            cache.insert(&i.to_le_bytes(), &[1u8; 64]);
+        }
+        cache.flush();
+        let rss_before = peak_rss_kib();
+        let mut times = Vec::new();
+        for _ in 0..3 {
+            let t = Instant::now();
+            let report = cache.maintain().expect("maintain ran");
+            times.push(t.elapsed());
+            assert_eq!(report.entries_seen, entries as u64, "{}", report.summary);
+        }
+        times.sort();
+        let median: Duration = times[1];
+        println!(
+            "maintain over {entries:>7} entries:  {:>9.1} ms (median of 3), peak RSS {} MiB (before: {} MiB)",
+            median.as_secs_f64() * 1e3,
+            peak_rss_kib() / 1024,
+            rss_before / 1024
+        );
+    }
+}
