@@ -122,23 +122,31 @@ impl Artifact for Component {
     }
 }
 
+/// The artifact stored under `key`, if there is one wasmtime accepts; a hit
+/// it refuses is counted as a miss.
+fn load_cached<T: Artifact>(cache: &Cache, engine: &Engine, key: &Key) -> Option<T> {
+    let found = cache.fetch(key, true)?;
+    // SAFETY: see the module's safety contract: the key covers the engine's
+    // compatibility hash and the entry was checked whole.
+    let loaded = match found {
+        Fetched::RawFile(file) => unsafe { T::from_file(engine, file) },
+        Fetched::Value(bytes) => unsafe { T::from_bytes(engine, &bytes) },
+    };
+    match loaded {
+        Ok(artifact) => Some(artifact),
+        Err(e) => {
+            cache.unhit();
+            tracing::warn!("cached artifact {} does not load ({e:#})", key.name());
+            None
+        }
+    }
+}
+
 /// Loads `T` for `wasm` through the cache under `key`; compiles and stores it
 /// on a miss.
 fn load<T: Artifact>(cache: &Cache, engine: &Engine, key: &Key, wasm: &[u8]) -> Result<(T, Source)> {
-    if let Some(found) = cache.fetch(key, true) {
-        // SAFETY: see the module's safety contract: the key covers the engine's
-        // compatibility hash and the entry was checked whole.
-        let loaded = match found {
-            Fetched::RawFile(file) => unsafe { T::from_file(engine, file) },
-            Fetched::Value(bytes) => unsafe { T::from_bytes(engine, &bytes) },
-        };
-        match loaded {
-            Ok(artifact) => return Ok((artifact, Source::Hit)),
-            Err(e) => {
-                cache.unhit();
-                tracing::warn!("cached artifact {} does not load ({e:#}); compiling", key.name());
-            }
-        }
+    if let Some(artifact) = load_cached(cache, engine, key) {
+        return Ok((artifact, Source::Hit));
     }
     let artifact = T::precompile(engine, wasm)?;
     cache.insert_by_key(key, &artifact);
@@ -187,15 +195,8 @@ fn load_file<T: Artifact>(cache: &Cache, engine: &Engine, path: &Path) -> Result
         if let Some(content_key) = cache.get_by_key(manifest_key).and_then(|v| <[u8; 32]>::try_from(v).ok()) {
             // The artifact's own lookup still checks it whole; its wasm is
             // needed only if it is gone, and then it is read.
-            if let Some(found) = cache.fetch(&Key(content_key), true) {
-                let loaded = match found {
-                    Fetched::RawFile(file) => unsafe { T::from_file(engine, file) },
-                    Fetched::Value(bytes) => unsafe { T::from_bytes(engine, &bytes) },
-                };
-                match loaded {
-                    Ok(artifact) => return Ok((artifact, Source::Hit)),
-                    Err(_) => cache.unhit(),
-                }
+            if let Some(artifact) = load_cached(cache, engine, &Key(content_key)) {
+                return Ok((artifact, Source::Hit));
             }
         }
     }
