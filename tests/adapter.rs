@@ -47,6 +47,37 @@ fn a_raw_entry_is_the_artifact_from_offset_zero() {
 }
 
 #[test]
+fn a_raw_entry_changed_in_place_after_its_hits_is_caught_on_the_next_hit() {
+    use std::os::unix::fs::FileExt;
+    let t = TestCache::new();
+    let cache = t.builder().setting("raw-entries", "always").open().unwrap();
+    let engine = Engine::default();
+    let wasm = tiny_module(9);
+    load_module(&cache, &engine, &wasm).unwrap();
+    // The first hit checks the digest; the second is served on the file's
+    // unchanged identity (the worker's touch of the last-use time included).
+    for _ in 0..2 {
+        assert_eq!(answer(&engine, &load_module(&cache, &engine, &wasm).unwrap()), 9);
+        cache.flush();
+    }
+    let name = capcache::wasmtime::artifact_key(&engine, capcache::wasmtime::Kind::Module, &wasm).name();
+    let path = t.root().join("default/entries").join(name);
+    // One byte of the artifact changed in place, and the modification time put
+    // back: only the change time tells.
+    let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, 200).unwrap();
+    file.write_all_at(&[byte[0] ^ 0x10], 200).unwrap();
+    file.set_modified(modified).unwrap();
+    drop(file);
+    let module = load_module(&cache, &engine, &wasm).unwrap();
+    assert_eq!(answer(&engine, &module), 9);
+    let stats = cache.stats();
+    assert_eq!((stats.hits, stats.corrupt, stats.misses), (2, 1, 2));
+}
+
+#[test]
 fn another_engine_configuration_misses() {
     let t = TestCache::new();
     let cache = t.open();

@@ -20,6 +20,8 @@ use crate::error::Error;
 use crate::key::Key;
 use cap_std::ambient_authority;
 use cap_std::fs::{Dir, OpenOptions};
+use parking_lot::Mutex;
+use std::collections::HashMap;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -75,7 +77,43 @@ pub struct Store {
     clock: Arc<dyn Clock>,
     temp_counter: AtomicU64,
     read_only: bool,
+    verified: Mutex<HashMap<Key, (FileIdentity, Header)>>,
+    /// Held around each rename into entries/ by this process, so a
+    /// re-encoding's check-then-rename never interleaves with an insert.
+    publishing: Mutex<()>,
 }
+
+/// What identifies one version of a file: entries are replaced only by
+/// rename (a new inode), and any write in place changes the change time, which
+/// no one can set. A raw entry whose file still has the identity it had when
+/// its digest was checked is served without hashing it again: that is what
+/// makes a warm hit cost an `openat` and an `fstat` instead of a pass over the
+/// whole artifact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileIdentity {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileIdentity {
+    fn of(metadata: &std::fs::Metadata) -> FileIdentity {
+        use std::os::unix::fs::MetadataExt;
+        FileIdentity {
+            dev: metadata.dev(),
+            ino: metadata.ino(),
+            size: metadata.len(),
+            mtime: (metadata.mtime(), metadata.mtime_nsec()),
+            ctime: (metadata.ctime(), metadata.ctime_nsec()),
+        }
+    }
+}
+
+/// At most this many verified files are remembered (then forgotten at once:
+/// the next hit of each hashes its file again).
+const VERIFIED_MAX: usize = 4096;
 
 /// How to treat the directory when opening.
 #[derive(Debug, Clone, Copy, Default)]
@@ -170,6 +208,8 @@ impl Store {
             clock,
             temp_counter: AtomicU64::new(0),
             read_only,
+            verified: Mutex::new(HashMap::new()),
+            publishing: Mutex::new(()),
         };
         // Prove now, not on the first miss, that the directory is writable.
         if !store.read_only {
@@ -276,8 +316,54 @@ impl Store {
         let now = self.clock.now_ms();
         let file = entry::encode(key, value, codec, created_ms.unwrap_or(now))?;
         let name = key.name();
-        self.write_then(&file, now, |temp| self.tmp.rename(temp, &self.entries, &name))?;
+        self.write_then(&file, now, |temp| {
+            let _publishing = self.publishing.lock();
+            self.tmp.rename(temp, &self.entries, &name)
+        })?;
         Ok(file.len() as u64)
+    }
+
+    /// Re-encodes the entry for `key` with `codec`, keeping its creation time.
+    /// The new file replaces the old only if the entry is still the file that
+    /// was read: an insert that lands while a slow recompression runs is never
+    /// overwritten with the older value. (Within this process the check and
+    /// the rename are one step; another process's insert landing in the
+    /// microseconds between them is the one race left.)
+    /// Returns whether the entry was replaced.
+    pub fn recode_entry(&self, key: &Key, codec: StoredCodec) -> io::Result<bool> {
+        let name = key.name();
+        let mut file = match self.entries.open(&name) {
+            Ok(file) => file.into_std(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let identity = FileIdentity::of(&file.metadata()?);
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        let Ok((header, value)) = entry::decode(&bytes, key, u64::MAX) else { return Ok(false) };
+        if header.codec == codec {
+            return Ok(false);
+        }
+        drop(bytes);
+        let now = self.clock.now_ms();
+        let encoded = entry::encode(key, &value, codec, header.created_ms)?;
+        let mut replaced = false;
+        self.write_then(&encoded, now, |temp| {
+            let _publishing = self.publishing.lock();
+            let current = self.entries.open(&name).and_then(|f| f.into_std().metadata());
+            let unchanged = current.is_ok_and(|m| {
+                let now = FileIdentity::of(&m);
+                (now.dev, now.ino) == (identity.dev, identity.ino)
+            });
+            if !unchanged {
+                return Err(io::Error::other("entry replaced meanwhile"));
+            }
+            self.tmp.rename(temp, &self.entries, &name)?;
+            replaced = true;
+            Ok(())
+        })
+        .or_else(|e| if replaced { Err(e) } else { Ok(()) })?;
+        Ok(replaced)
     }
 
     /// Reads and checks the entry for `key`.
@@ -298,52 +384,79 @@ impl Store {
     pub fn entry_header(&self, name: &str) -> io::Result<(Header, u64, u64)> {
         let key = Key::from_name(name)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an entry name"))?;
-        let mut file = self.entries.open(name)?;
+        let file = self.entries.open(name)?.into_std();
         let metadata = file.metadata()?;
         if !metadata.is_file() {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
         }
         let len = metadata.len();
-        let tail_len = len.min(entry::MAX_TRAILER_LEN as u64);
-        file.seek(SeekFrom::Start(len - tail_len))?;
-        let mut tail = Vec::with_capacity(tail_len as usize);
-        file.take(tail_len).read_to_end(&mut tail)?;
+        let tail = read_tail(&file, len)?;
         let trailer = entry::decode_trailer(&tail, len, Some(&key))
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        let modified = metadata.modified().map(|t| system_time_to_ms(t.into_std())).unwrap_or(0);
+        let modified = metadata.modified().map(system_time_to_ms).unwrap_or(0);
         Ok((trailer.header, len, modified))
     }
 
     /// Opens the entry for `key` and checks it whole. A raw entry is returned
     /// as its open file (which holds the artifact from offset 0, for wasmtime
-    /// to map); a compressed one as its decoded value.
+    /// to map), hashed as it streams from the file on its first hit in this
+    /// process and not again while the file keeps its identity; a compressed
+    /// one as its decoded value.
     pub fn open_entry(&self, key: &Key, max_raw_size: u64, raw_as_file: bool) -> io::Result<OpenOutcome> {
         let mut file = match self.entries.open(key.name()) {
-            Ok(file) => file,
+            Ok(file) => file.into_std(),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(OpenOutcome::Missing),
             Err(e) => return Err(e),
         };
+        if raw_as_file {
+            let metadata = file.metadata()?;
+            let identity = FileIdentity::of(&metadata);
+            let known = self.verified.lock().get(key).filter(|(seen, _)| *seen == identity).map(|(_, h)| h.clone());
+            if let Some(header) = known {
+                return Ok(OpenOutcome::RawFile(header, file));
+            }
+            let len = metadata.len();
+            let tail = read_tail(&file, len)?;
+            let trailer = match entry::decode_trailer(&tail, len, Some(key)) {
+                Ok(trailer) => trailer,
+                Err(e) => return Ok(OpenOutcome::Corrupt(e)),
+            };
+            if trailer.header.codec == StoredCodec::Raw {
+                if let Err(e) = trailer.check_payload(&file)? {
+                    return Ok(OpenOutcome::Corrupt(e));
+                }
+                file.seek(SeekFrom::Start(0))?;
+                let mut verified = self.verified.lock();
+                if verified.len() >= VERIFIED_MAX {
+                    verified.clear();
+                }
+                verified.insert(*key, (identity, trailer.header.clone()));
+                return Ok(OpenOutcome::RawFile(trailer.header, file));
+            }
+            file.seek(SeekFrom::Start(0))?;
+        }
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
-        let trailer = match entry::check(&bytes, key) {
-            Ok(trailer) => trailer,
-            Err(e) => return Ok(OpenOutcome::Corrupt(e)),
-        };
-        if raw_as_file && trailer.header.codec == StoredCodec::Raw {
-            file.seek(SeekFrom::Start(0))?;
-            return Ok(OpenOutcome::RawFile(trailer.header, file.into_std()));
-        }
         Ok(match entry::decode(&bytes, key, max_raw_size) {
             Ok((header, value)) => OpenOutcome::Value(header, value),
             Err(e) => OpenOutcome::Corrupt(e),
         })
     }
 
-    /// Sets entry `name`'s last use to now. The file's contents are untouched,
-    /// so a module mapped from it is unaffected.
-    pub fn touch_entry(&self, name: &str) -> io::Result<()> {
-        let file = self.entries.open(name)?.into_std();
-        file.set_modified(ms_to_system_time(self.clock.now_ms()))
+    /// Sets entry `key`'s last use to now. The file's contents are untouched,
+    /// so a module mapped from it is unaffected; if its digest was checked in
+    /// this process, the file stays known as checked under its new times.
+    pub fn touch_entry(&self, key: &Key) -> io::Result<()> {
+        let file = self.entries.open(key.name())?.into_std();
+        let before = FileIdentity::of(&file.metadata()?);
+        file.set_modified(ms_to_system_time(self.clock.now_ms()))?;
+        let after = FileIdentity::of(&file.metadata()?);
+        if let Some((identity, _)) = self.verified.lock().get_mut(key) {
+            if *identity == before {
+                *identity = after;
+            }
+        }
+        Ok(())
     }
 
     pub fn remove(&self, area: Area, name: &str) -> io::Result<()> {
@@ -381,4 +494,13 @@ impl Store {
         }
         Ok(FileInfo { name: name.to_string(), size: metadata.len(), modified_ms })
     }
+}
+
+/// The last bytes of a file `len` long that hold an entry's whole trailer.
+fn read_tail(file: &std::fs::File, len: u64) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let tail_len = len.min(entry::MAX_TRAILER_LEN as u64);
+    let mut tail = vec![0; tail_len as usize];
+    file.read_exact_at(&mut tail, len - tail_len)?;
+    Ok(tail)
 }

@@ -7,7 +7,7 @@ use crate::bindings::exports::capcache::policy::policy::{Action, MaintainReport}
 use crate::key::Key;
 use crate::policy::PolicyRuntime;
 use crate::stats::Stats;
-use crate::store::{Area, ReadOutcome};
+use crate::store::Area;
 use crate::usage::{self, Usage};
 use crate::view::{self, Shared, codec_from_wit};
 use parking_lot::Mutex;
@@ -86,7 +86,7 @@ fn run(receiver: Receiver<Event>, shared: &Shared, policy: &Mutex<PolicyRuntime>
             match event {
                 Event::Hit(key) => {
                     if !shared.read_only {
-                        let _ = shared.store.touch_entry(&key.name());
+                        let _ = shared.store.touch_entry(&key);
                     }
                     handle_entry_event(shared, policy, &key, true);
                 }
@@ -136,17 +136,12 @@ fn handle_entry_event(shared: &Shared, policy: &Mutex<PolicyRuntime>, key: &Key,
     }
 }
 
-/// Re-encodes an entry, atomically; the entry keeps its creation time.
+/// Re-encodes an entry, atomically; the entry keeps its creation time, and a
+/// newer entry stored meanwhile is kept.
 fn recode(shared: &Shared, key: &Key, codec: crate::entry::StoredCodec) {
-    let (header, value) = match shared.store.read_entry(key, u64::MAX) {
-        Ok(ReadOutcome::Found(header, value)) => (header, value),
-        _ => return,
-    };
-    if header.codec == codec {
-        return;
-    }
-    match shared.store.write_entry(key, &value, codec, Some(header.created_ms)) {
-        Ok(_) => Stats::bump(&shared.stats.recoded),
+    match shared.store.recode_entry(key, codec) {
+        Ok(true) => Stats::bump(&shared.stats.recoded),
+        Ok(false) => {}
         Err(e) => tracing::warn!("cannot re-encode entry {}: {e}", key.name()),
     }
 }
