@@ -58,6 +58,9 @@ proptest! {
                     prop_assert_eq!(got.bytes, expected);
                 }
                 Op::Corrupt(k, at) => {
+                    // The worker may be re-encoding this entry (hot entries go
+                    // raw): let it finish, or it would replace the damage.
+                    cache.flush();
                     let path = cache.entry_path(&[k]).unwrap();
                     if let Ok(mut bytes) = std::fs::read(&path) {
                         let at = at % bytes.len();

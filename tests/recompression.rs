@@ -1,5 +1,6 @@
 //! Hot entries are recompressed at the optimized level once their usage
-//! counter reaches the threshold.
+//! counter reaches the threshold (wasmtime's behaviour, `raw-entries = never`),
+//! or stored raw (the default).
 
 mod support;
 use capcache::StoredCodec;
@@ -10,7 +11,11 @@ fn recompressed_after_the_usage_threshold() {
     let t = TestCache::new();
     let cache = t
         .builder()
-        .settings([("optimized-compression-usage-counter-threshold", "3"), ("optimized-compression-level", "19")])
+        .settings([
+            ("raw-entries", "never"),
+            ("optimized-compression-usage-counter-threshold", "3"),
+            ("optimized-compression-level", "19"),
+        ])
         .open()
         .unwrap();
     // Compressible, so the two levels differ in size.
@@ -34,4 +39,23 @@ fn recompressed_after_the_usage_threshold() {
     assert_eq!(cache.get(b"hot").as_deref(), Some(&value[..]));
     assert_eq!(cache.entry_info(b"cold").unwrap().codec, StoredCodec::Zstd { level: 3 });
     assert_eq!(cache.stats().recoded, 1);
+}
+
+#[test]
+fn stored_raw_once_hot_by_default() {
+    let t = TestCache::new();
+    let cache = t.open();
+    let value: Vec<u8> = (0..100_000u32).flat_map(|i| (i / 5 % 300).to_le_bytes()).collect();
+    cache.insert(b"hot", &value);
+    cache.insert(b"cold", &value);
+    assert!(cache.get(b"hot").is_some());
+    cache.flush();
+    assert_eq!(cache.entry_info(b"hot").unwrap().codec, StoredCodec::Zstd { level: 3 });
+    assert!(cache.get(b"hot").is_some());
+    cache.flush();
+    let info = cache.entry_info(b"hot").unwrap();
+    assert_eq!(info.codec, StoredCodec::Raw, "the second hit makes it hot");
+    assert!(info.stored_size > value.len() as u64, "a raw file holds the value whole, plus its trailer");
+    assert_eq!(cache.get(b"hot").as_deref(), Some(&value[..]));
+    assert_eq!(cache.entry_info(b"cold").unwrap().codec, StoredCodec::Zstd { level: 3 });
 }
