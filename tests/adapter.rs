@@ -22,6 +22,8 @@ fn module_hit_instantiates_and_runs() {
         let wasm = tiny_module(42);
         let first = load_module(&cache, &engine, &wasm).unwrap();
         assert_eq!(answer(&engine, &first), 42);
+        // A miss's artifact is serialized and stored by the worker.
+        cache.flush();
         assert_eq!((cache.stats().misses, cache.stats().inserts), (1, 1));
         let second = load_module(&cache, &engine, &wasm).unwrap();
         assert_eq!(answer(&engine, &second), 42);
@@ -32,12 +34,51 @@ fn module_hit_instantiates_and_runs() {
 }
 
 #[test]
+fn a_miss_is_stored_off_the_callers_path_and_closing_the_cache_waits_for_it() {
+    let t = TestCache::new();
+    let engine = Engine::default();
+    let wasms: Vec<_> = (0..5).map(|n| tiny_module(100 + n)).collect();
+    {
+        let cache = t.open();
+        for wasm in &wasms {
+            load_module(&cache, &engine, wasm).unwrap();
+        }
+        // Dropped at once: the queued stores are finished first.
+    }
+    let cache = t.open();
+    for (n, wasm) in wasms.iter().enumerate() {
+        assert_eq!(answer(&engine, &load_module(&cache, &engine, wasm).unwrap()), 100 + n as i32);
+    }
+    assert_eq!((cache.stats().hits, cache.stats().misses), (5, 0));
+}
+
+#[test]
+fn with_a_full_queue_the_caller_stores_the_miss_itself() {
+    let t = TestCache::new();
+    // A policy stuck in on-insert fills a queue of one at once.
+    let host = capcache::HostSettings { event_queue_size: 1, event_deadline: Duration::from_millis(300), ..Default::default() };
+    let cache = t.builder().policy(guest_policy("hostile")).setting("mode", "loop-insert").host_settings(host).open().unwrap();
+    let engine = Engine::default();
+    let wasms: Vec<_> = (0..4).map(|n| tiny_module(200 + n)).collect();
+    for wasm in &wasms {
+        load_module(&cache, &engine, wasm).unwrap();
+    }
+    cache.flush();
+    assert_eq!(cache.stats().inserts, 4, "{:?}", cache.stats());
+    for wasm in &wasms {
+        load_module(&cache, &engine, wasm).unwrap();
+    }
+    assert_eq!(cache.stats().hits, 4);
+}
+
+#[test]
 fn a_raw_entry_is_the_artifact_from_offset_zero() {
     let t = TestCache::new();
     let cache = t.builder().setting("raw-entries", "always").open().unwrap();
     let engine = Engine::default();
     let wasm = tiny_module(7);
     load_module(&cache, &engine, &wasm).unwrap();
+    cache.flush();
     let name = capcache::wasmtime::artifact_key(&engine, capcache::wasmtime::Kind::Module, &wasm).name();
     let path = t.root().join("default/entries").join(name);
     // wasmtime itself loads the entry file as it is (the trailer after the
@@ -54,6 +95,7 @@ fn a_raw_entry_changed_in_place_after_its_hits_is_caught_on_the_next_hit() {
     let engine = Engine::default();
     let wasm = tiny_module(9);
     load_module(&cache, &engine, &wasm).unwrap();
+    cache.flush();
     // The first hit checks the digest; the second is served on the file's
     // unchanged identity (the worker's touch of the last-use time included).
     for _ in 0..2 {
@@ -88,6 +130,7 @@ fn another_engine_configuration_misses() {
     let fuel = Engine::new(&config).unwrap();
     load_module(&cache, &default, &wasm).unwrap();
     load_module(&cache, &fuel, &wasm).unwrap();
+    cache.flush();
     assert_eq!((cache.stats().hits, cache.stats().misses), (0, 2));
     load_module(&cache, &fuel, &wasm).unwrap();
     assert_eq!(cache.stats().hits, 1);
@@ -115,6 +158,7 @@ fn component_hit_instantiates_and_runs() {
             let f = instance.get_typed_func::<(), (i32,)>(&mut store, "f").unwrap();
             assert_eq!(f.call(&mut store, ()).unwrap(), (7,));
             assert_eq!(cache.stats().hits, round, "raw-entries={raw}");
+            cache.flush();
         }
     }
 }
@@ -134,6 +178,7 @@ fn direct_mode_hits_without_reading_and_a_changed_file_misses() {
     std::fs::write(&path, tiny_module(1)).unwrap();
     age(&path, Duration::from_secs(3600));
     assert_eq!(answer(&engine, &load_module_file(&cache, &engine, &path).unwrap()), 1);
+    cache.flush();
     // Manifest miss, artifact miss; both stored.
     assert_eq!((cache.stats().misses, cache.stats().inserts), (2, 2));
 
@@ -147,6 +192,7 @@ fn direct_mode_hits_without_reading_and_a_changed_file_misses() {
     std::fs::write(&path, tiny_module(9)).unwrap();
     std::fs::File::options().write(true).open(&path).unwrap().set_modified(modified).unwrap();
     assert_eq!(answer(&engine, &load_module_file(&cache, &engine, &path).unwrap()), 9);
+    cache.flush();
     assert_eq!(cache.stats().misses, 4);
 
     // Same size, new contents, new time: the manifest no longer matches, the
@@ -156,11 +202,13 @@ fn direct_mode_hits_without_reading_and_a_changed_file_misses() {
     assert_eq!(std::fs::metadata(&path).unwrap().len(), before);
     age(&path, Duration::from_secs(1800));
     assert_eq!(answer(&engine, &load_module_file(&cache, &engine, &path).unwrap()), 2);
+    cache.flush();
     assert_eq!(cache.stats().misses, 6);
 
     // A file modified just now is hashed every time, never trusted to a manifest.
     std::fs::write(&path, tiny_module(3)).unwrap();
     let inserts = cache.stats().inserts;
     assert_eq!(answer(&engine, &load_module_file(&cache, &engine, &path).unwrap()), 3);
+    cache.flush();
     assert_eq!(cache.stats().inserts, inserts + 1, "only the artifact is stored");
 }

@@ -26,6 +26,49 @@ use std::sync::Arc;
 /// zstd at wasmtime's baseline level.
 const SAFE_DEFAULT: StoredCodec = StoredCodec::Zstd { level: 3 };
 
+/// Asks the policy whether and how to store `value` (waiting at most the
+/// admit wait for a worker that holds it), then writes it atomically. Never
+/// fails: a failure to store is logged and counted. Returns whether it was
+/// stored.
+pub(crate) fn admit_and_write(shared: &Shared, policy: &Mutex<PolicyRuntime>, host: &HostSettings, key: &Key, value: &[u8]) -> bool {
+    if shared.read_only {
+        return false;
+    }
+    if value.len() as u64 > host.max_entry_size {
+        Stats::bump(&shared.stats.skipped);
+        return false;
+    }
+    let candidate = Candidate { name: key.name(), raw_size: value.len() as u64 };
+    let admission = match policy.try_lock_for(host.admit_wait) {
+        Some(mut policy) => policy.admit(&candidate),
+        None => {
+            tracing::debug!("policy busy; storing {} with the default decision", candidate.name);
+            None
+        }
+    };
+    let codec = match admission {
+        Some(Admission::Skip) => {
+            Stats::bump(&shared.stats.skipped);
+            return false;
+        }
+        Some(Admission::Store(codec)) => codec_from_wit(codec),
+        None => SAFE_DEFAULT,
+    };
+    match shared.store.write_entry(key, value, codec, None) {
+        Ok(_) => {
+            Stats::bump(&shared.stats.inserts);
+            // A new entry starts with no usage.
+            let _ = Usage::append(shared.store.namespace_dir(), &[(usage::id_of(key), None)]);
+            true
+        }
+        Err(e) => {
+            Stats::bump(&shared.stats.failures);
+            tracing::warn!("cannot store cache entry {} in {}: {e}", key.name(), shared.store.path().display());
+            false
+        }
+    }
+}
+
 /// Configures and opens a [`Cache`].
 #[derive(Debug, Clone)]
 pub struct CacheBuilder {
@@ -160,7 +203,7 @@ impl CacheBuilder {
         let shared = Arc::new(Shared { store, usage: Mutex::new(Usage::default()), stats: Stats::default(), read_only });
         let runtime = PolicyRuntime::start(&self.policy, &self.settings, shared.clone(), self.host.clone())?;
         let policy = Arc::new(Mutex::new(runtime));
-        let worker = Worker::start(shared.clone(), policy.clone(), self.host.event_queue_size);
+        let worker = Worker::start(shared.clone(), policy.clone(), self.host.clone());
         Ok(Cache { inner: Some(Inner { shared, policy, worker: Some(worker), host: self.host }) })
     }
 }
@@ -356,44 +399,27 @@ impl Cache {
 
     pub fn insert_by_key(&self, key: &Key, value: &[u8]) -> bool {
         let Some(inner) = self.inner.as_ref() else { return false };
-        let shared = &inner.shared;
-        if shared.read_only {
-            return false;
+        let stored = admit_and_write(&inner.shared, &inner.policy, &inner.host, key, value);
+        if stored && !inner.worker().offer(Event::Inserted(*key)) {
+            Stats::bump(&inner.shared.stats.events_dropped);
         }
-        if value.len() as u64 > inner.host.max_entry_size {
-            Stats::bump(&shared.stats.skipped);
-            return false;
+        stored
+    }
+
+    /// Offers the value that `produce` makes for `key`, to be made, admitted
+    /// and written on the worker, off the caller's path (a miss then costs the
+    /// caller only what computing the value costs). `produce` returns `None`
+    /// if there is nothing to store after all. If the worker's queue is full,
+    /// it runs here instead: the value is never lost to a busy worker.
+    /// [`Cache::flush`] waits for it; dropping the cache does too.
+    pub fn insert_deferred(&self, key: &Key, produce: impl FnOnce() -> Option<Vec<u8>> + Send + 'static) {
+        let Some(inner) = self.inner.as_ref() else { return };
+        if inner.shared.read_only {
+            return;
         }
-        let candidate = Candidate { name: key.name(), raw_size: value.len() as u64 };
-        let admission = match inner.policy.try_lock_for(inner.host.admit_wait) {
-            Some(mut policy) => policy.admit(&candidate),
-            None => {
-                tracing::debug!("policy busy; storing {} with the default decision", candidate.name);
-                None
-            }
-        };
-        let codec = match admission {
-            Some(Admission::Skip) => {
-                Stats::bump(&shared.stats.skipped);
-                return false;
-            }
-            Some(Admission::Store(codec)) => codec_from_wit(codec),
-            None => SAFE_DEFAULT,
-        };
-        match shared.store.write_entry(key, value, codec, None) {
-            Ok(_) => {
-                Stats::bump(&shared.stats.inserts);
-                // A new entry starts with no usage.
-                let _ = Usage::append(shared.store.namespace_dir(), &[(usage::id_of(key), None)]);
-                if !inner.worker().offer(Event::Inserted(*key)) {
-                    Stats::bump(&shared.stats.events_dropped);
-                }
-                true
-            }
-            Err(e) => {
-                Stats::bump(&shared.stats.failures);
-                tracing::warn!("cannot store cache entry {} in {}: {e}", key.name(), shared.store.path().display());
-                false
+        if let Err(Event::Store(key, produce)) = inner.worker().offer_or_return(Event::Store(*key, Box::new(produce))) {
+            if let Some(value) = produce() {
+                self.insert_by_key(&key, &value);
             }
         }
     }

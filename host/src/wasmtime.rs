@@ -81,17 +81,21 @@ impl Kind {
 }
 
 /// How each kind is compiled and loaded.
-trait Artifact: Sized {
+trait Artifact: Sized + Clone + Send + Sync + 'static {
     const KIND: Kind;
-    fn precompile(engine: &Engine, wasm: &[u8]) -> Result<Vec<u8>>;
+    fn compile(engine: &Engine, wasm: &[u8]) -> Result<Self>;
+    fn serialize(&self) -> Result<Vec<u8>>;
     unsafe fn from_bytes(engine: &Engine, bytes: &[u8]) -> Result<Self>;
     unsafe fn from_file(engine: &Engine, file: std::fs::File) -> Result<Self>;
 }
 
 impl Artifact for Module {
     const KIND: Kind = Kind::Module;
-    fn precompile(engine: &Engine, wasm: &[u8]) -> Result<Vec<u8>> {
-        engine.precompile_module(wasm)
+    fn compile(engine: &Engine, wasm: &[u8]) -> Result<Self> {
+        Module::new(engine, wasm)
+    }
+    fn serialize(&self) -> Result<Vec<u8>> {
+        Module::serialize(self)
     }
     unsafe fn from_bytes(engine: &Engine, bytes: &[u8]) -> Result<Self> {
         unsafe { Module::deserialize(engine, bytes) }
@@ -103,8 +107,11 @@ impl Artifact for Module {
 
 impl Artifact for Component {
     const KIND: Kind = Kind::Component;
-    fn precompile(engine: &Engine, wasm: &[u8]) -> Result<Vec<u8>> {
-        engine.precompile_component(wasm)
+    fn compile(engine: &Engine, wasm: &[u8]) -> Result<Self> {
+        Component::new(engine, wasm)
+    }
+    fn serialize(&self) -> Result<Vec<u8>> {
+        Component::serialize(self)
     }
     unsafe fn from_bytes(engine: &Engine, bytes: &[u8]) -> Result<Self> {
         unsafe { Component::deserialize(engine, bytes) }
@@ -146,16 +153,24 @@ fn load_cached<T: Artifact>(cache: &Cache, engine: &Engine, key: &Key) -> Option
     }
 }
 
-/// Loads `T` for `wasm` through the cache under `key`; compiles and stores it
-/// on a miss.
+/// Loads `T` for `wasm` through the cache under `key`; on a miss compiles it,
+/// and has the worker serialize, compress and store it, so a miss costs the
+/// caller what compiling costs.
 fn load<T: Artifact>(cache: &Cache, engine: &Engine, key: &Key, wasm: &[u8]) -> Result<(T, Source)> {
     if let Some(artifact) = load_cached(cache, engine, key) {
         return Ok((artifact, Source::Hit));
     }
-    let artifact = T::precompile(engine, wasm)?;
-    cache.insert_by_key(key, &artifact);
-    // SAFETY: produced just now by this engine.
-    Ok((unsafe { T::from_bytes(engine, &artifact) }?, Source::Computed))
+    let artifact = T::compile(engine, wasm)?;
+    let compiled = artifact.clone();
+    let name = key.name();
+    cache.insert_deferred(key, move || match compiled.serialize() {
+        Ok(bytes) => Some(bytes),
+        Err(e) => {
+            tracing::warn!("cannot serialize artifact {name} ({e:#}); not stored");
+            None
+        }
+    });
+    Ok((artifact, Source::Computed))
 }
 
 /// A module for `wasm`: from the cache, or compiled and stored.

@@ -4,6 +4,8 @@
 //! usage, asks the policy what to do and does it: recode, remove, maintain.
 
 use crate::bindings::exports::capcache::policy::policy::{Action, MaintainReport};
+use crate::cache::admit_and_write;
+use crate::settings::HostSettings;
 use crate::key::Key;
 use crate::policy::PolicyRuntime;
 use crate::stats::Stats;
@@ -18,6 +20,9 @@ use std::thread::JoinHandle;
 pub(crate) enum Event {
     Hit(Key),
     Inserted(Key),
+    /// Make a value, then admit and store it (a miss's store, off the
+    /// caller's path).
+    Store(Key, Box<dyn FnOnce() -> Option<Vec<u8>> + Send>),
     /// Answer once every earlier event is handled.
     Flush(SyncSender<()>),
     /// Run `maintain` now and answer with its report.
@@ -30,20 +35,27 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
-    pub(crate) fn start(shared: Arc<Shared>, policy: Arc<Mutex<PolicyRuntime>>, queue_size: usize) -> Worker {
-        let (sender, receiver) = mpsc::sync_channel(queue_size.max(1));
+    pub(crate) fn start(shared: Arc<Shared>, policy: Arc<Mutex<PolicyRuntime>>, host: HostSettings) -> Worker {
+        let (sender, receiver) = mpsc::sync_channel(host.event_queue_size.max(1));
         let thread = std::thread::Builder::new()
             .name("capcache-worker".into())
-            .spawn(move || run(receiver, &shared, &policy))
+            .spawn(move || run(receiver, &shared, &policy, &host))
             .expect("cannot start the cache worker thread");
         Worker { sender: Some(sender), thread: Some(thread) }
     }
 
     /// Queues an event without waiting; `false` if it was dropped.
     pub(crate) fn offer(&self, event: Event) -> bool {
-        match self.sender.as_ref().map(|s| s.try_send(event)) {
-            Some(Ok(())) => true,
-            Some(Err(TrySendError::Full(_))) | Some(Err(TrySendError::Disconnected(_))) | None => false,
+        self.offer_or_return(event).is_ok()
+    }
+
+    /// Queues an event without waiting, or hands it back.
+    pub(crate) fn offer_or_return(&self, event: Event) -> Result<(), Event> {
+        match &self.sender {
+            Some(sender) => sender.try_send(event).map_err(|e| match e {
+                TrySendError::Full(event) | TrySendError::Disconnected(event) => event,
+            }),
+            None => Err(event),
         }
     }
 
@@ -65,7 +77,7 @@ impl Drop for Worker {
     }
 }
 
-fn run(receiver: Receiver<Event>, shared: &Shared, policy: &Mutex<PolicyRuntime>) {
+fn run(receiver: Receiver<Event>, shared: &Shared, policy: &Mutex<PolicyRuntime>, host: &HostSettings) {
     while let Ok(first) = receiver.recv() {
         let mut batch = vec![first];
         batch.extend(receiver.try_iter());
@@ -91,6 +103,14 @@ fn run(receiver: Receiver<Event>, shared: &Shared, policy: &Mutex<PolicyRuntime>
                     handle_entry_event(shared, policy, &key, true);
                 }
                 Event::Inserted(key) => handle_entry_event(shared, policy, &key, false),
+                Event::Store(key, produce) => {
+                    if let Some(value) = produce() {
+                        if admit_and_write(shared, policy, host, &key, &value) {
+                            drop(value);
+                            handle_entry_event(shared, policy, &key, false);
+                        }
+                    }
+                }
                 Event::Flush(reply) => {
                     let _ = reply.send(());
                 }
