@@ -141,7 +141,12 @@ fn verify_finds_bad_entries_and_fix_removes_them() {
     let t = TestCache::new();
     let root = populated(&t);
     assert!(stdout(&capcache(&["verify", "--dir", &root])).contains("3 entries checked, 0 bad"));
-    let entries = std::fs::read_dir(Path::new(&root)).unwrap().next().unwrap().unwrap().path().join("entries");
+    let namespace = std::fs::read_dir(Path::new(&root))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("wasmtime-"))
+        .unwrap();
+    let entries = namespace.join("entries");
     let victim = std::fs::read_dir(&entries).unwrap().next().unwrap().unwrap().path();
     let mut bytes = std::fs::read(&victim).unwrap();
     let last = bytes.len() - 1;
@@ -248,4 +253,32 @@ fn read_only_cache_directory_from_the_cli() {
     let before = snapshot(&copy);
     assert_eq!(kinds(&stdout(&capcache(&args))), ["hit"; 3]);
     assert_eq!(snapshot(&copy), before);
+}
+
+#[test]
+fn the_compiled_policy_is_kept_and_a_damaged_one_compiled_again() {
+    use std::os::unix::fs::MetadataExt;
+    let t = TestCache::new();
+    let root = t.root().display().to_string();
+    let code = t.root().join("policy-code/entries");
+    let only_file = || {
+        let files: Vec<_> = std::fs::read_dir(&code).unwrap().map(|e| e.unwrap().path()).collect();
+        assert_eq!(files.len(), 1, "{files:?}");
+        files[0].clone()
+    };
+    stdout(&capcache(&["stats", "--dir", &root]));
+    let stored = only_file();
+    let inode = std::fs::metadata(&stored).unwrap().ino();
+    // The next process loads it: it is neither rewritten nor joined by another.
+    stdout(&capcache(&["stats", "--dir", &root]));
+    assert_eq!(std::fs::metadata(only_file()).unwrap().ino(), inode);
+    // Damaged in place: the next process notices, compiles and stores it anew.
+    let mut bytes = std::fs::read(&stored).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&stored, &bytes).unwrap();
+    stdout(&capcache(&["stats", "--dir", &root]));
+    let again = std::fs::read(only_file()).unwrap();
+    assert_ne!(again, bytes, "the damaged code was kept");
+    assert_eq!(again.len(), bytes.len());
 }

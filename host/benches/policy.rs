@@ -1,6 +1,8 @@
-//! Figures for the policy's costs, through the public API:
-//! a miss's admit + store of a small value, a hit's event through the worker,
-//! and `maintain` over many entries (wall time and the process's peak RSS).
+//! Figures for the policy's costs, through the public API: the policy's
+//! start in a fresh process (compiled, and loaded from the compiled-policy
+//! store), a miss's admit + store of a small value, a hit's event through the
+//! worker, and `maintain` over many entries (wall time and the process's peak
+//! RSS).
 //!
 //! ```sh
 //! cargo bench -p capcache --bench policy [-- --entries 10000,100000]
@@ -16,7 +18,40 @@ fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// In a child process: the time to open a cache (which starts its policy),
+/// the first open of the process, in microseconds.
+fn child_open(dir: &str) {
+    let t = Instant::now();
+    let cache = Cache::builder().directory(dir).open().unwrap();
+    let elapsed = t.elapsed();
+    drop(cache);
+    println!("{}", elapsed.as_micros());
+}
+
+/// Median over `runs` fresh processes of the first open; `cold` removes the
+/// stored compiled policy before each.
+fn policy_start(dir: &std::path::Path, runs: usize, cold: bool) -> Duration {
+    let mut times: Vec<Duration> = (0..runs)
+        .map(|_| {
+            if cold {
+                let _ = std::fs::remove_dir_all(dir.join("policy-code"));
+            }
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .env("CAPCACHE_BENCH_CHILD_OPEN", dir)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            Duration::from_micros(String::from_utf8_lossy(&out.stdout).trim().parse().unwrap())
+        })
+        .collect();
+    times.sort();
+    times[runs / 2]
+}
+
 fn main() {
+    if let Ok(dir) = std::env::var("CAPCACHE_BENCH_CHILD_OPEN") {
+        return child_open(&dir);
+    }
     let mut sizes = vec![10_000usize, 100_000];
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -25,6 +60,12 @@ fn main() {
         }
     }
     let scratch = tempfile::tempdir().unwrap();
+
+    let start_dir = scratch.path().join("start");
+    let cold = policy_start(&start_dir, 5, true);
+    let cached = policy_start(&start_dir, 11, false);
+    println!("policy start, compiled:          {:>9.2} ms (first open in a fresh process, median of 5)", cold.as_secs_f64() * 1e3);
+    println!("policy start, compiled code kept:{:>9.2} ms (median of 11; ratio {:.3})", cached.as_secs_f64() * 1e3, cached.as_secs_f64() / cold.as_secs_f64());
 
     // A miss of a 100-byte value: admit (a policy call) + encode + atomic write.
     let cache = Cache::builder().directory(scratch.path().join("small")).open().unwrap();

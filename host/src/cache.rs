@@ -201,7 +201,12 @@ impl CacheBuilder {
         let store = Store::open(&root, &self.namespace, self.clock.clone(), self.open_options)?;
         let read_only = store.read_only();
         let shared = Arc::new(Shared { store, usage: Mutex::new(Usage::default()), stats: Stats::default(), read_only });
-        let runtime = PolicyRuntime::start(&self.policy, &self.settings, shared.clone(), self.host.clone())?;
+        // Compiled policies are kept beside the namespaces, so a process
+        // starts its policy without compiling it.
+        let code = Store::open(&root, crate::policy::POLICY_CODE_NAMESPACE, self.clock.clone(), self.open_options)
+            .map_err(|e| tracing::debug!("no store for compiled policies: {e}"))
+            .ok();
+        let runtime = PolicyRuntime::start(&self.policy, &self.settings, shared.clone(), self.host.clone(), code.as_ref())?;
         let policy = Arc::new(Mutex::new(runtime));
         let worker = Worker::start(shared.clone(), policy.clone(), self.host.clone());
         Ok(Cache { inner: Some(Inner { shared, policy, worker: Some(worker), host: self.host }) })

@@ -33,6 +33,7 @@ pub mod error;
 #[cfg(feature = "incremental-cache")]
 pub mod incremental;
 pub mod key;
+mod mapped;
 pub mod policy;
 pub mod settings;
 pub mod stats;

@@ -10,6 +10,9 @@ use crate::bindings::exports::capcache::policy::policy::{Action, Admission, Cand
 use crate::bindings::{PolicyWorld, PolicyWorldPre};
 use crate::bindings::capcache::policy::types::EntryMeta;
 use crate::error::Error;
+use crate::key::{Key, Sha256Hasher};
+use crate::store::{Area, OpenOutcome, Store as EntryStore};
+use std::hash::Hash;
 use crate::settings::HostSettings;
 use crate::stats::Stats;
 use crate::view::{PolicyView, Shared};
@@ -78,7 +81,7 @@ impl Policy {
     /// What the component imports and exports, by WIT name, checked against
     /// the contract as `prepare` checks it.
     pub fn describe(&self) -> Result<(Vec<String>, Vec<String>), Error> {
-        self.prepare()?;
+        self.prepare(None)?;
         let component = Component::new(engine(), &self.bytes)
             .map_err(|e| Error::PolicyComponent { policy: self.name.clone(), reason: format!("{e:#}") })?;
         let ty = component.component_type();
@@ -87,20 +90,30 @@ impl Policy {
         Ok((imports, exports))
     }
 
-    /// Compiles the component (once per process for the same bytes) and
-    /// checks that it fits the WIT world.
-    pub(crate) fn prepare(&self) -> Result<PolicyWorldPre<PolicyState>, Error> {
-        static COMPILED: OnceLock<Mutex<HashMap<crate::key::Key, PolicyWorldPre<PolicyState>>>> = OnceLock::new();
-        let digest = crate::key::Key::of(&self.bytes);
+    /// Compiles the component (once per process for the same bytes, and once
+    /// per cache directory when `code` is that directory's store for compiled
+    /// policies) and checks that it fits the WIT world.
+    pub(crate) fn prepare(&self, code: Option<&EntryStore>) -> Result<PolicyWorldPre<PolicyState>, Error> {
+        static COMPILED: OnceLock<Mutex<HashMap<Key, PolicyWorldPre<PolicyState>>>> = OnceLock::new();
+        let key = self.code_key();
         let compiled = COMPILED.get_or_init(Default::default);
-        if let Some(pre) = compiled.lock().get(&digest) {
+        if let Some(pre) = compiled.lock().get(&key) {
             return Ok(pre.clone());
         }
         let engine = engine();
-        let component = Component::new(engine, &self.bytes).map_err(|e| Error::PolicyComponent {
-            policy: self.name.clone(),
-            reason: format!("{e:#}"),
-        })?;
+        let component = match code.and_then(|code| load_compiled(code, &key)) {
+            Some(component) => component,
+            None => {
+                let component = Component::new(engine, &self.bytes).map_err(|e| Error::PolicyComponent {
+                    policy: self.name.clone(),
+                    reason: format!("{e:#}"),
+                })?;
+                if let Some(code) = code.filter(|code| !code.read_only()) {
+                    store_compiled(code, &key, &component);
+                }
+                component
+            }
+        };
         let world_error = |reason: String| Error::PolicyWorld { policy: self.name.clone(), reason };
         // A policy may import the view and the runtime interfaces of its
         // language (WASI), which are granted nothing; anything else means it was
@@ -120,8 +133,67 @@ impl Policy {
         linker.define_unknown_imports_as_traps(&component).map_err(|e| world_error(format!("{e:#}")))?;
         let pre = linker.instantiate_pre(&component).map_err(|e| world_error(format!("{e:#}")))?;
         let pre = PolicyWorldPre::new(pre).map_err(|e| world_error(format!("{e:#}")))?;
-        compiled.lock().insert(digest, pre.clone());
+        compiled.lock().insert(key, pre.clone());
         Ok(pre)
+    }
+
+    /// The key of this component's compiled code for the policy engine.
+    fn code_key(&self) -> Key {
+        let mut compatibility = Sha256Hasher::default();
+        engine().precompile_compatibility_hash().hash(&mut compatibility);
+        Key::of_parts(&[b"capcache-policy-code-v1", &compatibility.finish_key().0, blake3::hash(&self.bytes).as_bytes()])
+    }
+}
+
+/// The namespace, beside the caches' own, that holds compiled policies.
+pub(crate) const POLICY_CODE_NAMESPACE: &str = "policy-code";
+
+/// At most this many compiled policies are kept (one per policy and engine
+/// version in use); the least recently stored go first.
+const POLICY_CODE_KEPT: usize = 8;
+
+/// The compiled policy under `key`, if stored and whole (checked as every
+/// entry is; it is raw, so it is mapped rather than read).
+fn load_compiled(code: &EntryStore, key: &Key) -> Option<Component> {
+    let loaded = match code.open_entry(key, u64::MAX, true) {
+        Ok(OpenOutcome::RawFile(_, file)) => unsafe { crate::mapped::component_from_file(engine(), file) },
+        Ok(OpenOutcome::Value(_, bytes)) => unsafe { Component::deserialize(engine(), &bytes) },
+        Ok(OpenOutcome::Missing) => return None,
+        Ok(OpenOutcome::Corrupt(e)) => {
+            tracing::warn!("compiled policy {} is corrupt ({e}); compiling again", key.name());
+            let _ = code.remove(Area::Entries, &key.name());
+            return None;
+        }
+        Err(e) => {
+            tracing::debug!("cannot read compiled policy {}: {e}", key.name());
+            return None;
+        }
+    };
+    // SAFETY (above): the key covers the policy engine's compatibility hash,
+    // and the entry's digest was checked, as for every artifact capcache loads.
+    loaded.map_err(|e| tracing::warn!("compiled policy {} does not load ({e:#}); compiling again", key.name())).ok()
+}
+
+/// Stores a freshly compiled policy, raw, and keeps the store small.
+fn store_compiled(code: &EntryStore, key: &Key, component: &Component) {
+    let stored = component.serialize().map_err(std::io::Error::other).and_then(|bytes| {
+        code.write_entry(key, &bytes, crate::entry::StoredCodec::Raw, None)
+    });
+    if let Err(e) = stored {
+        tracing::debug!("cannot store the compiled policy {}: {e}", key.name());
+        return;
+    }
+    let mut kept: Vec<_> = code
+        .list_names(Area::Entries)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|name| code.file_info(Area::Entries, &name).ok())
+        .collect();
+    if kept.len() > POLICY_CODE_KEPT {
+        kept.sort_by_key(|info| std::cmp::Reverse(info.modified_ms));
+        for old in &kept[POLICY_CODE_KEPT..] {
+            let _ = code.remove(Area::Entries, &old.name);
+        }
     }
 }
 
@@ -183,10 +255,11 @@ impl PolicyRuntime {
         settings: &[(String, String)],
         shared: Arc<Shared>,
         host: HostSettings,
+        code: Option<&EntryStore>,
     ) -> Result<PolicyRuntime, Error> {
         let mut runtime = PolicyRuntime {
             name: policy.name.clone(),
-            pre: policy.prepare()?,
+            pre: policy.prepare(code)?,
             settings: settings.iter().map(|(key, value)| Setting { key: key.clone(), value: value.clone() }).collect(),
             shared,
             host,

@@ -117,19 +117,7 @@ impl Artifact for Component {
         unsafe { Component::deserialize(engine, bytes) }
     }
     unsafe fn from_file(engine: &Engine, file: std::fs::File) -> Result<Self> {
-        // wasmtime maps components only by path. The path of the descriptor
-        // capcache opened (through its capability) names that very file, so
-        // no one can swap it between the check and the load.
-        use std::os::fd::AsRawFd;
-        let path = format!("/proc/self/fd/{}", file.as_raw_fd());
-        if Path::new(&path).exists() {
-            let component = unsafe { Component::deserialize_file(engine, &path) };
-            drop(file);
-            return component;
-        }
-        let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut { file }, &mut bytes)?;
-        unsafe { Component::deserialize(engine, &bytes) }
+        unsafe { crate::mapped::component_from_file(engine, file) }
     }
 }
 

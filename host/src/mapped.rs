@@ -1,0 +1,26 @@
+//! Compiled code loaded from an entry's open file, mapped rather than read.
+
+use std::path::Path;
+use wasmtime::component::Component;
+use wasmtime::{Engine, Result};
+
+/// A component from the open file of a raw entry. wasmtime maps components
+/// only by path; the `/proc/self/fd` path of the descriptor capcache opened
+/// (through its capability) names that very file, so no one can swap it
+/// between the check and the load. Without `/proc`, the file is read.
+///
+/// # Safety
+/// As `Component::deserialize_file`: the file must hold code that this
+/// engine's wasmtime produced (capcache checked its key and digest).
+pub(crate) unsafe fn component_from_file(engine: &Engine, file: std::fs::File) -> Result<Component> {
+    use std::os::fd::AsRawFd;
+    let path = format!("/proc/self/fd/{}", file.as_raw_fd());
+    if Path::new(&path).exists() {
+        let component = unsafe { Component::deserialize_file(engine, &path) };
+        drop(file);
+        return component;
+    }
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut { file }, &mut bytes)?;
+    unsafe { Component::deserialize(engine, &bytes) }
+}
