@@ -77,10 +77,19 @@ pub struct Store {
     clock: Arc<dyn Clock>,
     temp_counter: AtomicU64,
     read_only: bool,
-    verified: Mutex<HashMap<Key, (FileIdentity, Header)>>,
+    known: Mutex<HashMap<Key, Known>>,
     /// Held around each rename into entries/ by this process, so a
     /// re-encoding's check-then-rename never interleaves with an insert.
     publishing: Mutex<()>,
+}
+
+/// An entry file as this process last saw it: its header, and whether its
+/// digest was checked.
+#[derive(Debug, Clone)]
+struct Known {
+    identity: FileIdentity,
+    header: Header,
+    checked: bool,
 }
 
 /// What identifies one version of a file: entries are replaced only by
@@ -88,7 +97,8 @@ pub struct Store {
 /// no one can set. A raw entry whose file still has the identity it had when
 /// its digest was checked is served without hashing it again: that is what
 /// makes a warm hit cost an `openat` and an `fstat` instead of a pass over the
-/// whole artifact.
+/// whole artifact. Listings likewise take a known file's header from memory,
+/// after one `statx`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct FileIdentity {
     dev: u64,
@@ -109,11 +119,22 @@ impl FileIdentity {
             ctime: (metadata.ctime(), metadata.ctime_nsec()),
         }
     }
+
+    fn of_cap(metadata: &cap_std::fs::Metadata) -> FileIdentity {
+        use cap_std::fs::MetadataExt;
+        FileIdentity {
+            dev: metadata.dev(),
+            ino: metadata.ino(),
+            size: metadata.len(),
+            mtime: (metadata.mtime(), metadata.mtime_nsec()),
+            ctime: (metadata.ctime(), metadata.ctime_nsec()),
+        }
+    }
 }
 
-/// At most this many verified files are remembered (then forgotten at once:
-/// the next hit of each hashes its file again).
-const VERIFIED_MAX: usize = 4096;
+/// At most this many entry files are remembered (then forgotten at once: the
+/// next hit of each hashes its file again). About 150 bytes each.
+const KNOWN_MAX: usize = 1 << 17;
 
 /// How to treat the directory when opening.
 #[derive(Debug, Clone, Copy, Default)]
@@ -208,7 +229,7 @@ impl Store {
             clock,
             temp_counter: AtomicU64::new(0),
             read_only,
-            verified: Mutex::new(HashMap::new()),
+            known: Mutex::new(HashMap::new()),
             publishing: Mutex::new(()),
         };
         // Prove now, not on the first miss, that the directory is writable.
@@ -384,17 +405,37 @@ impl Store {
     pub fn entry_header(&self, name: &str) -> io::Result<(Header, u64, u64)> {
         let key = Key::from_name(name)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an entry name"))?;
-        let file = self.entries.open(name)?.into_std();
-        let metadata = file.metadata()?;
+        let metadata = self.entries.symlink_metadata(name)?;
+        if metadata.file_type().is_symlink() {
+            // Never followed, wherever it points (as cap-std refuses one out).
+            return Err(io::Error::new(io::ErrorKind::PermissionDenied, "a symbolic link"));
+        }
         if !metadata.is_file() {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
         }
+        let len = metadata.len();
+        let modified = metadata.modified().map(|t| system_time_to_ms(t.into_std())).unwrap_or(0);
+        let identity = FileIdentity::of_cap(&metadata);
+        if let Some(known) = self.known.lock().get(&key).filter(|k| k.identity == identity) {
+            return Ok((known.header.clone(), len, modified));
+        }
+        let file = self.entries.open(name)?.into_std();
+        let metadata = file.metadata()?;
         let len = metadata.len();
         let tail = read_tail(&file, len)?;
         let trailer = entry::decode_trailer(&tail, len, Some(&key))
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         let modified = metadata.modified().map(system_time_to_ms).unwrap_or(0);
+        self.remember(&key, Known { identity: FileIdentity::of(&metadata), header: trailer.header.clone(), checked: false });
         Ok((trailer.header, len, modified))
+    }
+
+    fn remember(&self, key: &Key, known: Known) {
+        let mut all = self.known.lock();
+        if all.len() >= KNOWN_MAX {
+            all.clear();
+        }
+        all.insert(*key, known);
     }
 
     /// Opens the entry for `key` and checks it whole. A raw entry is returned
@@ -411,7 +452,7 @@ impl Store {
         if raw_as_file {
             let metadata = file.metadata()?;
             let identity = FileIdentity::of(&metadata);
-            let known = self.verified.lock().get(key).filter(|(seen, _)| *seen == identity).map(|(_, h)| h.clone());
+            let known = self.known.lock().get(key).filter(|k| k.checked && k.identity == identity).map(|k| k.header.clone());
             if let Some(header) = known {
                 return Ok(OpenOutcome::RawFile(header, file));
             }
@@ -426,11 +467,7 @@ impl Store {
                     return Ok(OpenOutcome::Corrupt(e));
                 }
                 file.seek(SeekFrom::Start(0))?;
-                let mut verified = self.verified.lock();
-                if verified.len() >= VERIFIED_MAX {
-                    verified.clear();
-                }
-                verified.insert(*key, (identity, trailer.header.clone()));
+                self.remember(key, Known { identity, header: trailer.header.clone(), checked: true });
                 return Ok(OpenOutcome::RawFile(trailer.header, file));
             }
             file.seek(SeekFrom::Start(0))?;
@@ -451,9 +488,9 @@ impl Store {
         let before = FileIdentity::of(&file.metadata()?);
         file.set_modified(ms_to_system_time(self.clock.now_ms()))?;
         let after = FileIdentity::of(&file.metadata()?);
-        if let Some((identity, _)) = self.verified.lock().get_mut(key) {
-            if *identity == before {
-                *identity = after;
+        if let Some(known) = self.known.lock().get_mut(key) {
+            if known.identity == before {
+                known.identity = after;
             }
         }
         Ok(())
