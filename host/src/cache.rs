@@ -463,6 +463,31 @@ impl Cache {
         }
     }
 
+    /// For benchmarks: calls the policy's `on-hit` for the stored entry
+    /// `key` (or `admit` for a candidate of that name) `n` times, directly,
+    /// as the worker does, and returns the time per call: the cost of one
+    /// crossing into the sandbox and back, without the filesystem.
+    #[doc(hidden)]
+    pub fn time_policy_calls(&self, key: &[u8], n: u32, admit: bool) -> Option<std::time::Duration> {
+        let inner = self.inner.as_ref()?;
+        let key = Key::of(key);
+        let meta = {
+            let usage = inner.shared.usage.lock();
+            view::entry_meta(&inner.shared.store, &usage, &key.name()).ok()?
+        };
+        let candidate = Candidate { name: key.name(), raw_size: meta.raw_size };
+        let mut policy = inner.policy.lock();
+        let started = std::time::Instant::now();
+        for _ in 0..n {
+            if admit {
+                std::hint::black_box(policy.admit(&candidate));
+            } else {
+                std::hint::black_box(policy.on_hit(&meta));
+            }
+        }
+        Some(started.elapsed() / n.max(1))
+    }
+
     /// Runs the policy's maintenance pass now (after queued events) and
     /// returns its report; `None` if disabled or the policy failed.
     pub fn maintain(&self) -> Option<MaintainReport> {
