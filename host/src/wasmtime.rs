@@ -60,13 +60,10 @@ fn compatibility_key(engine: &Engine) -> Key {
 /// SHA-256's 1.8 GB/s with SHA-NI); the key itself is the SHA-256 of that
 /// digest and the rest, named as every key is.
 pub fn artifact_key(engine: &Engine, kind: Kind, wasm: &[u8]) -> Key {
-    // Large modules are hashed on every core (rayon, which wasmtime's parallel
-    // compilation already runs); below that, threads cost more than they save.
-    let wasm_digest = if wasm.len() >= 256 << 10 {
-        blake3::Hasher::new().update_rayon(wasm).finalize()
-    } else {
-        blake3::hash(wasm)
-    };
+    // One thread: hashing on both cores halves the hash alone, but a hit as a
+    // whole got slower (0.34-0.37 ms against 0.40-0.48 for brotli-wasm: the
+    // other core's threads cost the module's mapping and unmapping more).
+    let wasm_digest = blake3::hash(wasm);
     Key::of_parts(&[b"capcache-artifact-v2", kind.tag(), &compatibility_key(engine).0, wasm_digest.as_bytes()])
 }
 
