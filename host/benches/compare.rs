@@ -112,7 +112,7 @@ fn main() {
         let wasm = std::fs::read(path).unwrap();
         let name = path.file_name().unwrap().to_string_lossy().to_string();
         // Compiling is slow: fewer runs, each from scratch.
-        let compile_runs = if wasm.len() > 4 << 20 { 1 } else { 3 };
+        let compile_runs = if wasm.len() > 4 << 20 { 3 } else { 7 };
         let n = std::sync::atomic::AtomicUsize::new(0);
         let fresh = |tag: &str| {
             let dir = scratch.path().join(format!("{tag}-{}", n.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
@@ -121,14 +121,34 @@ fn main() {
         };
         let mut rows: Vec<(&str, Duration)> = Vec::new();
 
-        rows.push(("compile, no cache", measure_fresh(compile_runs, || (), |_| {
-            Module::new(&engine, &wasm).unwrap();
-        })));
-
-        rows.push(("wasmtime cache miss", measure_fresh(compile_runs, || wasmtime_cache_engine(&fresh("wt")), |e| {
-            Module::new(&e, &wasm).unwrap();
-            e
-        })));
+        // The four ways to miss, interleaved round by round so that the
+        // machine's drift touches each alike; each from scratch.
+        let mut misses: [Vec<Duration>; 4] = Default::default();
+        for _ in 0..compile_runs {
+            let timed = |f: &mut dyn FnMut()| {
+                let t = Instant::now();
+                f();
+                t.elapsed()
+            };
+            misses[0].push(timed(&mut || drop(Module::new(&engine, &wasm).unwrap())));
+            let e = wasmtime_cache_engine(&fresh("wt"));
+            misses[1].push(timed(&mut || drop(Module::new(&e, &wasm).unwrap())));
+            drop(e);
+            // The caller's wait: the worker serializes, compresses and writes
+            // after load_module returns.
+            let cache = capcache(&fresh("cc"), false);
+            misses[2].push(timed(&mut || drop(capcache::wasmtime::load_module(&cache, &engine, &wasm).unwrap())));
+            drop(cache);
+            let cache = capcache(&fresh("cc"), false);
+            misses[3].push(timed(&mut || {
+                drop(capcache::wasmtime::load_module(&cache, &engine, &wasm).unwrap());
+                cache.flush();
+            }));
+            drop(cache);
+        }
+        let [compile, wt_miss, cc_miss, cc_stored] = misses.map(median);
+        rows.push(("compile, no cache", compile));
+        rows.push(("wasmtime cache miss", wt_miss));
         let wt = wasmtime_cache_engine(&fresh("wt-hit"));
         Module::new(&wt, &wasm).unwrap();
         std::thread::sleep(Duration::from_millis(200)); // its worker writes stats
@@ -136,17 +156,8 @@ fn main() {
             Module::new(&wt, &wasm).unwrap();
         })));
 
-        // The caller's wait: the worker serializes, compresses and writes
-        // after load_module returns.
-        rows.push(("capcache miss", measure_fresh(compile_runs, || capcache(&fresh("cc"), false), |cache| {
-            capcache::wasmtime::load_module(&cache, &engine, &wasm).unwrap();
-            cache
-        })));
-        rows.push(("capcache miss, until stored", measure_fresh(compile_runs, || capcache(&fresh("cc"), false), |cache| {
-            capcache::wasmtime::load_module(&cache, &engine, &wasm).unwrap();
-            cache.flush();
-            cache
-        })));
+        rows.push(("capcache miss", cc_miss));
+        rows.push(("capcache miss, until stored", cc_stored));
 
         // Compressed: every hit reads, checks and decompresses the entry.
         let dir = fresh("cc-zstd");

@@ -3,8 +3,10 @@
 //! A hit reads and checks the entry on the caller's thread and queues an event
 //! for the worker: it never waits on the policy. A miss asks the policy whether
 //! and how to store (bounded by a deadline, and by a short wait if the worker
-//! holds the policy), then writes atomically. Every cache-side failure degrades
-//! to "compute" with a warning: the caller always gets its value.
+//! holds the policy), then writes atomically; `insert_deferred` (which the
+//! wasmtime adapter uses) leaves all of that to the worker. Every cache-side
+//! failure degrades to "compute" with a warning: the caller always gets its
+//! value.
 
 use crate::bindings::exports::capcache::policy::policy::{Admission, Candidate, MaintainReport};
 use crate::clock::{Clock, SystemClock};

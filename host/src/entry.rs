@@ -17,7 +17,6 @@
 
 use crate::key::Key;
 use serde::{Deserialize, Serialize};
-use std::io::Read;
 
 pub const MAGIC: &[u8; 8] = b"CAPCACHE";
 /// Bumped whenever the layout changes; older entries then read as corrupt and
@@ -124,9 +123,19 @@ impl Trailer {
     pub fn check_payload(&self, mut payload: impl std::io::Read) -> std::io::Result<Result<(), EntryError>> {
         let mut hasher = blake3::Hasher::new();
         hasher.update(&self.header_bytes);
-        let read = std::io::copy(&mut (&mut payload).take(self.header_offset), &mut hasher)?;
-        if read != self.header_offset {
-            return Ok(Err(EntryError::Truncated));
+        // Large reads: fewer calls, and BLAKE3 hashes many 1 KiB chunks at
+        // once only when it is given many. (With 8 KiB reads, the first hit of
+        // esbuild's 31 MB artifact in a process took 24 ms; with these, 8.)
+        let mut buffer = vec![0u8; (1 << 20).min(self.header_offset as usize).max(1)];
+        let mut left = self.header_offset;
+        while left > 0 {
+            let want = left.min(buffer.len() as u64) as usize;
+            let read = payload.read(&mut buffer[..want])?;
+            if read == 0 {
+                return Ok(Err(EntryError::Truncated));
+            }
+            hasher.update(&buffer[..read]);
+            left -= read as u64;
         }
         Ok(if <[u8; DIGEST_LEN]>::from(hasher.finalize()) == self.digest { Ok(()) } else { Err(EntryError::Checksum) })
     }
