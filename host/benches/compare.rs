@@ -22,7 +22,7 @@ struct Args {
 }
 
 fn parse_args() -> Args {
-    let mut args = Args { modules: Vec::new(), runs: 21, json: PathBuf::from("target/capcache-bench.json") };
+    let mut args = Args { modules: Vec::new(), runs: 21, json: Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/capcache-bench.json") };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {

@@ -19,6 +19,7 @@ use crate::entry::{self, EntryError, Header, StoredCodec};
 use crate::error::Error;
 use crate::key::Key;
 use cap_std::ambient_authority;
+use cap_fs_ext::{FollowSymlinks, OpenOptionsFollowExt};
 use cap_std::fs::{Dir, OpenOptions};
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -405,22 +406,31 @@ impl Store {
     pub fn entry_header(&self, name: &str) -> io::Result<(Header, u64, u64)> {
         let key = Key::from_name(name)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an entry name"))?;
-        let metadata = self.entries.symlink_metadata(name)?;
-        if metadata.file_type().is_symlink() {
-            // Never followed, wherever it points (as cap-std refuses one out).
-            return Err(io::Error::new(io::ErrorKind::PermissionDenied, "a symbolic link"));
+        // A file seen before: one statx tells whether it is unchanged.
+        let known = self.known.lock().get(&key).cloned();
+        if let Some(known) = known {
+            let metadata = self.entries.symlink_metadata(name)?;
+            if metadata.is_file() && FileIdentity::of_cap(&metadata) == known.identity {
+                let modified = metadata.modified().map(|t| system_time_to_ms(t.into_std())).unwrap_or(0);
+                return Ok((known.header, metadata.len(), modified));
+            }
         }
+        // A symbolic link is never followed, wherever it points.
+        let file = self
+            .entries
+            .open_with(name, OpenOptions::new().read(true).follow(FollowSymlinks::No))
+            .map_err(|e| {
+                if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+                    io::Error::new(io::ErrorKind::PermissionDenied, "a symbolic link")
+                } else {
+                    e
+                }
+            })?
+            .into_std();
+        let metadata = file.metadata()?;
         if !metadata.is_file() {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
         }
-        let len = metadata.len();
-        let modified = metadata.modified().map(|t| system_time_to_ms(t.into_std())).unwrap_or(0);
-        let identity = FileIdentity::of_cap(&metadata);
-        if let Some(known) = self.known.lock().get(&key).filter(|k| k.identity == identity) {
-            return Ok((known.header.clone(), len, modified));
-        }
-        let file = self.entries.open(name)?.into_std();
-        let metadata = file.metadata()?;
         let len = metadata.len();
         let tail = read_tail(&file, len)?;
         let trailer = entry::decode_trailer(&tail, len, Some(&key))
