@@ -41,6 +41,8 @@ fn bad_values_name_the_key_the_value_and_what_is_allowed() {
         ("file-count-limit-percent-if-deleting", "170%", "percentage"),
         ("baseline-compression-level", "0", "zstd level"),
         ("optimized-compression-level", "23", "zstd level"),
+        ("raw-entries", "sometimes", "\"hot\""),
+        ("raw-entries-usage-threshold", "-1", "whole number"),
     ];
     for (key, value, expected) in cases {
         let t = TestCache::new();
