@@ -21,6 +21,11 @@ fuzz_target!(|data: &[u8]| {
         let again = entry::encode(&key, &value, header.codec, header.created_ms).unwrap();
         assert_eq!(again.len(), data.len());
     }
+    // The streamed check (raw hits) agrees with the whole-file check.
+    if let Ok(trailer) = entry::decode_trailer(data, data.len() as u64, Some(&key)) {
+        let streamed = trailer.check_payload(data).unwrap();
+        assert_eq!(streamed.is_ok(), entry::check(data, &key).is_ok());
+    }
     let _ = entry::decode_trailer(data, data.len() as u64, None);
     let _ = entry::check(data, &key);
     // Arbitrary bytes as a value: encoded, it decodes back exactly.
