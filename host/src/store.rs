@@ -109,27 +109,28 @@ struct FileIdentity {
     ctime: (i64, i64),
 }
 
+/// The identity in std's or cap-std's metadata (two traits, same methods).
+macro_rules! identity_of {
+    ($metadata:expr) => {
+        FileIdentity {
+            dev: $metadata.dev(),
+            ino: $metadata.ino(),
+            size: $metadata.len(),
+            mtime: ($metadata.mtime(), $metadata.mtime_nsec()),
+            ctime: ($metadata.ctime(), $metadata.ctime_nsec()),
+        }
+    };
+}
+
 impl FileIdentity {
     fn of(metadata: &std::fs::Metadata) -> FileIdentity {
         use std::os::unix::fs::MetadataExt;
-        FileIdentity {
-            dev: metadata.dev(),
-            ino: metadata.ino(),
-            size: metadata.len(),
-            mtime: (metadata.mtime(), metadata.mtime_nsec()),
-            ctime: (metadata.ctime(), metadata.ctime_nsec()),
-        }
+        identity_of!(metadata)
     }
 
     fn of_cap(metadata: &cap_std::fs::Metadata) -> FileIdentity {
         use cap_std::fs::MetadataExt;
-        FileIdentity {
-            dev: metadata.dev(),
-            ino: metadata.ino(),
-            size: metadata.len(),
-            mtime: (metadata.mtime(), metadata.mtime_nsec()),
-            ctime: (metadata.ctime(), metadata.ctime_nsec()),
-        }
+        identity_of!(metadata)
     }
 }
 
