@@ -15,6 +15,13 @@ fn stdout(output: &Output) -> String {
     String::from_utf8(output.stdout.clone()).unwrap()
 }
 
+/// Entry files are read-only (mode 444): the owner makes one writable before
+/// damaging it in place (root needs no such step, but takes it too).
+fn make_writable(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
+}
+
 fn kinds(out: &str) -> Vec<&str> {
     out.lines().map(|l| l.split_whitespace().next().unwrap()).collect()
 }
@@ -70,8 +77,9 @@ fn an_unusable_directory_only_costs_the_cache() {
     std::fs::write(t.root(), b"a file, not a directory").unwrap();
     let root = t.root().display().to_string();
     let output = capcache(&["compile", "--dir", root.as_str(), modules[0].as_str()]);
-    assert_eq!(kinds(&stdout(&output)), ["miss"]);
-    assert!(String::from_utf8_lossy(&output.stderr).contains("cache unavailable"));
+    assert_eq!(kinds(&stdout(&output)), ["uncached"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cache unavailable") && stderr.contains("is not a directory"), "{stderr}");
 }
 
 #[test]
@@ -141,16 +149,12 @@ fn verify_finds_bad_entries_and_fix_removes_them() {
     let t = TestCache::new();
     let root = populated(&t);
     assert!(stdout(&capcache(&["verify", "--dir", &root])).contains("3 entries checked, 0 bad"));
-    let namespace = std::fs::read_dir(Path::new(&root))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("wasmtime-"))
-        .unwrap();
-    let entries = namespace.join("entries");
+    let entries = Path::new(&root).join("default/entries");
     let victim = std::fs::read_dir(&entries).unwrap().next().unwrap().unwrap().path();
     let mut bytes = std::fs::read(&victim).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
+    make_writable(&victim);
     std::fs::write(&victim, bytes).unwrap();
     let output = capcache(&["verify", "--dir", &root]);
     assert_eq!(output.status.code(), Some(2));
@@ -185,7 +189,9 @@ fn policy_check() {
     std::fs::write(&core, tiny_module(1)).unwrap();
     let output = capcache(&["policy", "check", &core.display().to_string()]);
     assert_eq!(output.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("not a valid policy component"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("a core module, not a component: a policy must be a component"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }
 
 #[test]
@@ -266,7 +272,8 @@ fn the_compiled_policy_is_kept_and_a_damaged_one_compiled_again() {
         assert_eq!(files.len(), 1, "{files:?}");
         files[0].clone()
     };
-    stdout(&capcache(&["stats", "--dir", &root]));
+    let modules = modules(t.dir.path());
+    stdout(&capcache(&["compile", "--dir", &root, &modules[0]]));
     let stored = only_file();
     let inode = std::fs::metadata(&stored).unwrap().ino();
     // The next process loads it: it is neither rewritten nor joined by another.
@@ -276,6 +283,7 @@ fn the_compiled_policy_is_kept_and_a_damaged_one_compiled_again() {
     let mut bytes = std::fs::read(&stored).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x01;
+    make_writable(&stored);
     std::fs::write(&stored, &bytes).unwrap();
     stdout(&capcache(&["stats", "--dir", &root]));
     let again = std::fs::read(only_file()).unwrap();

@@ -331,7 +331,7 @@ fn read_only_child(dir: &Path) {
     assert!(cache.is_read_only());
     assert_eq!(cache.get(&key(1)), Some(expected(1)));
     let got = cache.get_or_insert_with(&key(2), || Ok::<_, ()>(expected(2))).unwrap();
-    assert_eq!((got.source, got.bytes == expected(2)), (Source::Computed, true));
+    assert_eq!((got.source, got.bytes == expected(2)), (Source::Miss, true));
     assert!(!cache.insert(&key(3), &expected(3)));
     cache.get(&key(1)).unwrap();
     cache.flush();
@@ -418,7 +418,7 @@ fn directory_deleted_underneath() {
     std::fs::remove_dir_all(t.root()).unwrap();
     assert_eq!(cache.get(&key(1)), None);
     let got = cache.get_or_insert_with(&key(2), || Ok::<_, ()>(expected(2))).unwrap();
-    assert_eq!((got.source, got.bytes == expected(2)), (Source::Computed, true));
+    assert_eq!((got.source, got.bytes == expected(2)), (Source::Miss, true));
     assert!(!cache.insert(&key(3), &expected(3)));
     assert!(cache.stats().failures >= 2, "{:?}", cache.stats());
     cache.flush();

@@ -175,7 +175,7 @@ fn main() {
             capcache::wasmtime::load_module(&cache, &engine, &wasm).unwrap();
             cache.flush();
         }
-        assert_eq!(cache.entries()[0].codec, capcache::StoredCodec::Raw, "the default policy made it raw");
+        assert_eq!(cache.entries().unwrap()[0].codec, capcache::StoredCodec::Raw, "the default policy made it raw");
         rows.push(("capcache hit (raw, mapped)", measure(args.runs, || {
             capcache::wasmtime::load_module(&cache, &engine, &wasm).unwrap();
         })));

@@ -16,7 +16,7 @@ use crate::key::Key;
 use crate::policy::{Policy, PolicyRuntime};
 use crate::settings::HostSettings;
 use crate::stats::{Stats, StatsSnapshot};
-use crate::store::{Area, OpenOutcome, ReadOutcome, Store};
+use crate::store::{Area, IfMissing, OpenOutcome, ReadOutcome, Store, StoreOptions};
 use crate::usage::{self, Usage};
 use crate::view::{self, Shared, codec_from_wit};
 use crate::worker::{Event, Worker};
@@ -71,6 +71,18 @@ pub(crate) fn admit_and_write(shared: &Shared, policy: &Mutex<PolicyRuntime>, ho
     }
 }
 
+/// Removes the entry for `key` (unless the cache is read-only) and resets its
+/// usage, which goes with it.
+pub(crate) fn remove_entry_and_usage(shared: &Shared, key: &Key) -> bool {
+    if shared.read_only || shared.store.remove(Area::Entries, &key.name()).is_err() {
+        return false;
+    }
+    if let Err(e) = Usage::append(shared.store.namespace_dir(), &[(usage::id_of(key), None)]) {
+        tracing::warn!("cannot record the removal of {} in the usage journal: {e}", key.name());
+    }
+    true
+}
+
 /// Configures and opens a [`Cache`].
 #[derive(Debug, Clone)]
 pub struct CacheBuilder {
@@ -81,7 +93,7 @@ pub struct CacheBuilder {
     host: HostSettings,
     clock: Arc<dyn Clock>,
     enabled: bool,
-    open_options: crate::store::OpenOptionsExt,
+    open_options: StoreOptions,
 }
 
 impl Default for CacheBuilder {
@@ -123,6 +135,7 @@ impl CacheBuilder {
             admit_deadline: ms(h.admit_deadline_ms, defaults.admit_deadline),
             event_deadline: ms(h.event_deadline_ms, defaults.event_deadline),
             maintain_deadline: ms(h.maintain_deadline_ms, defaults.maintain_deadline),
+            max_module_size: h.max_module_size.unwrap_or(defaults.max_module_size),
             ..defaults
         };
         Ok(builder)
@@ -184,6 +197,14 @@ impl CacheBuilder {
         self
     }
 
+    /// What to do if the directory or the namespace does not exist yet:
+    /// create it (the default), or fail with [`Error::NoCache`] and create
+    /// nothing, for tools that only look at a cache.
+    pub fn if_missing(mut self, if_missing: IfMissing) -> Self {
+        self.open_options.if_missing = if_missing;
+        self
+    }
+
     /// A disabled cache computes every value and stores nothing.
     pub fn enabled(mut self, enabled: bool) -> Self {
         self.enabled = enabled;
@@ -200,12 +221,16 @@ impl CacheBuilder {
             Some(dir) => dir,
             None => default_directory()?,
         };
+        if self.namespace == crate::policy::POLICY_CODE_NAMESPACE {
+            return Err(Error::InvalidNamespace(self.namespace));
+        }
         let store = Store::open(&root, &self.namespace, self.clock.clone(), self.open_options)?;
         let read_only = store.read_only();
         let shared = Arc::new(Shared { store, usage: Mutex::new(Usage::default()), stats: Stats::default(), read_only });
         // Compiled policies are kept beside the namespaces, so a process
         // starts its policy without compiling it.
-        let code = Store::open(&root, crate::policy::POLICY_CODE_NAMESPACE, self.clock.clone(), self.open_options)
+        let code_options = StoreOptions { if_missing: IfMissing::Create, ..self.open_options };
+        let code = Store::open(&root, crate::policy::POLICY_CODE_NAMESPACE, self.clock.clone(), code_options)
             .map_err(|e| tracing::debug!("no store for compiled policies: {e}"))
             .ok();
         let runtime = PolicyRuntime::start(&self.policy, &self.settings, shared.clone(), self.host.clone(), code.as_ref())?;
@@ -213,6 +238,33 @@ impl CacheBuilder {
         let worker = Worker::start(shared.clone(), policy.clone(), self.host.clone());
         Ok(Cache { inner: Some(Inner { shared, policy, worker: Some(worker), host: self.host }) })
     }
+}
+
+/// The namespaces that hold a cache under `root`, sorted (the host's own
+/// store of compiled policies is not one). A missing root is
+/// [`Error::NoCache`]: a mistyped directory is not an empty cache.
+pub fn namespaces(root: &Path) -> Result<Vec<String>, Error> {
+    let listing = match std::fs::read_dir(root) {
+        Ok(listing) => listing,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Error::NoCache { path: root.to_path_buf() }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
+            return Err(Error::NotADirectory { path: root.to_path_buf() });
+        }
+        Err(source) => return Err(Error::Directory { path: root.to_path_buf(), source }),
+    };
+    let mut names = Vec::new();
+    for item in listing {
+        let item = item.map_err(|source| Error::Directory { path: root.to_path_buf(), source })?;
+        let Ok(name) = item.file_name().into_string() else { continue };
+        let is_namespace = crate::store::valid_namespace(&name)
+            && name != crate::policy::POLICY_CODE_NAMESPACE
+            && item.path().join(crate::store::ENTRIES).is_dir();
+        if is_namespace {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
 }
 
 /// The platform's cache directory, with `capcache` under it.
@@ -270,11 +322,16 @@ pub(crate) enum Fetched {
     Value(Vec<u8>),
 }
 
-/// Where a value came from.
+/// Where a value (or a loaded module) came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Source {
+    /// From the cache.
     Hit,
-    Computed,
+    /// Computed (compiled), then offered to the cache.
+    Miss,
+    /// Computed with the cache disabled: nothing was looked up or stored.
+    Uncached,
 }
 
 /// A value from [`Cache::get_or_insert_with`].
@@ -365,9 +422,17 @@ impl Cache {
             Ok(OpenOutcome::Corrupt(e)) => {
                 Stats::bump(&shared.stats.corrupt);
                 tracing::warn!("cache entry {} in {} is corrupt ({e}); removing it", key.name(), shared.store.path().display());
-                if !shared.read_only && shared.store.remove(Area::Entries, &key.name()).is_ok() {
-                    let _ = Usage::append(shared.store.namespace_dir(), &[(usage::id_of(key), None)]);
-                }
+                remove_entry_and_usage(shared, key);
+                None
+            }
+            Ok(OpenOutcome::Untrusted(why)) => {
+                Stats::bump(&shared.stats.untrusted);
+                tracing::warn!(
+                    "cache entry {} in {} is not trusted ({why}); not loading it, removing it",
+                    key.name(),
+                    shared.store.path().display()
+                );
+                remove_entry_and_usage(shared, key);
                 None
             }
             Err(e) => {
@@ -386,6 +451,29 @@ impl Cache {
             None => Stats::bump(&shared.stats.misses),
         }
         found
+    }
+
+    /// The artifact key a direct-mode manifest records, if any.
+    pub(crate) fn read_manifest(&self, manifest: &Key) -> Option<Key> {
+        self.inner.as_ref()?.shared.store.read_manifest(manifest)
+    }
+
+    /// Records a direct-mode manifest (the host's own: no policy is asked,
+    /// and it is not an entry).
+    pub(crate) fn write_manifest(&self, manifest: &Key, artifact: &Key) {
+        let Some(inner) = self.inner.as_ref() else { return };
+        if inner.shared.read_only {
+            return;
+        }
+        if let Err(e) = inner.shared.store.write_manifest(manifest, artifact) {
+            Stats::bump(&inner.shared.stats.failures);
+            tracing::warn!("cannot record a direct-mode manifest in {}: {e}", inner.shared.store.path().display());
+        }
+    }
+
+    /// The largest module file the wasmtime adapter reads.
+    pub(crate) fn max_module_size(&self) -> u64 {
+        self.inner.as_ref().map_or(HostSettings::default().max_module_size, |i| i.host.max_module_size)
     }
 
     /// Counts a hit that turned out unusable (e.g. an artifact wasmtime
@@ -435,13 +523,16 @@ impl Cache {
     /// the cache). An error of `compute` is returned as is; the cache's own
     /// failures never are.
     pub fn get_or_insert_with<E>(&self, key: &[u8], compute: impl FnOnce() -> Result<Vec<u8>, E>) -> Result<Cached, E> {
+        if !self.is_enabled() {
+            return Ok(Cached { bytes: compute()?, source: Source::Uncached });
+        }
         let key = Key::of(key);
         if let Some(bytes) = self.get_by_key(&key) {
             return Ok(Cached { bytes, source: Source::Hit });
         }
         let bytes = compute()?;
         self.insert_by_key(&key, &bytes);
-        Ok(Cached { bytes, source: Source::Computed })
+        Ok(Cached { bytes, source: Source::Miss })
     }
 
     /// What is stored for `key`, without counting a use.
@@ -525,18 +616,19 @@ impl Cache {
         }
     }
 
-    /// Every entry, as the policy would see it (unordered).
-    pub fn entries(&self) -> Vec<EntryInfo> {
-        let Some(inner) = &self.inner else { return Vec::new() };
+    /// Every entry, as the policy would see it (unordered). A listing that
+    /// fails is an error, never an empty cache.
+    pub fn entries(&self) -> std::io::Result<Vec<EntryInfo>> {
+        let Some(inner) = &self.inner else { return Ok(Vec::new()) };
         let shared = &inner.shared;
         let mut usage = shared.usage.lock();
-        let _ = usage.refresh(shared.store.namespace_dir());
-        let names = shared.store.list_names(Area::Entries).unwrap_or_default();
-        names
+        usage.refresh(shared.store.namespace_dir())?;
+        let names = shared.store.list_names(Area::Entries)?;
+        Ok(names
             .iter()
             .filter_map(|name| view::entry_meta(&shared.store, &usage, name).ok())
             .map(EntryInfo::from)
-            .collect()
+            .collect())
     }
 
     /// Reads and checks every file in the entries area; with `fix`, removes
@@ -553,6 +645,7 @@ impl Cache {
                 Some(key) => match store.read_entry(&key, inner.host.max_entry_size) {
                     Ok(ReadOutcome::Found(..)) | Ok(ReadOutcome::Missing) => None,
                     Ok(ReadOutcome::Corrupt(e)) => Some(e.to_string()),
+                    Ok(ReadOutcome::Untrusted(why)) => Some(format!("not trusted: {why}")),
                     Err(e) => Some(e.to_string()),
                 },
             };
@@ -565,26 +658,49 @@ impl Cache {
             }
             progress(report.checked, total);
         }
+        // A manifest whose artifact is gone (removed just now, or before) is
+        // dead: it goes with it.
+        if fix {
+            store.prune_manifests()?;
+        }
         Ok(report)
     }
 
-    /// Removes every entry, temporary file and usage record of the namespace
-    /// (the policy's state stays). Returns how many entries went.
+    /// Removes every entry, manifest, temporary file and usage record of the
+    /// namespace (the policy's state stays). Returns how many entries went;
+    /// fails if the cache is read-only or an entry could not be removed (the
+    /// error says how many were).
     pub fn clear(&self) -> std::io::Result<u64> {
         let Some(inner) = &self.inner else { return Ok(0) };
-        self.flush();
         let store = &inner.shared.store;
+        if inner.shared.read_only {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ReadOnlyFilesystem,
+                format!("{} cannot be written (read-only): nothing removed", store.path().display()),
+            ));
+        }
+        self.flush();
         let mut removed = 0;
+        let mut first_error = None;
         for name in store.list_names(Area::Entries)? {
-            if store.remove(Area::Entries, &name).is_ok() {
-                removed += 1;
+            match store.remove(Area::Entries, &name) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
             }
         }
-        for name in store.list_names(Area::Tmp)? {
-            let _ = store.remove(Area::Tmp, &name);
+        for area in [Area::Manifests, Area::Tmp] {
+            for name in store.list_names(area)? {
+                let _ = store.remove(area, &name);
+            }
         }
         let _ = store.namespace_dir().remove_file(crate::usage::JOURNAL);
-        Ok(removed)
+        match first_error {
+            Some(e) => Err(std::io::Error::new(e.kind(), format!("{removed} entries removed, then: {e}"))),
+            None => Ok(removed),
+        }
     }
 
     /// Whether the cache serves hits only (asked for, or found unwritable).

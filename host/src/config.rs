@@ -18,6 +18,7 @@
 //! admit-deadline-ms = 100
 //! event-deadline-ms = 250
 //! maintain-deadline-ms = 30000
+//! max-module-size = 1073741824        # bytes: the largest module file read
 //! ```
 //!
 //! Every key has a default. Unknown keys and bad values are errors that name
@@ -131,12 +132,13 @@ pub struct HostSection {
     pub admit_deadline_ms: Option<u64>,
     pub event_deadline_ms: Option<u64>,
     pub maintain_deadline_ms: Option<u64>,
+    pub max_module_size: Option<u64>,
 }
 
 /// Why a configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read configuration file {path}: {source}")]
+    #[error("cannot read configuration file {path}")]
     Read {
         path: PathBuf,
         #[source]
@@ -152,12 +154,13 @@ impl Config {
         let config: Config = toml::from_str(text)
             .map_err(|e| ConfigError::Invalid { origin: origin.to_string(), message: e.to_string().trim_end().to_string() })?;
         let host = &config.cache.host;
-        let checks: [(&str, Option<u64>, u64, u64); 5] = [
+        let checks: [(&str, Option<u64>, u64, u64); 6] = [
             ("event-queue-size", host.event_queue_size.map(u64::from), 1, 1 << 20),
             ("policy-memory-limit", host.policy_memory_limit, 1 << 20, 4 << 30),
             ("admit-deadline-ms", host.admit_deadline_ms, 1, 60_000),
             ("event-deadline-ms", host.event_deadline_ms, 1, 60_000),
             ("maintain-deadline-ms", host.maintain_deadline_ms, 1, 3_600_000),
+            ("max-module-size", host.max_module_size, 1, 1 << 40),
         ];
         for (key, value, min, max) in checks {
             if let Some(value) = value.filter(|v| !(min..=max).contains(v)) {

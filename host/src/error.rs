@@ -1,43 +1,107 @@
-//! Errors that reach the user: they name what was wrong.
+//! Errors that reach the user: they name what was wrong and what to do.
+//!
+//! A variant that wraps an I/O error keeps it as its `source()` and does not
+//! repeat it in its own message, so that a chain printed whole (`{:#}` with
+//! anyhow, or a walk over `source()`) says each thing once.
 
 use std::path::PathBuf;
 
+/// Why a cache could not be opened, or a policy not loaded.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
-    #[error("cache directory {path}: {source}")]
+    /// The cache directory could not be created, opened or probed.
+    #[error("cannot use cache directory {path}")]
     Directory {
+        /// The directory.
         path: PathBuf,
+        /// What the operating system said.
         #[source]
         source: std::io::Error,
     },
-    #[error("invalid namespace {0:?}: use 1 to 128 characters from A-Z a-z 0-9 . _ - (not starting with '.')")]
+    /// The cache directory names something that is not a directory.
+    #[error("cache directory {path} is not a directory: name a directory (it is created if missing)")]
+    NotADirectory {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// Nothing has been cached at this path (a command that only looks never
+    /// creates one).
+    #[error("no cache at {path}: nothing has been stored there (check the directory or --dir)")]
+    NoCache {
+        /// The missing cache root or namespace.
+        path: PathBuf,
+    },
+    /// A namespace name that cannot be a directory name of the cache.
+    #[error(
+        "invalid namespace {0:?}: use 1 to 128 characters from A-Z a-z 0-9 . _ - (not starting with '.', and not \"policy-code\")"
+    )]
     InvalidNamespace(String),
-    #[error("cannot read policy component {path}: {source}")]
+    /// The policy file could not be read.
+    #[error("cannot read policy component {path}")]
     PolicyFile {
+        /// The file.
         path: PathBuf,
+        /// What the operating system said.
         #[source]
         source: std::io::Error,
     },
-    #[error("policy {policy}: not a valid policy component: {reason}")]
-    PolicyComponent { policy: String, reason: String },
+    /// The policy's bytes are not a component wasmtime accepts.
+    #[error("policy {policy}: {reason}")]
+    PolicyComponent {
+        /// The policy's name or path.
+        policy: String,
+        /// What is wrong, and what to do.
+        reason: String,
+    },
+    /// The policy was built against another contract.
     #[error("policy {policy} does not match the WIT world capcache:policy/policy-world@0.1.0: {reason}")]
-    PolicyWorld { policy: String, reason: String },
+    PolicyWorld {
+        /// The policy's name or path.
+        policy: String,
+        /// What does not match.
+        reason: String,
+    },
+    /// The policy does not know a setting it was given.
     #[error("policy {policy} refused setting {key:?}: it has no such setting")]
-    UnknownSetting { policy: String, key: String },
+    UnknownSetting {
+        /// The policy's name or path.
+        policy: String,
+        /// The setting's name.
+        key: String,
+    },
+    /// The policy refused a setting's value.
     #[error("policy {policy} refused setting {key} = {value:?}: expected {expected}")]
     InvalidSetting {
+        /// The policy's name or path.
         policy: String,
+        /// The setting's name.
         key: String,
+        /// The value given.
         value: String,
+        /// What the policy accepts.
         expected: String,
     },
+    /// The policy trapped or ran out of time or memory in `configure`.
     #[error("policy {policy} failed while being configured: {reason}")]
-    PolicyFault { policy: String, reason: String },
+    PolicyFault {
+        /// The policy's name or path.
+        policy: String,
+        /// What happened.
+        reason: String,
+    },
+    /// The cache directory can be written by someone other than its owner.
     #[error(
         "cache directory {path} is {problem}: anyone who can write it can plant compiled code that will run; \
-         fix its ownership or permissions, or allow it explicitly (allow_insecure_directory, --allow-insecure-dir)"
+         fix its ownership or permissions (chmod go-w), or allow it explicitly (allow_insecure_directory, --allow-insecure-dir)"
     )]
-    InsecureDirectory { path: PathBuf, problem: String },
-    #[error("no directory given for the cache and the platform has no cache directory")]
+    InsecureDirectory {
+        /// The directory.
+        path: PathBuf,
+        /// Who else can write it.
+        problem: String,
+    },
+    /// No directory was given and the platform has no cache directory.
+    #[error("no directory given for the cache and the platform has no cache directory: give one")]
     NoDirectory,
 }

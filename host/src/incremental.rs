@@ -12,7 +12,7 @@
 //! ```
 
 use crate::cache::Cache;
-use crate::key::Key;
+use crate::key::{Key, KeyDomain};
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -29,7 +29,7 @@ impl IncrementalCache {
     }
 
     fn key(key: &[u8]) -> Key {
-        Key::of_parts(&[b"capcache-incremental-v1", key])
+        Key::derive(KeyDomain::Incremental, &[key])
     }
 }
 

@@ -1,5 +1,11 @@
-//! Cache keys: the SHA-256 of the caller's key material, named on disk in
-//! base64url without padding (43 characters), as wasmtime's cache does.
+//! Cache keys: SHA-256 digests, named on disk in base64url without padding (43
+//! characters), as wasmtime's cache does.
+//!
+//! Every key belongs to one [`KeyDomain`], whose tag is the first part hashed:
+//! a key made from a caller's own key material (`Cache::get`, `insert`) can
+//! never equal an artifact's, a manifest's or a compiled policy's key, whatever
+//! bytes the caller passes, so a host that feeds attacker-influenced material
+//! to `insert` cannot land a value on a module's key.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -12,17 +18,47 @@ pub struct Key(pub [u8; 32]);
 /// Length of a key's file name.
 pub const NAME_LEN: usize = 43;
 
+/// What a key stands for. Keys of different domains never meet: the domain's
+/// tag is hashed first, length-prefixed like every part after it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub enum KeyDomain {
+    /// A value stored under the caller's own key material (`Cache::get`,
+    /// `Cache::insert`, `get_or_insert_with`).
+    Value,
+    /// A compiled module or component (`capcache::wasmtime`).
+    Artifact,
+    /// A direct-mode manifest: a file's identity, mapped to its artifact's key.
+    Manifest,
+    /// A compiled policy component, kept by the host.
+    PolicyCode,
+    /// One function's code in Cranelift's incremental compilation cache.
+    Incremental,
+}
+
+impl KeyDomain {
+    fn tag(self) -> &'static [u8] {
+        match self {
+            KeyDomain::Value => b"capcache-value-v1",
+            KeyDomain::Artifact => b"capcache-artifact-v3",
+            KeyDomain::Manifest => b"capcache-manifest-v2",
+            KeyDomain::PolicyCode => b"capcache-policy-code-v2",
+            KeyDomain::Incremental => b"capcache-incremental-v2",
+        }
+    }
+}
+
 impl Key {
-    /// The key of this key material.
+    /// The key of the caller's key material (domain [`KeyDomain::Value`]).
     pub fn of(material: &[u8]) -> Key {
-        Key(Sha256::digest(material).into())
+        Key::derive(KeyDomain::Value, &[material])
     }
 
-    /// The key of several parts, each length-prefixed so that no two different
-    /// sequences of parts share a key.
-    pub fn of_parts(parts: &[&[u8]]) -> Key {
+    /// The key of several parts in `domain`, each length-prefixed so that no
+    /// two different sequences of parts, in any two domains, share a key.
+    pub fn derive(domain: KeyDomain, parts: &[&[u8]]) -> Key {
         let mut hasher = Sha256::new();
-        for part in parts {
+        for part in std::iter::once(domain.tag()).chain(parts.iter().copied()) {
             hasher.update((part.len() as u64).to_le_bytes());
             hasher.update(part);
         }
@@ -90,6 +126,31 @@ mod tests {
 
     #[test]
     fn parts_are_unambiguous() {
-        assert_ne!(Key::of_parts(&[b"ab", b"c"]), Key::of_parts(&[b"a", b"bc"]));
+        assert_ne!(Key::derive(KeyDomain::Artifact, &[b"ab", b"c"]), Key::derive(KeyDomain::Artifact, &[b"a", b"bc"]));
+    }
+
+    /// The bytes SHA-256 is fed for `parts` in `domain`: what a caller would
+    /// pass as key material to forge that key, if domains were not apart.
+    fn preimage(domain: Option<KeyDomain>, parts: &[&[u8]]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for part in domain.map(KeyDomain::tag).into_iter().chain(parts.iter().copied()) {
+            bytes.extend((part.len() as u64).to_le_bytes());
+            bytes.extend(part);
+        }
+        bytes
+    }
+
+    #[test]
+    fn no_value_key_equals_a_key_of_another_domain() {
+        let parts: [&[u8]; 3] = [b"module", &[7; 32], &[9; 32]];
+        for domain in [KeyDomain::Artifact, KeyDomain::Manifest, KeyDomain::PolicyCode, KeyDomain::Incremental] {
+            let target = Key::derive(domain, &parts);
+            // Whatever a caller passes as key material, with or without the
+            // domain's tag spelled out, it lands in the value domain.
+            for forged in [preimage(Some(domain), &parts), preimage(None, &parts)] {
+                assert_ne!(Key::of(&forged), target, "{domain:?}");
+            }
+            assert_ne!(Key::derive(KeyDomain::Value, &parts), target, "{domain:?}");
+        }
     }
 }

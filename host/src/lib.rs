@@ -25,6 +25,7 @@
 //! with a `tracing` warning.
 
 mod bindings;
+mod input;
 pub mod cache;
 pub mod clock;
 pub mod config;
@@ -46,11 +47,12 @@ mod worker;
 
 pub use bindings::exports::capcache::policy::policy::MaintainReport;
 pub use entry::StoredCodec;
+pub use store::IfMissing;
 pub use cache::{Cache, CacheBuilder, Cached, EntryInfo, Source, VerifyReport};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::Config;
 pub use error::Error;
-pub use key::Key;
+pub use key::{Key, KeyDomain};
 pub use policy::Policy;
 pub use settings::HostSettings;
 pub use stats::StatsSnapshot;

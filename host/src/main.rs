@@ -1,9 +1,10 @@
 //! The `capcache` command.
 
 use anyhow::{Context, Result, bail};
-use capcache::{Cache, Policy, Source};
+use capcache::{Cache, CacheBuilder, EntryInfo, IfMissing, Policy, Source};
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 #[derive(Parser)]
@@ -25,11 +26,15 @@ enum Command {
     /// whether it was a hit or a miss and how long it took to get a usable
     /// module. Run it twice: the second run is all hits.
     Compile {
-        /// The modules (.wasm or .wat).
+        /// The modules (.wasm, or .wat for the text format).
         #[arg(required = true)]
         modules: Vec<PathBuf>,
         #[command(flatten)]
-        cache: CacheArgs,
+        location: Location,
+        #[command(flatten)]
+        policy: PolicyArgs,
+        #[command(flatten)]
+        storing: Storing,
     },
     /// Run a WASI command (a core module exporting `_start`) through the
     /// cache, so that a second run starts without compiling. The command gets
@@ -37,21 +42,29 @@ enum Command {
     /// files, no environment.
     #[cfg(feature = "run")]
     Run {
-        /// The module (.wasm or .wat).
+        /// The module (.wasm, or .wat for the text format).
         module: PathBuf,
         /// Arguments for the command (after `--`).
         #[arg(last = true)]
         args: Vec<String>,
         #[command(flatten)]
-        cache: CacheArgs,
+        location: Location,
+        #[command(flatten)]
+        policy: PolicyArgs,
+        #[command(flatten)]
+        storing: Storing,
     },
-    /// Run the policy's maintenance pass now and print its report.
+    /// Run the policy's maintenance pass now, in every namespace of the
+    /// directory (or the one named), and print its report.
     Gc {
         #[command(flatten)]
-        cache: CacheArgs,
+        location: Location,
+        #[command(flatten)]
+        policy: PolicyArgs,
     },
-    /// Print what the cache did, over every process that used it: hits,
-    /// misses, hit rate, bytes stored, entries, evictions, policy faults.
+    /// Print what the cache did, per namespace, over every process that used
+    /// it: hits, misses, hit rate, bytes stored, entries, evictions, policy
+    /// faults.
     Stats {
         /// Print JSON instead of a table.
         #[arg(long)]
@@ -60,15 +73,16 @@ enum Command {
         #[arg(long)]
         zero: bool,
         #[command(flatten)]
-        cache: CacheArgs,
+        location: Location,
     },
-    /// List the entries: size on disk, size decoded, codec, age, hits.
+    /// List the entries of every namespace (or the one named): size on disk,
+    /// size decoded, codec, age, hits, namespace.
     Ls {
         /// Order by this column (largest, oldest or most used first).
         #[arg(long, value_enum, default_value = "name")]
         sort: SortBy,
         #[command(flatten)]
-        cache: CacheArgs,
+        location: Location,
     },
     /// Check every entry's integrity. Exit code 2 if any is bad (and not
     /// removed with --fix).
@@ -77,12 +91,12 @@ enum Command {
         #[arg(long)]
         fix: bool,
         #[command(flatten)]
-        cache: CacheArgs,
+        location: Location,
     },
-    /// Remove every entry of the cache (for this engine configuration).
+    /// Remove every entry of every namespace (or of the one named).
     Clear {
         #[command(flatten)]
-        cache: CacheArgs,
+        location: Location,
     },
     /// Work with policy components.
     #[command(subcommand)]
@@ -96,7 +110,7 @@ enum PolicyCommand {
     /// settings (in a scratch directory).
     Check {
         /// The component (.wasm); "default" for the embedded default policy.
-        policy: String,
+        policy: PathBuf,
         /// A setting to pass to `configure`, KEY=VALUE (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         settings: Vec<String>,
@@ -111,8 +125,9 @@ enum SortBy {
     Hits,
 }
 
+/// Where the cache is.
 #[derive(clap::Args)]
-struct CacheArgs {
+struct Location {
     /// Configuration file [default: $CAPCACHE_CONFIG, else the platform config
     /// dir's capcache/config.toml if it exists]. Flags override it.
     #[arg(long)]
@@ -120,50 +135,104 @@ struct CacheArgs {
     /// The cache directory [default: the platform cache directory, e.g. ~/.cache/capcache].
     #[arg(long)]
     dir: Option<PathBuf>,
-    /// A policy component (.wasm) to use instead of the embedded default.
+    /// The namespace: where `compile` and `run` store [default: "default",
+    /// as the library's]; the only one other commands look at [default: all].
     #[arg(long)]
-    policy: Option<PathBuf>,
-    /// A policy setting, KEY=VALUE (repeatable), e.g. --set cleanup-interval=30m.
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    settings: Vec<String>,
-    /// Compile without the cache.
-    #[arg(long)]
-    no_cache: bool,
-    /// Serve hits only; store and clean nothing.
-    #[arg(long)]
-    read_only: bool,
+    namespace: Option<String>,
     /// Use a cache directory that others can write (anyone who can write it
     /// can plant code that will run).
     #[arg(long)]
     allow_insecure_dir: bool,
 }
 
-impl CacheArgs {
-    fn open(&self, namespace: &str) -> Result<Cache> {
+/// Which policy decides, with what settings.
+#[derive(clap::Args)]
+struct PolicyArgs {
+    /// A policy component (.wasm) to use instead of the embedded default
+    /// ("default" names the embedded one).
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// A policy setting, KEY=VALUE (repeatable), e.g. --set cleanup-interval=30m.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    settings: Vec<String>,
+}
+
+/// Whether compiling stores anything.
+#[derive(clap::Args)]
+struct Storing {
+    /// Compile without the cache.
+    #[arg(long)]
+    no_cache: bool,
+    /// Serve hits only; store and clean nothing.
+    #[arg(long)]
+    read_only: bool,
+}
+
+/// The namespace `compile` and `run` use, as the library's builder does.
+const DEFAULT_NAMESPACE: &str = "default";
+
+impl Location {
+    /// A builder from the configuration file and these flags, for `namespace`.
+    fn builder(&self, namespace: &str) -> Result<CacheBuilder> {
         let config = match capcache::Config::locate(self.config.as_deref()) {
             Some(path) => capcache::Config::read(&path)?,
             None => capcache::Config::default(),
         };
-        let mut builder = capcache::CacheBuilder::from_config(&config)?.namespace(namespace);
-        if self.no_cache {
-            builder = builder.enabled(false);
-        }
-        if self.read_only {
-            builder = builder.read_only(true);
-        }
+        let mut builder = CacheBuilder::from_config(&config)?.namespace(namespace);
         if self.allow_insecure_dir {
             builder = builder.allow_insecure_directory(true);
         }
         if let Some(dir) = &self.dir {
             builder = builder.directory(dir);
         }
+        Ok(builder)
+    }
+
+    /// The cache root these flags name (or the configuration, or the default).
+    fn root(&self) -> Result<PathBuf> {
+        if let Some(dir) = &self.dir {
+            return Ok(dir.clone());
+        }
+        let config = match capcache::Config::locate(self.config.as_deref()) {
+            Some(path) => capcache::Config::read(&path)?,
+            None => capcache::Config::default(),
+        };
+        Ok(match config.cache.directory {
+            Some(dir) => dir,
+            None => capcache::cache::default_directory()?,
+        })
+    }
+
+    /// Opens, without creating anything, the namespace named or every
+    /// namespace of the directory: for commands that look or tidy up.
+    fn open_existing(&self, policy: Option<&PolicyArgs>) -> Result<Vec<(String, Cache)>> {
+        let root = self.root()?;
+        let names = match &self.namespace {
+            Some(name) => vec![name.clone()],
+            None => capcache::cache::namespaces(&root)?,
+        };
+        names
+            .into_iter()
+            .map(|name| {
+                let mut builder = self.builder(&name)?.if_missing(IfMissing::Fail);
+                if let Some(policy) = policy {
+                    builder = policy.apply(builder)?;
+                }
+                Ok((name, builder.open()?))
+            })
+            .collect()
+    }
+}
+
+impl PolicyArgs {
+    fn apply(&self, mut builder: CacheBuilder) -> Result<CacheBuilder> {
         if let Some(path) = &self.policy {
-            builder = builder.policy(Policy::from_file(path)?);
+            builder = builder.policy(Policy::named(path)?);
         }
         for (key, value) in parse_settings(&self.settings)? {
             builder = builder.setting(key, value);
         }
-        Ok(builder.open()?)
+        Ok(builder)
     }
 }
 
@@ -190,6 +259,14 @@ impl std::fmt::Display for Exit {
 }
 impl std::error::Error for Exit {}
 
+/// Writes a line to standard output, returning the error (a closed pipe
+/// among them) instead of panicking as `println!` does.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    };
+}
+
 fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {
     // Hidden when stderr is not a terminal, and for a handful of items.
     if total < 4 {
@@ -203,6 +280,12 @@ fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {
     bar
 }
 
+/// Whether `e` is, at its root, a write to a pipe whose reader has gone
+/// (`capcache ls | head -1`): not an error worth a word.
+fn is_closed_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| cause.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+}
+
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -212,6 +295,7 @@ fn main() -> std::process::ExitCode {
         .init();
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if is_closed_pipe(&e) => std::process::ExitCode::SUCCESS,
         Err(e) if e.downcast_ref::<Exit>().is_some() => std::process::ExitCode::from(e.downcast_ref::<Exit>().unwrap().0),
         Err(e) => {
             eprintln!("capcache: {e:#}");
@@ -221,187 +305,104 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let engine = wasmtime::Engine::default();
-    let namespace = capcache::wasmtime::engine_namespace(&engine);
     match cli.command {
-        Command::Compile { modules, cache } => {
-            let cache = open_or_compute(&cache, &namespace)?;
-            let mut failed = 0;
-            let bar = progress_bar(modules.len() as u64, "compiling");
-            for path in &modules {
-                match compile(&engine, &cache, path) {
-                    Ok((source, elapsed)) => {
-                        let what = match source {
-                            Source::Hit => "hit",
-                            Source::Computed => "miss",
-                        };
-                        bar.println(format!("{what:4}  {:9.2} ms  {}", elapsed.as_secs_f64() * 1e3, path.display()));
-                        if bar.is_hidden() {
-                            println!("{what:4}  {:9.2} ms  {}", elapsed.as_secs_f64() * 1e3, path.display());
-                        }
-                    }
-                    Err(e) => {
-                        failed += 1;
-                        bar.suspend(|| eprintln!("capcache: {}: {e:#}", path.display()));
-                    }
-                }
-                bar.inc(1);
-            }
-            bar.finish_and_clear();
-            cache.flush();
-            if failed > 0 {
-                bail!("{failed} of {} modules failed to compile", modules.len());
-            }
-            Ok(())
-        }
+        Command::Compile { modules, location, policy, storing } => compile_all(&modules, &location, &policy, &storing),
         #[cfg(feature = "run")]
-        Command::Run { module, args, cache } => {
-            let cache = open_or_compute(&cache, &namespace)?;
-            let code = run_command(&engine, &cache, &module, &args)?;
-            cache.flush();
-            drop(cache);
-            if code != 0 {
-                return Err(Exit(code.clamp(1, 255) as u8).into());
-            }
-            Ok(())
-        }
-        Command::Gc { cache } => {
-            let cache = cache.open(&namespace)?;
-            let report = cache.maintain().context("the policy's maintenance pass failed (see the log)")?;
-            println!("{}", report.summary);
-            Ok(())
-        }
-        Command::Stats { json, zero, cache } => {
-            let cache = cache.open(&namespace)?;
-            if zero {
-                cache.zero_stats().context("cannot forget the statistics")?;
-                println!("statistics zeroed");
-                return Ok(());
-            }
-            let stats = cache.lifetime_stats();
-            let entries = cache.entries();
-            let stored: u64 = entries.iter().map(|e| e.stored_size).sum();
-            let raw: u64 = entries.iter().map(|e| e.raw_size).sum();
-            if json {
-                let value = serde_json::json!({
-                    "directory": cache.path(),
-                    "counters": stats,
-                    "hit_rate": stats.hit_rate(),
-                    "entries": entries.len(),
-                    "bytes_stored": stored,
-                    "bytes_raw": raw,
-                });
-                println!("{}", serde_json::to_string_pretty(&value)?);
-            } else {
-                let path = cache.path().map(|p| p.display().to_string()).unwrap_or_default();
-                println!("directory       {path}");
-                println!("hits            {}", stats.hits);
-                println!("misses          {}", stats.misses);
-                println!("hit rate        {:.1} %", stats.hit_rate() * 100.0);
-                println!("entries         {}", entries.len());
-                println!("bytes stored    {stored}");
-                println!("bytes decoded   {raw}");
-                println!("inserts         {}", stats.inserts);
-                println!("skipped         {}", stats.skipped);
-                println!("evictions       {}", stats.removed);
-                println!("recoded         {}", stats.recoded);
-                println!("corrupt         {}", stats.corrupt);
-                println!("failures        {}", stats.failures);
-                println!("policy faults   {}", stats.policy_faults);
-                println!("events dropped  {}", stats.events_dropped);
-            }
-            Ok(())
-        }
-        Command::Ls { sort, cache } => {
-            let cache = cache.open(&namespace)?;
-            let mut entries = cache.entries();
-            match sort {
-                SortBy::Name => entries.sort_by(|a, b| a.name.cmp(&b.name)),
-                SortBy::Size => entries.sort_by(|a, b| b.stored_size.cmp(&a.stored_size)),
-                SortBy::Age => entries.sort_by(|a, b| a.created_ms.cmp(&b.created_ms)),
-                SortBy::Hits => entries.sort_by(|a, b| b.hits.cmp(&a.hits)),
-            }
-            let now = capcache::Clock::now_ms(&capcache::SystemClock);
-            println!("{:43}  {:>12}  {:>12}  {:7}  {:>10}  {:>6}", "name", "stored", "decoded", "codec", "age", "hits");
-            for e in &entries {
-                let codec = match e.codec {
-                    capcache::StoredCodec::Raw => "raw".to_string(),
-                    capcache::StoredCodec::Zstd { level } => format!("zstd:{level}"),
-                };
-                let age = std::time::Duration::from_secs(now.saturating_sub(e.created_ms) / 1000);
-                println!(
-                    "{:43}  {:>12}  {:>12}  {:7}  {:>10}  {:>6}",
-                    e.name, e.stored_size, e.raw_size, codec, format_age(age), e.hits
-                );
-            }
-            Ok(())
-        }
-        Command::Verify { fix, cache } => {
-            let cache = cache.open(&namespace)?;
-            let bar = progress_bar(cache.entries().len() as u64, "verifying");
-            let report = cache.verify(fix, |done, total| {
-                bar.set_length(total);
-                bar.set_position(done);
-            })?;
-            bar.finish_and_clear();
-            for (name, problem) in &report.bad {
-                println!("bad  {name}: {problem}");
-            }
-            println!("{} entries checked, {} bad, {} removed", report.checked, report.bad.len(), report.removed);
-            if report.bad.len() as u64 > report.removed {
-                return Err(Exit(EXIT_BAD_ENTRIES).into());
-            }
-            Ok(())
-        }
-        Command::Clear { cache } => {
-            let cache = cache.open(&namespace)?;
-            let removed = cache.clear()?;
-            println!("{removed} entries removed");
-            Ok(())
-        }
-        Command::Policy(PolicyCommand::Check { policy, settings }) => {
-            let policy = if policy == "default" { Policy::default() } else { Policy::from_file(&policy)? };
-            let (imports, exports) = policy.describe()?;
-            println!("policy   {}", policy.name());
-            println!("world    capcache:policy/policy-world@0.1.0: matches");
-            for name in &imports {
-                let note = if name.starts_with("wasi:") { " (granted nothing: calls trap)" } else { "" };
-                println!("import   {name}{note}");
-            }
-            for name in &exports {
-                println!("export   {name}");
-            }
-            let scratch = tempfile::tempdir()?;
-            Cache::builder().directory(scratch.path()).policy(policy).settings(parse_settings(&settings)?).open()?;
-            println!("configure: ok ({} settings)", settings.len());
-            Ok(())
-        }
+        Command::Run { module, args, location, policy, storing } => run_wasi(&module, &args, &location, &policy, &storing),
+        Command::Gc { location, policy } => gc(&location, &policy),
+        Command::Stats { json, zero, location } => stats(&location, json, zero),
+        Command::Ls { sort, location } => ls(&location, sort),
+        Command::Verify { fix, location } => verify(&location, fix),
+        Command::Clear { location } => clear(&location),
+        Command::Policy(PolicyCommand::Check { policy, settings }) => policy_check(&policy, &settings),
     }
 }
 
-/// Opens the cache; a directory that cannot be used only costs the cache (a
-/// policy or setting the user named must work, and a bad one is an error).
-fn open_or_compute(args: &CacheArgs, namespace: &str) -> Result<Cache> {
-    match args.open(namespace) {
+/// Opens the cache to compile through; a directory that cannot be used only
+/// costs the cache (a policy or setting the user named must work, and a bad
+/// one is an error).
+fn open_for_compiling(location: &Location, policy: &PolicyArgs, storing: &Storing) -> Result<Cache> {
+    if storing.no_cache {
+        return Ok(Cache::disabled());
+    }
+    let namespace = location.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
+    let builder = policy.apply(location.builder(namespace)?)?;
+    let builder = if storing.read_only { builder.read_only(true) } else { builder };
+    match builder.open() {
         Ok(cache) => Ok(cache),
-        Err(e)
-            if e.downcast_ref::<capcache::Error>()
-                .is_some_and(|e| matches!(e, capcache::Error::Directory { .. } | capcache::Error::NoDirectory)) =>
-        {
-            tracing::warn!("cache unavailable, compiling without it: {e:#}");
+        Err(
+            e @ (capcache::Error::Directory { .. }
+            | capcache::Error::NotADirectory { .. }
+            | capcache::Error::NoDirectory),
+        ) => {
+            tracing::warn!("cache unavailable, compiling without it: {:#}", anyhow::Error::from(e));
             Ok(Cache::disabled())
         }
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
     }
+}
+
+fn compile_all(modules: &[PathBuf], location: &Location, policy: &PolicyArgs, storing: &Storing) -> Result<()> {
+    let engine = wasmtime::Engine::default();
+    let cache = open_for_compiling(location, policy, storing)?;
+    let mut failed = 0;
+    let bar = progress_bar(modules.len() as u64, "compiling");
+    for path in modules {
+        match compile(&engine, &cache, path) {
+            Ok((source, elapsed)) => {
+                let what = match source {
+                    Source::Hit => "hit",
+                    Source::Miss => "miss",
+                    _ => "uncached",
+                };
+                let line = format!("{what:4}  {:9.2} ms  {}", elapsed.as_secs_f64() * 1e3, path.display());
+                bar.suspend(|| out!("{line}"))?;
+            }
+            Err(e) => {
+                failed += 1;
+                bar.suspend(|| eprintln!("capcache: {e:#}"));
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    cache.flush();
+    if failed > 0 {
+        bail!("{failed} of {} modules failed to compile", modules.len());
+    }
+    Ok(())
+}
+
+/// Gets a usable module for `path` through the cache (direct mode: a hit
+/// need not read the file); returns where it came from and how long that took.
+fn compile(engine: &wasmtime::Engine, cache: &Cache, path: &Path) -> Result<(Source, std::time::Duration)> {
+    let started = Instant::now();
+    let (_module, source) = capcache::wasmtime::load_module_file_with_source(cache, engine, path)
+        .map_err(anyhow::Error::from)
+        .context("cannot compile")?;
+    Ok((source, started.elapsed()))
+}
+
+#[cfg(feature = "run")]
+fn run_wasi(module: &Path, args: &[String], location: &Location, policy: &PolicyArgs, storing: &Storing) -> Result<()> {
+    let engine = wasmtime::Engine::default();
+    let cache = open_for_compiling(location, policy, storing)?;
+    let code = run_command(&engine, &cache, module, args)?;
+    cache.flush();
+    drop(cache);
+    if code != 0 {
+        return Err(Exit(code.clamp(1, 255) as u8).into());
+    }
+    Ok(())
 }
 
 /// Runs a WASI command module; returns its exit code.
 #[cfg(feature = "run")]
-fn run_command(engine: &wasmtime::Engine, cache: &Cache, path: &PathBuf, args: &[String]) -> Result<i32> {
+fn run_command(engine: &wasmtime::Engine, cache: &Cache, path: &Path, args: &[String]) -> Result<i32> {
     use wasmtime_wasi::p1::WasiP1Ctx;
     let module = capcache::wasmtime::load_module_file(cache, engine, path)
         .map_err(anyhow::Error::from)
-        .with_context(|| format!("cannot compile {}", path.display()))?;
+        .context("cannot compile")?;
     let mut linker = wasmtime::Linker::<WasiP1Ctx>::new(engine);
     wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |ctx| ctx).map_err(anyhow::Error::from)?;
     let program = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -423,6 +424,163 @@ fn run_command(engine: &wasmtime::Engine, cache: &Cache, path: &PathBuf, args: &
     }
 }
 
+fn gc(location: &Location, policy: &PolicyArgs) -> Result<()> {
+    for (namespace, cache) in location.open_existing(Some(policy))? {
+        if cache.is_read_only() {
+            bail!("namespace {namespace}: the cache cannot be written (read-only), and maintenance removes and rewrites files");
+        }
+        let report = cache.maintain().with_context(|| {
+            format!("namespace {namespace}: the policy's maintenance pass failed (its fault is logged above)")
+        })?;
+        out!("{namespace}: {}", report.summary)?;
+    }
+    Ok(())
+}
+
+fn stats(location: &Location, json: bool, zero: bool) -> Result<()> {
+    let caches = location.open_existing(None)?;
+    if zero {
+        for (namespace, cache) in &caches {
+            cache.zero_stats().with_context(|| format!("namespace {namespace}: cannot forget the statistics"))?;
+        }
+        out!("statistics zeroed")?;
+        return Ok(());
+    }
+    let mut reports = Vec::new();
+    for (namespace, cache) in &caches {
+        let entries = cache.entries().with_context(|| format!("namespace {namespace}: cannot list the entries"))?;
+        reports.push((namespace, cache.lifetime_stats(), entries));
+    }
+    if json {
+        let namespaces: Vec<_> = reports
+            .iter()
+            .map(|(namespace, stats, entries)| {
+                serde_json::json!({
+                    "namespace": namespace,
+                    "counters": stats,
+                    "hit_rate": stats.hit_rate(),
+                    "entries": entries.len(),
+                    "bytes_stored": entries.iter().map(|e| e.stored_size).sum::<u64>(),
+                    "bytes_raw": entries.iter().map(|e| e.raw_size).sum::<u64>(),
+                })
+            })
+            .collect();
+        let value = serde_json::json!({ "directory": location.root()?, "namespaces": namespaces });
+        out!("{}", serde_json::to_string_pretty(&value)?)?;
+        return Ok(());
+    }
+    out!("directory       {}", location.root()?.display())?;
+    for (namespace, stats, entries) in &reports {
+        out!()?;
+        out!("namespace       {namespace}")?;
+        out!("hits            {}", stats.hits)?;
+        out!("misses          {}", stats.misses)?;
+        out!("hit rate        {:.1} %", stats.hit_rate() * 100.0)?;
+        out!("entries         {}", entries.len())?;
+        out!("bytes stored    {}", entries.iter().map(|e| e.stored_size).sum::<u64>())?;
+        out!("bytes decoded   {}", entries.iter().map(|e| e.raw_size).sum::<u64>())?;
+        out!("inserts         {}", stats.inserts)?;
+        out!("skipped         {}", stats.skipped)?;
+        out!("evictions       {}", stats.removed)?;
+        out!("recoded         {}", stats.recoded)?;
+        out!("corrupt         {}", stats.corrupt)?;
+        out!("untrusted       {}", stats.untrusted)?;
+        out!("failures        {}", stats.failures)?;
+        out!("policy faults   {}", stats.policy_faults)?;
+        out!("events dropped  {}", stats.events_dropped)?;
+    }
+    Ok(())
+}
+
+fn ls(location: &Location, sort: SortBy) -> Result<()> {
+    let mut rows: Vec<(String, EntryInfo)> = Vec::new();
+    for (namespace, cache) in location.open_existing(None)? {
+        let entries = cache.entries().with_context(|| format!("namespace {namespace}: cannot list the entries"))?;
+        rows.extend(entries.into_iter().map(|e| (namespace.clone(), e)));
+    }
+    match sort {
+        SortBy::Name => rows.sort_by(|a, b| (&a.1.name, &a.0).cmp(&(&b.1.name, &b.0))),
+        SortBy::Size => rows.sort_by(|a, b| b.1.stored_size.cmp(&a.1.stored_size)),
+        SortBy::Age => rows.sort_by(|a, b| a.1.created_ms.cmp(&b.1.created_ms)),
+        SortBy::Hits => rows.sort_by(|a, b| b.1.hits.cmp(&a.1.hits)),
+    }
+    let now = capcache::Clock::now_ms(&capcache::SystemClock);
+    out!("{:43}  {:>12}  {:>12}  {:7}  {:>10}  {:>6}  namespace", "name", "stored", "decoded", "codec", "age", "hits")?;
+    for (namespace, e) in &rows {
+        let codec = match e.codec {
+            capcache::StoredCodec::Raw => "raw".to_string(),
+            capcache::StoredCodec::Zstd { level } => format!("zstd:{level}"),
+        };
+        let age = std::time::Duration::from_secs(now.saturating_sub(e.created_ms) / 1000);
+        out!(
+            "{:43}  {:>12}  {:>12}  {:7}  {:>10}  {:>6}  {namespace}",
+            e.name,
+            e.stored_size,
+            e.raw_size,
+            codec,
+            format_age(age),
+            e.hits
+        )?;
+    }
+    Ok(())
+}
+
+fn verify(location: &Location, fix: bool) -> Result<()> {
+    let (mut checked, mut bad, mut removed) = (0, 0, 0);
+    for (namespace, cache) in location.open_existing(None)? {
+        if fix && cache.is_read_only() {
+            bail!("namespace {namespace}: the cache cannot be written (read-only), so --fix cannot remove anything");
+        }
+        let total = cache.entries().map(|e| e.len() as u64).unwrap_or(0);
+        let bar = progress_bar(total, "verifying");
+        let report = cache
+            .verify(fix, |done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            })
+            .with_context(|| format!("namespace {namespace}: cannot list the entries"))?;
+        bar.finish_and_clear();
+        for (name, problem) in &report.bad {
+            out!("bad  {name} ({namespace}): {problem}")?;
+        }
+        checked += report.checked;
+        bad += report.bad.len() as u64;
+        removed += report.removed;
+    }
+    out!("{checked} entries checked, {bad} bad, {removed} removed")?;
+    if bad > removed {
+        return Err(Exit(EXIT_BAD_ENTRIES).into());
+    }
+    Ok(())
+}
+
+fn clear(location: &Location) -> Result<()> {
+    let mut removed = 0;
+    for (namespace, cache) in location.open_existing(None)? {
+        removed += cache.clear().with_context(|| format!("namespace {namespace}: cannot clear"))?;
+    }
+    out!("{removed} entries removed")?;
+    Ok(())
+}
+
+fn policy_check(policy: &Path, settings: &[String]) -> Result<()> {
+    let policy = Policy::named(policy)?;
+    let (imports, exports) = policy.describe()?;
+    out!("policy   {}", policy.name())?;
+    out!("world    capcache:policy/policy-world@0.1.0: matches")?;
+    for name in &imports {
+        let note = if name.starts_with("wasi:") { " (granted nothing: calls trap)" } else { "" };
+        out!("import   {name}{note}")?;
+    }
+    for name in &exports {
+        out!("export   {name}")?;
+    }
+    let scratch = tempfile::tempdir()?;
+    Cache::builder().directory(scratch.path()).policy(policy).settings(parse_settings(settings)?).open()?;
+    out!("configure: ok ({} settings)", settings.len())?;
+    Ok(())
+}
+
 fn format_age(age: std::time::Duration) -> String {
     let s = age.as_secs();
     match s {
@@ -431,14 +589,4 @@ fn format_age(age: std::time::Duration) -> String {
         3600..86400 => format!("{}h", s / 3600),
         _ => format!("{}d", s / 86400),
     }
-}
-
-/// Gets a usable module for `path` through the cache (direct mode: a hit
-/// need not read the file); returns where it came from and how long that took.
-fn compile(engine: &wasmtime::Engine, cache: &Cache, path: &PathBuf) -> Result<(Source, std::time::Duration)> {
-    let started = Instant::now();
-    let (_module, source) = capcache::wasmtime::load_module_file_with_source(cache, engine, path)
-        .map_err(anyhow::Error::from)
-        .with_context(|| format!("cannot compile {}", path.display()))?;
-    Ok((source, started.elapsed()))
 }

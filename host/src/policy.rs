@@ -10,7 +10,7 @@ use crate::bindings::exports::capcache::policy::policy::{Action, Admission, Cand
 use crate::bindings::{PolicyWorld, PolicyWorldPre};
 use crate::bindings::capcache::policy::types::EntryMeta;
 use crate::error::Error;
-use crate::key::{Key, Sha256Hasher};
+use crate::key::{Key, KeyDomain, Sha256Hasher};
 use crate::store::{Area, OpenOutcome, Store as EntryStore};
 use std::hash::Hash;
 use crate::settings::HostSettings;
@@ -29,6 +29,11 @@ static DEFAULT_POLICY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/default
 
 /// The WIT interfaces a policy may import.
 const ALLOWED_IMPORTS: [&str; 2] = ["capcache:policy/types@0.1.0", "capcache:policy/view@0.1.0"];
+
+/// The largest policy component read from a file. The largest policies
+/// written in an interpreted language (a Python runtime inside) are tens of
+/// megabytes; anything far beyond that is not a policy.
+pub const MAX_POLICY_SIZE: u64 = 256 << 20;
 
 /// The longest maintenance summary kept from a policy.
 const MAX_SUMMARY: usize = 64 << 10;
@@ -57,11 +62,46 @@ impl Default for Policy {
 }
 
 impl Policy {
-    /// A policy component from a `.wasm` file.
+    /// A policy component from a `.wasm` file (a regular file of at most
+    /// [`MAX_POLICY_SIZE`] bytes). `"default"` is not a path here: use
+    /// [`Policy::default`], or [`Policy::named`] for user input.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Policy, Error> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| Error::PolicyFile { path: path.to_path_buf(), source })?;
+        let file_error = |source| Error::PolicyFile { path: path.to_path_buf(), source };
+        let bytes = crate::input::read_regular_file(path, MAX_POLICY_SIZE).map_err(file_error)?;
         Ok(Policy { name: path.display().to_string(), bytes: bytes.into() })
+    }
+
+    /// The embedded default policy for `"default"`, else the component at
+    /// that path: what a command line or configuration file names.
+    pub fn named(name_or_path: impl AsRef<Path>) -> Result<Policy, Error> {
+        let name_or_path = name_or_path.as_ref();
+        if name_or_path == Path::new("default") { Ok(Policy::default()) } else { Policy::from_file(name_or_path) }
+    }
+
+    /// Says, before wasmtime's parser does, what a policy file that is not a
+    /// component is: wasmtime's own message for a core module or a text file
+    /// is a parser dump.
+    fn check_is_component(&self) -> Result<(), Error> {
+        let reason = if !self.bytes.starts_with(b"\0asm") || self.bytes.len() < 8 {
+            Some("not a WebAssembly binary (no \\0asm header): a policy must be a component, built for wasm32-wasip2")
+        } else if self.bytes[4..8] == [1, 0, 0, 0] {
+            Some("a core module, not a component: a policy must be a component (build it for wasm32-wasip2)")
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => Err(Error::PolicyComponent { policy: self.name.clone(), reason: reason.into() }),
+            None => Ok(()),
+        }
+    }
+
+    fn compile(&self) -> Result<Component, Error> {
+        self.check_is_component()?;
+        Component::new(engine(), &self.bytes).map_err(|e| Error::PolicyComponent {
+            policy: self.name.clone(),
+            reason: format!("not a valid component: {}", crate::input::excerpt(&format!("{e:#}"))),
+        })
     }
 
     /// A policy component from bytes; `name` appears in messages.
@@ -82,8 +122,7 @@ impl Policy {
     /// the contract as `prepare` checks it.
     pub fn describe(&self) -> Result<(Vec<String>, Vec<String>), Error> {
         self.prepare(None)?;
-        let component = Component::new(engine(), &self.bytes)
-            .map_err(|e| Error::PolicyComponent { policy: self.name.clone(), reason: format!("{e:#}") })?;
+        let component = self.compile()?;
         let ty = component.component_type();
         let imports = ty.imports(engine()).map(|(name, _)| name.to_string()).collect();
         let exports = ty.exports(engine()).map(|(name, _)| name.to_string()).collect();
@@ -104,10 +143,7 @@ impl Policy {
         let component = match code.and_then(|code| load_compiled(code, &key)) {
             Some(component) => component,
             None => {
-                let component = Component::new(engine, &self.bytes).map_err(|e| Error::PolicyComponent {
-                    policy: self.name.clone(),
-                    reason: format!("{e:#}"),
-                })?;
+                let component = self.compile()?;
                 if let Some(code) = code.filter(|code| !code.read_only()) {
                     store_compiled(code, &key, &component);
                 }
@@ -141,7 +177,7 @@ impl Policy {
     fn code_key(&self) -> Key {
         let mut compatibility = Sha256Hasher::default();
         engine().precompile_compatibility_hash().hash(&mut compatibility);
-        Key::of_parts(&[b"capcache-policy-code-v1", &compatibility.finish_key().0, blake3::hash(&self.bytes).as_bytes()])
+        Key::derive(KeyDomain::PolicyCode, &[&compatibility.finish_key().0, blake3::hash(&self.bytes).as_bytes()])
     }
 }
 
@@ -161,6 +197,11 @@ fn load_compiled(code: &EntryStore, key: &Key) -> Option<Component> {
         Ok(OpenOutcome::Missing) => return None,
         Ok(OpenOutcome::Corrupt(e)) => {
             tracing::warn!("compiled policy {} is corrupt ({e}); compiling again", key.name());
+            let _ = code.remove(Area::Entries, &key.name());
+            return None;
+        }
+        Ok(OpenOutcome::Untrusted(why)) => {
+            tracing::warn!("compiled policy {} is not trusted ({why}); compiling again", key.name());
             let _ = code.remove(Area::Entries, &key.name());
             return None;
         }

@@ -23,6 +23,10 @@ pub struct HostSettings {
     pub admit_wait: Duration,
     /// The largest value the cache stores.
     pub max_entry_size: u64,
+    /// The largest module file the wasmtime adapter reads (`load_module_file`,
+    /// `capcache compile`): a bound on what a mistaken path such as a device
+    /// can cost. The largest real modules are tens of megabytes.
+    pub max_module_size: u64,
 }
 
 impl Default for HostSettings {
@@ -36,6 +40,7 @@ impl Default for HostSettings {
             maintain_deadline: Duration::from_secs(30),
             admit_wait: Duration::from_millis(20),
             max_entry_size: 4 << 30,
+            max_module_size: 1 << 30,
         }
     }
 }

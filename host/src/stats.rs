@@ -3,12 +3,12 @@
 //! fixed-size record to the namespace's `stats.log` (O_APPEND: no lost
 //! updates between processes); `capcache stats` adds the records up.
 
-use cap_std::fs::{Dir, OpenOptions};
+use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt};
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 pub const STATS_LOG: &str = "stats.log";
-const RECORD_MAGIC: &[u8; 8] = b"CCSTATS1";
+const RECORD_MAGIC: &[u8; 8] = b"CCSTATS2";
 
 macro_rules! counters {
     ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
@@ -53,6 +53,9 @@ counters! {
     skipped,
     /// Entries found corrupt (bad header or checksum), removed and counted as misses.
     corrupt,
+    /// Entry files not trusted: owned by another user, or writable by others.
+    /// Never served; removed where possible, and counted as misses.
+    untrusted,
     /// Cache-side failures (I/O) that degraded to computing.
     failures,
     /// Policy calls that trapped, ran out of time or memory, or returned
@@ -95,7 +98,7 @@ impl StatsSnapshot {
         for value in self.to_array() {
             record.extend_from_slice(&value.to_le_bytes());
         }
-        dir.open_with(STATS_LOG, OpenOptions::new().append(true).create(true))?.write_all(&record)
+        dir.open_with(STATS_LOG, OpenOptions::new().append(true).create(true).mode(crate::store::JOURNAL_MODE))?.write_all(&record)
     }
 
     /// The sum of every record in the namespace's log. Records of another

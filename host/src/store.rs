@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! <root>/<namespace>/entries/<key name>   one file per entry (see `entry`)
+//!                   /manifests/<key name> direct-mode manifests (the host's own)
 //!                   /tmp/<unique>         writes in progress
 //!                   /state/<name>         the policy's own files
 //!                   /usage.log            usage journal (see `usage`)
@@ -13,6 +14,12 @@
 //! share one) and is renamed into place, so readers see a whole old file or a
 //! whole new one. A temporary file left by a crash never blocks a later write:
 //! each write makes its own.
+//!
+//! Only the cache's owner may write it. Every file is created with an explicit
+//! mode ([`FILE_MODE`]: read-only, whatever the umask) and every directory
+//! with [`DIR_MODE`]; on opening, every directory of the namespace must be
+//! owned by this user (or root) and writable by no one else; and an entry file
+//! that another user owns, or that others can write, is never served.
 
 use crate::clock::{Clock, ms_to_system_time, system_time_to_ms};
 use crate::entry::{self, EntryError, Header, StoredCodec};
@@ -20,7 +27,7 @@ use crate::error::Error;
 use crate::key::Key;
 use cap_std::ambient_authority;
 use cap_fs_ext::{FollowSymlinks, OpenOptionsFollowExt};
-use cap_std::fs::{Dir, OpenOptions};
+use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -29,13 +36,31 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub const ENTRIES: &str = "entries";
+pub const MANIFESTS: &str = "manifests";
 pub const TMP: &str = "tmp";
 pub const STATE: &str = "state";
 
-/// The three areas of a namespace, as directory handles.
+/// The mode of every entry, state and temporary file: read-only for everyone,
+/// so that no one but the owner (by changing the mode first) and root can
+/// write one in place. Entries are replaced only by rename, which needs
+/// write access to the directory, not to the file.
+pub const FILE_MODE: u32 = 0o444;
+/// The mode of the append-only journals (usage, statistics): written in place
+/// by the owner's processes only.
+pub const JOURNAL_MODE: u32 = 0o644;
+/// The mode of every directory capcache creates: never writable by group or
+/// others, whatever the umask (under umask 000 a default `mkdir` would make a
+/// world-writable directory, which the opening check then refuses).
+pub const DIR_MODE: u32 = 0o755;
+
+/// The areas of a namespace, as directory handles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Area {
+    /// What the policy sees and manages.
     Entries,
+    /// Direct-mode manifests: the host's own, kept out of the policy's sight
+    /// and out of every count of entries.
+    Manifests,
     Tmp,
     State,
 }
@@ -46,6 +71,8 @@ pub enum ReadOutcome {
     Found(Header, Vec<u8>),
     Missing,
     Corrupt(EntryError),
+    /// See [`OpenOutcome::Untrusted`].
+    Untrusted(String),
 }
 
 /// What opening an entry found.
@@ -57,6 +84,26 @@ pub enum OpenOutcome {
     Value(Header, Vec<u8>),
     Missing,
     Corrupt(EntryError),
+    /// A file that someone other than the cache's owner wrote or could have
+    /// written: never served, whatever its digest says.
+    Untrusted(String),
+}
+
+/// Why an entry file is not trusted, if it is not: it must be a regular file
+/// owned by this process's user (or root), which neither group nor others may
+/// write. A valid digest proves a file whole, not who wrote it.
+fn untrusted_because(metadata: &std::fs::Metadata) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let me = rustix::process::geteuid().as_raw();
+    if !metadata.is_file() {
+        Some("not a regular file".into())
+    } else if metadata.uid() != me && metadata.uid() != 0 {
+        Some(format!("owned by user {}, not by this process's user {me}", metadata.uid()))
+    } else if metadata.mode() & 0o022 != 0 {
+        Some(format!("writable by others (mode {:o})", metadata.mode() & 0o7777))
+    } else {
+        None
+    }
 }
 
 /// A listed file.
@@ -73,6 +120,7 @@ pub struct Store {
     path: PathBuf,
     namespace: Dir,
     entries: Dir,
+    manifests: Dir,
     tmp: Dir,
     state: Dir,
     clock: Arc<dyn Clock>,
@@ -138,20 +186,32 @@ impl FileIdentity {
 /// next hit of each hashes its file again). About 150 bytes each.
 const KNOWN_MAX: usize = 1 << 17;
 
+/// What to do when the cache root or the namespace does not exist.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum IfMissing {
+    /// Create it (with [`DIR_MODE`]).
+    #[default]
+    Create,
+    /// Fail with [`Error::NoCache`], creating nothing: for commands that only
+    /// look, where a mistyped directory must not pass for an empty cache.
+    Fail,
+}
+
 /// How to treat the directory when opening.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct OpenOptionsExt {
+pub struct StoreOptions {
     /// Open even if the directory is writable by others or owned by another user.
     pub allow_insecure: bool,
     /// Never write: serve what is there.
     pub read_only: bool,
+    /// Whether a missing root or namespace is created.
+    pub if_missing: IfMissing,
 }
 
 /// Refuses a directory that others can write: they could plant compiled code
-/// that the host would load. World-writable (the sticky bit does not help: it
-/// stops others removing our files, not adding theirs), or owned by another
-/// user (root's directories are trusted). Group-writable is allowed: with the
-/// common user-private groups and umask 002 every directory is.
+/// that the host would load. Writable by group or world (the sticky bit does
+/// not help: it stops others removing our files, not adding theirs), or owned
+/// by another user (root's directories are trusted).
 fn check_directory_security(dir: &Dir, path: &Path) -> Result<(), Error> {
     use cap_std::fs::{MetadataExt, PermissionsExt};
     let metadata = dir.dir_metadata().map_err(|source| Error::Directory { path: path.to_path_buf(), source })?;
@@ -160,6 +220,8 @@ fn check_directory_security(dir: &Dir, path: &Path) -> Result<(), Error> {
     let me = rustix::process::geteuid().as_raw();
     let problem = if mode & 0o002 != 0 {
         Some(format!("world-writable (mode {:o})", mode & 0o7777))
+    } else if mode & 0o020 != 0 {
+        Some(format!("group-writable (mode {:o})", mode & 0o7777))
     } else if owner != me && owner != 0 {
         Some(format!("owned by user {owner}, not by this process's user {me}"))
     } else {
@@ -182,48 +244,72 @@ pub fn valid_namespace(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
+/// Opens the cache root, creating it (and its missing parents, each with
+/// [`DIR_MODE`]) unless told not to or read-only.
+pub(crate) fn open_root(root: &Path, options: StoreOptions) -> Result<Dir, Error> {
+    let dir_err = |source| Error::Directory { path: root.to_path_buf(), source };
+    match std::fs::symlink_metadata(root) {
+        Ok(metadata) if !metadata.is_dir() && !root.is_dir() => {
+            return Err(Error::NotADirectory { path: root.to_path_buf() });
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if options.if_missing == IfMissing::Fail {
+                return Err(Error::NoCache { path: root.to_path_buf() });
+            }
+            if !options.read_only {
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new().recursive(true).mode(DIR_MODE).create(root).map_err(dir_err)?;
+            }
+        }
+        Err(e) => return Err(dir_err(e)),
+    }
+    let root_dir = Dir::open_ambient_dir(root, ambient_authority()).map_err(dir_err)?;
+    if !options.allow_insecure {
+        check_directory_security(&root_dir, root)?;
+    }
+    Ok(root_dir)
+}
+
 impl Store {
-    /// Opens (creating as needed) `namespace` under `root`. A directory that
-    /// exists but cannot be written is opened read-only, with a warning.
-    pub fn open(root: &Path, namespace: &str, clock: Arc<dyn Clock>, options: OpenOptionsExt) -> Result<Store, Error> {
+    /// Opens (creating as needed, unless `options` say otherwise) `namespace`
+    /// under `root`. A directory that exists but cannot be written is opened
+    /// read-only, with a warning.
+    pub fn open(root: &Path, namespace: &str, clock: Arc<dyn Clock>, options: StoreOptions) -> Result<Store, Error> {
         if !valid_namespace(namespace) {
             return Err(Error::InvalidNamespace(namespace.to_string()));
         }
         let dir_err = |path: PathBuf| move |source| Error::Directory { path, source };
         let mut read_only = options.read_only;
-        if !read_only {
-            if let Err(e) = Dir::create_ambient_dir_all(root, ambient_authority()) {
-                // Perhaps it exists, read-only: then serve from it.
-                if !root.is_dir() {
-                    return Err(dir_err(root.to_path_buf())(e));
-                }
-            }
-        }
-        let root_dir = Dir::open_ambient_dir(root, ambient_authority()).map_err(dir_err(root.to_path_buf()))?;
-        if !options.allow_insecure {
-            check_directory_security(&root_dir, root)?;
-        }
+        let root_dir = open_root(root, options)?;
         let path = root.join(namespace);
+        if options.if_missing == IfMissing::Fail && !root_dir.is_dir(namespace) {
+            return Err(Error::NoCache { path });
+        }
         let open_area = |parent: &Dir, name: &str, path: &Path, read_only: &mut bool| -> Result<Dir, Error> {
             if !*read_only {
-                if let Err(e) = parent.create_dir_all(name) {
-                    if !is_unwritable(&e) {
-                        return Err(dir_err(path.to_path_buf())(e));
-                    }
-                    *read_only = true;
+                use cap_std::fs::{DirBuilder, DirBuilderExt};
+                match parent.create_dir_with(name, DirBuilder::new().mode(DIR_MODE)) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) if is_unwritable(&e) => *read_only = true,
+                    Err(e) => return Err(dir_err(path.to_path_buf())(e)),
                 }
             }
-            parent.open_dir(name).map_err(dir_err(path.to_path_buf()))
+            let dir = parent.open_dir(name).map_err(dir_err(path.to_path_buf()))?;
+            if !options.allow_insecure {
+                check_directory_security(&dir, path)?;
+            }
+            Ok(dir)
         };
         let namespace_dir = open_area(&root_dir, namespace, &path, &mut read_only)?;
-        if !options.allow_insecure {
-            check_directory_security(&namespace_dir, &path)?;
-        }
         let entries = open_area(&namespace_dir, ENTRIES, &path.join(ENTRIES), &mut read_only)?;
+        let manifests = open_area(&namespace_dir, MANIFESTS, &path.join(MANIFESTS), &mut read_only)?;
         let tmp = open_area(&namespace_dir, TMP, &path.join(TMP), &mut read_only)?;
         let state = open_area(&namespace_dir, STATE, &path.join(STATE), &mut read_only)?;
         let mut store = Store {
             entries,
+            manifests,
             tmp,
             state,
             namespace: namespace_dir,
@@ -271,6 +357,7 @@ impl Store {
     pub fn dir(&self, area: Area) -> &Dir {
         match area {
             Area::Entries => &self.entries,
+            Area::Manifests => &self.manifests,
             Area::Tmp => &self.tmp,
             Area::State => &self.state,
         }
@@ -286,7 +373,7 @@ impl Store {
                 self.temp_counter.fetch_add(1, Ordering::Relaxed),
                 self.clock.now_ms()
             );
-            match self.tmp.open_with(&name, OpenOptions::new().write(true).create_new(true)) {
+            match self.tmp.open_with(&name, OpenOptions::new().write(true).create_new(true).mode(FILE_MODE)) {
                 Ok(file) => return Ok((name, file)),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(e),
@@ -336,14 +423,71 @@ impl Store {
     /// Stores `value` under `key` with `codec`. `created_ms` is kept from an
     /// earlier version of the entry when re-encoding.
     pub fn write_entry(&self, key: &Key, value: &[u8], codec: StoredCodec, created_ms: Option<u64>) -> io::Result<u64> {
+        self.write_encoded(Area::Entries, key, value, codec, created_ms)
+    }
+
+    /// Encodes `value` as an entry of `key` and renames it into `area`.
+    fn write_encoded(&self, area: Area, key: &Key, value: &[u8], codec: StoredCodec, created_ms: Option<u64>) -> io::Result<u64> {
         let now = self.clock.now_ms();
         let file = entry::encode(key, value, codec, created_ms.unwrap_or(now))?;
         let name = key.name();
         self.write_then(&file, now, |temp| {
             let _publishing = self.publishing.lock();
-            self.tmp.rename(temp, &self.entries, &name)
+            self.tmp.rename(temp, self.dir(area), &name)
         })?;
         Ok(file.len() as u64)
+    }
+
+    /// Records, in the manifests area, that `manifest` stands for the artifact
+    /// `artifact`. A manifest is checked as an entry is when read.
+    pub(crate) fn write_manifest(&self, manifest: &Key, artifact: &Key) -> io::Result<()> {
+        self.write_encoded(Area::Manifests, manifest, &artifact.0, StoredCodec::Raw, None).map(drop)
+    }
+
+    /// The artifact key that manifest `manifest` records, if there is a whole,
+    /// trusted one (a bad one is removed).
+    pub(crate) fn read_manifest(&self, manifest: &Key) -> Option<Key> {
+        match self.read_from(Area::Manifests, manifest, 64) {
+            Ok(ReadOutcome::Found(_, value)) => <[u8; 32]>::try_from(value).ok().map(Key),
+            Ok(ReadOutcome::Missing) => None,
+            Ok(outcome) => {
+                tracing::warn!("direct-mode manifest {} is unusable ({outcome:?}); removing it", manifest.name());
+                let _ = self.remove(Area::Manifests, &manifest.name());
+                None
+            }
+            Err(e) => {
+                tracing::debug!("cannot read direct-mode manifest {}: {e}", manifest.name());
+                None
+            }
+        }
+    }
+
+    /// Removes every manifest whose artifact is no longer stored (and every
+    /// unreadable one); returns how many went.
+    pub(crate) fn prune_manifests(&self) -> io::Result<u64> {
+        let mut removed = 0;
+        for name in self.list_names(Area::Manifests)? {
+            let Some(manifest) = Key::from_name(&name) else { continue };
+            let live = self.read_manifest(&manifest).is_some_and(|artifact| self.entries.is_file(artifact.name()));
+            if !live && self.remove(Area::Manifests, &name).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Opens `area/name` for reading: never through a symbolic link, and
+    /// without blocking on a FIFO someone put there.
+    fn open_file(&self, area: Area, name: &str) -> io::Result<std::fs::File> {
+        let mut options = OpenOptions::new();
+        options.read(true).follow(FollowSymlinks::No).custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32);
+        match self.dir(area).open_with(name, &options) {
+            Ok(file) => Ok(file.into_std()),
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+                Err(io::Error::new(io::ErrorKind::PermissionDenied, "a symbolic link"))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Re-encodes the entry for `key` with `codec`, keeping its creation time.
@@ -391,11 +535,20 @@ impl Store {
 
     /// Reads and checks the entry for `key`.
     pub fn read_entry(&self, key: &Key, max_raw_size: u64) -> io::Result<ReadOutcome> {
-        let bytes = match self.entries.read(key.name()) {
-            Ok(bytes) => bytes,
+        self.read_from(Area::Entries, key, max_raw_size)
+    }
+
+    fn read_from(&self, area: Area, key: &Key, max_raw_size: u64) -> io::Result<ReadOutcome> {
+        let mut file = match self.open_file(area, &key.name()) {
+            Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(ReadOutcome::Missing),
             Err(e) => return Err(e),
         };
+        if let Some(why) = untrusted_because(&file.metadata()?) {
+            return Ok(ReadOutcome::Untrusted(why));
+        }
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
         Ok(match entry::decode(&bytes, key, max_raw_size) {
             Ok((header, value)) => ReadOutcome::Found(header, value),
             Err(e) => ReadOutcome::Corrupt(e),
@@ -417,17 +570,7 @@ impl Store {
             }
         }
         // A symbolic link is never followed, wherever it points.
-        let file = self
-            .entries
-            .open_with(name, OpenOptions::new().read(true).follow(FollowSymlinks::No))
-            .map_err(|e| {
-                if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
-                    io::Error::new(io::ErrorKind::PermissionDenied, "a symbolic link")
-                } else {
-                    e
-                }
-            })?
-            .into_std();
+        let file = self.open_file(Area::Entries, name)?;
         let metadata = file.metadata()?;
         if !metadata.is_file() {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
@@ -455,13 +598,16 @@ impl Store {
     /// process and not again while the file keeps its identity; a compressed
     /// one as its decoded value.
     pub fn open_entry(&self, key: &Key, max_raw_size: u64, raw_as_file: bool) -> io::Result<OpenOutcome> {
-        let mut file = match self.entries.open(key.name()) {
-            Ok(file) => file.into_std(),
+        let mut file = match self.open_file(Area::Entries, &key.name()) {
+            Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(OpenOutcome::Missing),
             Err(e) => return Err(e),
         };
+        let metadata = file.metadata()?;
+        if let Some(why) = untrusted_because(&metadata) {
+            return Ok(OpenOutcome::Untrusted(why));
+        }
         if raw_as_file {
-            let metadata = file.metadata()?;
             let identity = FileIdentity::of(&metadata);
             let known = self.known.lock().get(key).filter(|k| k.checked && k.identity == identity).map(|k| k.header.clone());
             if let Some(header) = known {

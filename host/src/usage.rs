@@ -9,7 +9,7 @@
 //! entries that no longer exist. There is no per-entry file to orphan.
 
 use crate::key::Key;
-use cap_std::fs::{Dir, MetadataExt, OpenOptions};
+use cap_std::fs::{Dir, MetadataExt, OpenOptions, OpenOptionsExt};
 use std::collections::HashMap;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 
@@ -57,7 +57,7 @@ impl Usage {
         for (id, count) in changes {
             bytes.extend_from_slice(&record(id, count.unwrap_or(RESET)));
         }
-        let mut file = dir.open_with(JOURNAL, OpenOptions::new().append(true).create(true))?;
+        let mut file = dir.open_with(JOURNAL, OpenOptions::new().append(true).create(true).mode(crate::store::JOURNAL_MODE))?;
         file.write_all(&bytes)
     }
 

@@ -35,8 +35,9 @@
 //! exactly that).
 
 use crate::cache::{Cache, Fetched, Source};
-use crate::key::{Key, Sha256Hasher};
+use crate::key::{Key, KeyDomain, Sha256Hasher};
 use ::wasmtime::component::Component;
+use ::wasmtime::error::Context;
 use ::wasmtime::{Engine, Module, Result};
 use std::hash::Hash;
 use std::path::Path;
@@ -64,13 +65,15 @@ pub fn artifact_key(engine: &Engine, kind: Kind, wasm: &[u8]) -> Key {
     // whole got slower (0.34-0.37 ms against 0.40-0.48 for brotli-wasm: the
     // other core's threads cost the module's mapping and unmapping more).
     let wasm_digest = blake3::hash(wasm);
-    Key::of_parts(&[b"capcache-artifact-v2", kind.tag(), &compatibility_key(engine).0, wasm_digest.as_bytes()])
+    Key::derive(KeyDomain::Artifact, &[kind.tag(), &compatibility_key(engine).0, wasm_digest.as_bytes()])
 }
 
 /// What is compiled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
+    /// A core module (`wasmtime::Module`).
     Module,
+    /// A component (`wasmtime::component::Component`).
     Component,
 }
 
@@ -148,6 +151,9 @@ fn load_cached<T: Artifact>(cache: &Cache, engine: &Engine, key: &Key) -> Option
 /// and has the worker serialize, compress and store it, so a miss costs the
 /// caller what compiling costs.
 fn load<T: Artifact>(cache: &Cache, engine: &Engine, key: &Key, wasm: &[u8]) -> Result<(T, Source)> {
+    if !cache.is_enabled() {
+        return Ok((T::compile(engine, wasm)?, Source::Uncached));
+    }
     if let Some(artifact) = load_cached(cache, engine, key) {
         return Ok((artifact, Source::Hit));
     }
@@ -161,31 +167,48 @@ fn load<T: Artifact>(cache: &Cache, engine: &Engine, key: &Key, wasm: &[u8]) -> 
             None
         }
     });
-    Ok((artifact, Source::Computed))
+    Ok((artifact, Source::Miss))
 }
 
 /// A module for `wasm`: from the cache, or compiled and stored.
 pub fn load_module(cache: &Cache, engine: &Engine, wasm: &[u8]) -> Result<Module> {
-    Ok(load(cache, engine, &artifact_key(engine, Kind::Module, wasm), wasm)?.0)
+    Ok(load_module_with_source(cache, engine, wasm)?.0)
+}
+
+/// [`load_module`], also saying where the module came from.
+pub fn load_module_with_source(cache: &Cache, engine: &Engine, wasm: &[u8]) -> Result<(Module, Source)> {
+    load(cache, engine, &artifact_key(engine, Kind::Module, wasm), wasm)
 }
 
 /// A component for `wasm`: from the cache, or compiled and stored.
 pub fn load_component(cache: &Cache, engine: &Engine, wasm: &[u8]) -> Result<Component> {
-    Ok(load(cache, engine, &artifact_key(engine, Kind::Component, wasm), wasm)?.0)
+    Ok(load_component_with_source(cache, engine, wasm)?.0)
 }
 
-/// A module for the file at `path`, in "direct mode" (as ccache has): a small
-/// manifest entry maps the file's path, size, modification and change times,
-/// device and inode to
-/// its content key, so a hit does not read or hash the file. Any change to the
-/// file changes the manifest key, and the lookup falls back to hashing. A file
-/// modified in the last few seconds is not put in a manifest (its time may not
-/// yet tell two versions apart).
+/// [`load_component`], also saying where the component came from.
+pub fn load_component_with_source(cache: &Cache, engine: &Engine, wasm: &[u8]) -> Result<(Component, Source)> {
+    load(cache, engine, &artifact_key(engine, Kind::Component, wasm), wasm)
+}
+
+/// A module for the file at `path` (a `.wasm` binary, or the text format in a
+/// `.wat` file), in "direct mode" (as ccache has): a small manifest maps the
+/// file's identity (device, inode, size, modification and change times) to
+/// its artifact's key, so a hit does not read or hash the file.
+///
+/// The file is opened once: its identity comes from that descriptor, and on
+/// a miss its bytes are read from the same descriptor, so a file or directory
+/// swapped meanwhile (a deploy that flips `current -> releases/v2`) can never
+/// record one file's identity against another's artifact. A manifest is
+/// recorded only if the identity did not change while the file was read, and
+/// only once both of its times are older than the filesystem's timestamp
+/// granularity allows a rewrite to hide in (see [`RECENT_CHANGE_WINDOW`]).
+/// Only regular files of at most [`crate::HostSettings::max_module_size`]
+/// bytes are read.
 pub fn load_module_file(cache: &Cache, engine: &Engine, path: &Path) -> Result<Module> {
     Ok(load_file(cache, engine, path)?.0)
 }
 
-/// [`load_module_file`], also saying whether the module came from the cache.
+/// [`load_module_file`], also saying where the module came from.
 pub fn load_module_file_with_source(cache: &Cache, engine: &Engine, path: &Path) -> Result<(Module, Source)> {
     load_file(cache, engine, path)
 }
@@ -195,59 +218,124 @@ pub fn load_component_file(cache: &Cache, engine: &Engine, path: &Path) -> Resul
     Ok(load_file(cache, engine, path)?.0)
 }
 
-/// Files modified more recently than this are not trusted to a manifest.
-const TOO_NEW: Duration = Duration::from_secs(2);
+/// [`load_component_file`], also saying where the component came from.
+pub fn load_component_file_with_source(cache: &Cache, engine: &Engine, path: &Path) -> Result<(Component, Source)> {
+    load_file(cache, engine, path)
+}
+
+/// A file changed less than this long ago (by either of its times) is not
+/// trusted to a manifest, on filesystems with sub-second timestamps. The
+/// kernel stamps changes from a clock that ticks every few milliseconds, so
+/// two writes in one tick share their times; a rewrite that lands after the
+/// manifest was recorded must show a later change time, which holds when the
+/// window is longer than a tick.
+pub const RECENT_CHANGE_WINDOW: Duration = Duration::from_secs(2);
+
+/// The window on filesystems whose timestamps have whole seconds only (ext4
+/// with 128-byte inodes, FAT's two-second modification times, many network
+/// filesystems): longer than their coarsest granularity, with a margin.
+pub const RECENT_CHANGE_WINDOW_COARSE: Duration = Duration::from_secs(5);
+
+/// What identifies one version of a file, from its open descriptor.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct FileIdentity {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileIdentity {
+    fn of(metadata: &std::fs::Metadata) -> FileIdentity {
+        use std::os::unix::fs::MetadataExt;
+        FileIdentity {
+            dev: metadata.dev(),
+            ino: metadata.ino(),
+            size: metadata.len(),
+            mtime: (metadata.mtime(), metadata.mtime_nsec()),
+            ctime: (metadata.ctime(), metadata.ctime_nsec()),
+        }
+    }
+
+    /// Whether this version of the file is old enough to be trusted to a
+    /// manifest at `now`: both times at least the window in the past. A
+    /// change time with no fraction of a second is taken as the sign of a
+    /// filesystem with whole-second timestamps (no one can set a change time;
+    /// on a fine-grained filesystem a zero fraction is a one-in-a-billion
+    /// chance, and then the file waits a few seconds longer).
+    fn settled_at(&self, now: SystemTime) -> bool {
+        let window = if self.ctime.1 == 0 { RECENT_CHANGE_WINDOW_COARSE } else { RECENT_CHANGE_WINDOW };
+        let at = |(secs, nanos): (i64, i64)| {
+            let since_epoch = Duration::new(secs.max(0) as u64, nanos.clamp(0, 999_999_999) as u32);
+            SystemTime::UNIX_EPOCH + since_epoch
+        };
+        let latest = at(self.mtime).max(at(self.ctime));
+        now.duration_since(latest).is_ok_and(|age| age >= window)
+    }
+
+    /// The manifest key of this version of a file of `kind` for `engine`.
+    fn manifest_key(&self, engine: &Engine, kind: Kind) -> Key {
+        let facts = [
+            self.dev,
+            self.ino,
+            self.size,
+            self.mtime.0 as u64,
+            self.mtime.1 as u64,
+            self.ctime.0 as u64,
+            self.ctime.1 as u64,
+        ];
+        let facts: Vec<u8> = facts.iter().flat_map(|n| n.to_le_bytes()).collect();
+        Key::derive(KeyDomain::Manifest, &[kind.tag(), &compatibility_key(engine).0, &facts])
+    }
+}
 
 fn load_file<T: Artifact>(cache: &Cache, engine: &Engine, path: &Path) -> Result<(T, Source)> {
     let kind = T::KIND;
-    let manifest_key = manifest_key(engine, kind, path);
-    if let Some(manifest_key) = &manifest_key {
-        if let Some(content_key) = cache.get_by_key(manifest_key).and_then(|v| <[u8; 32]>::try_from(v).ok()) {
-            // The artifact's own lookup still checks it whole; its wasm is
-            // needed only if it is gone, and then it is read.
-            if let Some(artifact) = load_cached(cache, engine, &Key(content_key)) {
-                return Ok((artifact, Source::Hit));
-            }
+    let max_size = cache.max_module_size();
+    let (file, opened) = crate::input::open_regular_file(path, max_size).with_context(|| format!("{}", path.display()))?;
+    let before = FileIdentity::of(&opened);
+    let manifest_key = cache
+        .is_enabled()
+        .then(|| before.settled_at(SystemTime::now()).then(|| before.manifest_key(engine, kind)))
+        .flatten();
+    if let Some(artifact) = manifest_key.and_then(|manifest| cache.read_manifest(&manifest)) {
+        // The artifact's own lookup still checks it whole; its wasm is needed
+        // only if it is gone, and then it is read.
+        if let Some(artifact) = load_cached(cache, engine, &artifact) {
+            return Ok((artifact, Source::Hit));
         }
     }
-    let wasm = std::fs::read(path)?;
-    // Text format too, for people.
-    let wasm = wat::parse_bytes(&wasm)?;
+    let mut file = file;
+    let bytes = crate::input::read_at_most(&mut file, before.size, max_size).with_context(|| format!("{}", path.display()))?;
+    let after = FileIdentity::of(&file.metadata()?);
+    drop(file);
+    let wasm = binary_of(path, bytes)?;
     let content_key = artifact_key(engine, kind, &wasm);
-    let artifact = load::<T>(cache, engine, &content_key, &wasm)?;
-    if let Some(manifest_key) = &manifest_key {
-        cache.insert_by_key(manifest_key, &content_key.0);
+    let loaded = load::<T>(cache, engine, &content_key, &wasm)?;
+    match manifest_key {
+        Some(manifest) if after == before => cache.write_manifest(&manifest, &content_key),
+        Some(_) => tracing::debug!("{} changed while it was read; no manifest recorded", path.display()),
+        None => {}
     }
-    Ok(artifact)
+    Ok(loaded)
 }
 
-/// The manifest key of the file at `path` as it is now; `None` if it cannot
-/// be trusted to one (unreadable metadata, or modified just now).
-fn manifest_key(engine: &Engine, kind: Kind, path: &Path) -> Option<Key> {
-    use std::os::unix::fs::MetadataExt;
-    let path = std::fs::canonicalize(path).ok()?;
-    let metadata = std::fs::metadata(&path).ok()?;
-    let modified = metadata.modified().ok()?;
-    if SystemTime::now().duration_since(modified).map_or(true, |age| age < TOO_NEW) {
-        return None;
+/// The WebAssembly binary in `bytes`, read from `path`: as it is, or parsed
+/// from the text format if the file is a `.wat` file. Anything else is
+/// refused with a short message, never a parser's quote of the whole file.
+fn binary_of(path: &Path, bytes: Vec<u8>) -> Result<Vec<u8>> {
+    if bytes.starts_with(b"\0asm") {
+        return Ok(bytes);
     }
-    // ctime too: no one can set it, so restoring an old mtime after a change
-    // does not fool the manifest.
-    let facts = [
-        metadata.len(),
-        metadata.mtime() as u64,
-        metadata.mtime_nsec() as u64,
-        metadata.ctime() as u64,
-        metadata.ctime_nsec() as u64,
-        metadata.ino(),
-        metadata.dev(),
-    ];
-    let facts: Vec<u8> = facts.iter().flat_map(|n| n.to_le_bytes()).collect();
-    Some(Key::of_parts(&[
-        b"capcache-direct-v1",
-        kind.tag(),
-        &compatibility_key(engine).0,
-        path.as_os_str().as_encoded_bytes(),
-        &facts,
-    ]))
+    let is_text = path.extension().is_some_and(|e| e == "wat" || e == "wast");
+    if !is_text {
+        ::wasmtime::bail!(
+            "{}: not a WebAssembly binary (it does not start with \\0asm); the text format is read from .wat files only",
+            path.display()
+        );
+    }
+    wat::parse_bytes(&bytes)
+        .map(std::borrow::Cow::into_owned)
+        .map_err(|e| ::wasmtime::format_err!("{}: not valid WebAssembly text: {}", path.display(), crate::input::excerpt(&e.to_string())))
 }

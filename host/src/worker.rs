@@ -4,7 +4,7 @@
 //! usage, asks the policy what to do and does it: recode, remove, maintain.
 
 use crate::bindings::exports::capcache::policy::policy::{Action, MaintainReport};
-use crate::cache::admit_and_write;
+use crate::cache::{admit_and_write, remove_entry_and_usage};
 use crate::settings::HostSettings;
 use crate::key::Key;
 use crate::policy::PolicyRuntime;
@@ -72,7 +72,16 @@ impl Drop for Worker {
         // Closing the queue lets the worker finish what is queued and stop.
         self.sender = None;
         if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+            // The last handle on the cache can be dropped by the worker itself:
+            // a deferred store holds a module, which holds its engine, which
+            // may hold the cache (an `IncrementalCache`). Joining itself would
+            // fail; the worker finishes the queue and stops on its own.
+            if thread.thread().id() == std::thread::current().id() {
+                return;
+            }
+            if thread.join().is_err() {
+                tracing::error!("the cache worker panicked; events still queued were lost");
+            }
         }
     }
 }
@@ -144,9 +153,8 @@ fn handle_entry_event(shared: &Shared, policy: &Mutex<PolicyRuntime>, key: &Key,
         match action {
             Action::Recode(codec) => recode(shared, key, codec_from_wit(codec)),
             Action::Remove => {
-                if shared.store.remove(Area::Entries, &name).is_ok() {
+                if remove_entry_and_usage(shared, key) {
                     Stats::bump(&shared.stats.removed);
-                    let _ = Usage::append(shared.store.namespace_dir(), &[(usage::id_of(key), None)]);
                 }
             }
             Action::Maintain => {
@@ -176,19 +184,26 @@ pub(crate) fn maintain(shared: &Shared, policy: &mut PolicyRuntime) -> Option<Ma
     if report.ran {
         Stats::bump(&shared.stats.maintain_runs);
         tracing::info!(policy = policy.name(), "maintenance: {}", report.summary);
+        // Manifests whose artifacts the pass evicted go with them.
+        match shared.store.prune_manifests() {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!("{n} direct-mode manifests of evicted artifacts removed"),
+            Err(e) => tracing::warn!("cannot list direct-mode manifests: {e}"),
+        }
         let dir = shared.store.namespace_dir();
         let large = dir.metadata(usage::JOURNAL).map(|m| m.len() > usage::COMPACT_AT).unwrap_or(false);
         if large {
-            let names: std::collections::HashSet<usage::EntryId> = shared
-                .store
-                .list_names(Area::Entries)
-                .unwrap_or_default()
-                .iter()
-                .filter_map(|n| Key::from_name(n))
-                .map(|k| usage::id_of(&k))
-                .collect();
-            if let Err(e) = Usage::compact(dir, |id| names.contains(id)) {
-                tracing::warn!("cannot compact the usage journal: {e}");
+            // Compaction keeps the records of the entries listed: a listing
+            // that failed would drop every entry's usage, so it skips instead.
+            match shared.store.list_names(Area::Entries) {
+                Ok(names) => {
+                    let live: std::collections::HashSet<usage::EntryId> =
+                        names.iter().filter_map(|n| Key::from_name(n)).map(|k| usage::id_of(&k)).collect();
+                    if let Err(e) = Usage::compact(dir, |id| live.contains(id)) {
+                        tracing::warn!("cannot compact the usage journal: {e}");
+                    }
+                }
+                Err(e) => tracing::warn!("cannot list the entries, so the usage journal is not compacted: {e}"),
             }
         }
     } else {

@@ -106,3 +106,68 @@ pub fn plant_outside(t: &TestCache) {
 pub fn tiny_module(n: u32) -> Vec<u8> {
     wat::parse_str(format!(r#"(module (func (export "answer") (result i32) i32.const {n}))"#)).unwrap()
 }
+
+/// Whether this test can do what needs root (chown, mount, other users).
+/// Under CI, which runs as root, a test that needs root must run: not being
+/// root there is a failure. Elsewhere the test says why it does nothing.
+pub fn have_root(test: &str, why: &str) -> bool {
+    if rustix::process::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{test} needs root ({why}), and CI runs as root");
+    }
+    eprintln!("SKIPPED {test}: needs root ({why})");
+    false
+}
+
+/// Sets a file's modification time `ago` in the past (its change time, which
+/// no one can set, becomes now).
+pub fn set_modified_ago(path: &Path, ago: std::time::Duration) {
+    let file = std::fs::File::options().write(true).open(path).unwrap();
+    file.set_modified(std::time::SystemTime::now() - ago).unwrap();
+}
+
+/// A file's mode bits.
+pub fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+/// Sets a file's mode bits.
+pub fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A filesystem with whole-second timestamps (ext4 with 128-byte inodes),
+/// loop-mounted in a temporary directory for the test's life.
+pub struct CoarseTimestampFs {
+    dir: tempfile::TempDir,
+}
+
+impl CoarseTimestampFs {
+    pub fn mount() -> CoarseTimestampFs {
+        use std::process::Command;
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("fs.img");
+        let mountpoint = dir.path().join("mnt");
+        std::fs::create_dir(&mountpoint).unwrap();
+        std::fs::File::create(&image).unwrap().set_len(32 << 20).unwrap();
+        let made = Command::new("mkfs.ext4").args(["-q", "-F", "-I", "128"]).arg(&image).output().unwrap();
+        assert!(made.status.success(), "mkfs.ext4: {}", String::from_utf8_lossy(&made.stderr));
+        let mounted = Command::new("mount").args(["-o", "loop"]).arg(&image).arg(&mountpoint).output().unwrap();
+        assert!(mounted.status.success(), "mount: {}", String::from_utf8_lossy(&mounted.stderr));
+        CoarseTimestampFs { dir }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("mnt")
+    }
+}
+
+impl Drop for CoarseTimestampFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(self.path()).status();
+    }
+}

@@ -1,0 +1,379 @@
+//! A hit is the artifact of exactly these bytes, for this engine, written by
+//! this user: on filesystems with whole-second timestamps, during deploys that
+//! swap directories, against other users and against forged key material.
+
+mod support;
+use capcache::wasmtime::{Kind, load_module, load_module_file, load_module_file_with_source};
+use capcache::{Source, StoredCodec};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+use support::*;
+use wasmtime::{Engine, Instance, Module, Store};
+
+fn answer(engine: &Engine, module: &Module) -> i32 {
+    let mut store = Store::new(engine, ());
+    let instance = Instance::new(&mut store, module, &[]).unwrap();
+    instance.get_typed_func::<(), i32>(&mut store, "answer").unwrap().call(&mut store, ()).unwrap()
+}
+
+fn manifests(t: &TestCache) -> usize {
+    std::fs::read_dir(t.root().join("default/manifests")).map(|d| d.count()).unwrap_or(0)
+}
+
+fn change_time(path: &Path) -> (i64, i64) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).unwrap();
+    (m.ctime(), m.ctime_nsec())
+}
+
+#[test]
+fn direct_mode_records_a_settled_file_and_never_a_recently_changed_one() {
+    let t = TestCache::new();
+    let cache = t.open();
+    let engine = Engine::default();
+    let path = t.dir.path().join("m.wasm");
+    std::fs::write(&path, tiny_module(1)).unwrap();
+    set_modified_ago(&path, Duration::from_secs(3600));
+    // Its modification time is old, but its change time is now: not trusted.
+    assert_eq!(answer(&engine, &load_module_file(&cache, &engine, &path).unwrap()), 1);
+    cache.flush();
+    assert_eq!(manifests(&t), 0, "a file changed just now was trusted to a manifest");
+
+    std::thread::sleep(capcache::wasmtime::RECENT_CHANGE_WINDOW + Duration::from_millis(100));
+    let (module, source) = load_module_file_with_source(&cache, &engine, &path).unwrap();
+    assert_eq!((answer(&engine, &module), source), (1, Source::Hit));
+    assert_eq!(manifests(&t), 1, "a settled file was not recorded");
+    let (_, source) = load_module_file_with_source(&cache, &engine, &path).unwrap();
+    assert_eq!(source, Source::Hit);
+    // Manifests are not entries: one module, one entry, and the lookups count
+    // once each.
+    let stats = cache.stats();
+    assert_eq!((stats.hits, stats.misses, cache.entries().unwrap().len()), (2, 1, 1));
+
+    // New contents of the same size with the old modification time put back:
+    // the change time differs, so the file is read and the new module loaded.
+    let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+    std::fs::write(&path, tiny_module(9)).unwrap();
+    std::fs::File::options().write(true).open(&path).unwrap().set_modified(modified).unwrap();
+    let (module, source) = load_module_file_with_source(&cache, &engine, &path).unwrap();
+    assert_eq!((answer(&engine, &module), source), (9, Source::Miss));
+}
+
+/// Waits until the wall clock is early in a second, so that what follows
+/// fits in the same second (on a filesystem that keeps whole seconds).
+fn at_start_of_a_second() {
+    loop {
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap();
+        if now.subsec_millis() < 50 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn direct_mode_on_whole_second_timestamps_never_serves_a_rewrite_of_the_same_second() {
+    if !have_root("direct_mode_on_whole_second_timestamps...", "loop-mounts an ext4 image with 128-byte inodes") {
+        return;
+    }
+    let fs = CoarseTimestampFs::mount();
+    let path = fs.path().join("app.wasm");
+    let t = TestCache::new();
+    let cache = t.open();
+    let engine = Engine::default();
+    let old = SystemTime::now() - Duration::from_secs(3600);
+    let mut rewrites_in_one_second = 0;
+    for version in 0..6 {
+        // One version, then another of the same size, in one second, the
+        // modification time put back each time: every fact a manifest records
+        // is the same for both on this filesystem.
+        at_start_of_a_second();
+        std::fs::write(&path, tiny_module(100 + version)).unwrap();
+        std::fs::File::options().write(true).open(&path).unwrap().set_modified(old).unwrap();
+        let first = change_time(&path);
+        assert_eq!(first.1, 0, "not a filesystem with whole-second timestamps");
+        assert_eq!(answer(&engine, &load_module_file(&cache, &engine, &path).unwrap()), 100 + version as i32);
+        std::fs::write(&path, tiny_module(200 + version)).unwrap();
+        std::fs::File::options().write(true).open(&path).unwrap().set_modified(old).unwrap();
+        if change_time(&path) == first {
+            rewrites_in_one_second += 1;
+        }
+        assert_eq!(
+            answer(&engine, &load_module_file(&cache, &engine, &path).unwrap()),
+            200 + version as i32,
+            "the version rewritten in the same second was served the old code"
+        );
+    }
+    assert!(rewrites_in_one_second >= 3, "only {rewrites_in_one_second} rewrites landed in one second: the test proved little");
+    assert_eq!(manifests(&t), 0);
+    // Once settled past the coarse window, direct mode works there too.
+    std::thread::sleep(capcache::wasmtime::RECENT_CHANGE_WINDOW_COARSE + Duration::from_millis(200));
+    assert_eq!(answer(&engine, &load_module_file(&cache, &engine, &path).unwrap()), 205);
+    assert_eq!(manifests(&t), 1);
+}
+
+#[test]
+fn direct_mode_during_directory_swapping_deploys_never_records_one_version_for_another() {
+    // releases/a and releases/b hold two versions of app.wasm, of one size;
+    // a deployer swaps which of them is `current` as fast as it can, by
+    // renaming directories (the files' own times never change).
+    let work = tempfile::tempdir().unwrap();
+    let current = work.path().join("current");
+    let other = work.path().join("other");
+    let aside = work.path().join("aside");
+    for (dir, version) in [(&current, 1), (&other, 2)] {
+        std::fs::create_dir(dir).unwrap();
+        std::fs::write(dir.join("app.wasm"), tiny_module(version)).unwrap();
+        std::fs::write(dir.join("version"), version.to_string()).unwrap();
+    }
+    std::thread::sleep(capcache::wasmtime::RECENT_CHANGE_WINDOW + Duration::from_millis(100));
+    let t = TestCache::new();
+    let cache = t.open();
+    let engine = Engine::default();
+    let app = current.join("app.wasm");
+    let manifests_dir = t.root().join("default/manifests");
+    let (mut rounds, mut swaps) = (0, 0u64);
+    let started = Instant::now();
+    while rounds < 300 && started.elapsed() < Duration::from_secs(60) {
+        rounds += 1;
+        for manifest in std::fs::read_dir(&manifests_dir).unwrap() {
+            std::fs::remove_file(manifest.unwrap().path()).unwrap();
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let deployer = {
+            let (stop, current, other, aside) = (stop.clone(), current.clone(), other.clone(), aside.clone());
+            std::thread::spawn(move || {
+                let mut swaps = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    std::fs::rename(&current, &aside).unwrap();
+                    std::fs::rename(&other, &current).unwrap();
+                    std::fs::rename(&aside, &other).unwrap();
+                    swaps += 1;
+                }
+                swaps
+            })
+        };
+        for _ in 0..20 {
+            // The path may be missing for an instant between two renames.
+            let _ = load_module_file(&cache, &engine, &app);
+        }
+        stop.store(true, Ordering::Relaxed);
+        swaps += deployer.join().unwrap();
+        // Whatever was recorded while the deploys ran, each version now loads
+        // as itself, through its manifest if one was recorded.
+        for _ in 0..2 {
+            let version: i32 = std::fs::read_to_string(current.join("version")).unwrap().parse().unwrap();
+            assert_eq!(answer(&engine, &load_module_file(&cache, &engine, &app).unwrap()), version, "round {rounds}");
+            std::fs::rename(&current, &aside).unwrap();
+            std::fs::rename(&other, &current).unwrap();
+            std::fs::rename(&aside, &other).unwrap();
+        }
+    }
+    assert!(swaps > 1000, "the deployer swapped only {swaps} times in {rounds} rounds");
+    eprintln!("{rounds} rounds, {swaps} swaps, no wrong artifact");
+}
+
+#[test]
+fn files_are_created_read_only_and_directories_unwritable_by_others() {
+    let t = TestCache::new();
+    let cache = t.builder().setting("raw-entries", "always").open().unwrap();
+    let engine = Engine::default();
+    load_module(&cache, &engine, &tiny_module(1)).unwrap();
+    cache.insert(b"key", b"value");
+    drop(cache);
+    let mut seen = 0;
+    for (path, _) in snapshot(&t.root()) {
+        let mode = mode_of(&path);
+        assert_eq!(mode & 0o022, 0, "{} is writable by others (mode {mode:o})", path.display());
+        if path.parent().unwrap().ends_with("entries") {
+            assert_eq!(mode, 0o444, "{}", path.display());
+            seen += 1;
+        }
+    }
+    assert!(seen >= 2, "{seen} entry files: the artifact and the value at least");
+    for dir in ["", "default", "default/entries", "default/manifests", "default/tmp", "default/state", "policy-code"] {
+        assert_eq!(mode_of(&t.root().join(dir)), 0o755, "{dir}");
+    }
+}
+
+#[test]
+fn an_entry_that_others_can_write_is_never_served() {
+    let t = TestCache::new();
+    let cache = t.builder().setting("raw-entries", "always").open().unwrap();
+    let engine = Engine::default();
+    let wasm = tiny_module(3);
+    load_module(&cache, &engine, &wasm).unwrap();
+    cache.insert(b"key", b"value");
+    cache.flush();
+    let artifact = t.entries_dir().join(capcache::wasmtime::artifact_key(&engine, Kind::Module, &wasm).name());
+    let value = t.entries_dir().join(capcache::Key::of(b"key").name());
+    // Served once, so the raw entry is known as checked in this process.
+    assert_eq!(answer(&engine, &load_module(&cache, &engine, &wasm).unwrap()), 3);
+    set_mode(&artifact, 0o646);
+    set_mode(&value, 0o464);
+    assert_eq!(cache.get(b"key"), None);
+    assert_eq!(answer(&engine, &load_module(&cache, &engine, &wasm).unwrap()), 3);
+    let stats = cache.stats();
+    assert_eq!((stats.untrusted, stats.hits), (2, 1), "{stats:?}");
+    assert!(!value.exists(), "the untrusted entry was kept");
+}
+
+#[test]
+fn an_entry_owned_by_another_user_is_never_served() {
+    if !have_root("an_entry_owned_by_another_user_is_never_served", "gives a file to another user") {
+        return;
+    }
+    let t = TestCache::new();
+    let cache = t.open();
+    cache.insert(b"key", b"planted?");
+    let entry = t.entries_dir().join(capcache::Key::of(b"key").name());
+    std::os::unix::fs::chown(&entry, Some(65534), Some(65534)).unwrap();
+    assert_eq!(cache.get(b"key"), None);
+    assert_eq!(cache.stats().untrusted, 1);
+    assert!(!entry.exists());
+    let report = cache.verify(false, |_, _| {}).unwrap();
+    assert_eq!(report.bad.len(), 0);
+}
+
+#[test]
+fn a_namespace_directory_that_others_can_write_is_refused() {
+    for area in ["default", "default/entries", "default/manifests", "default/tmp", "default/state"] {
+        let t = TestCache::new();
+        drop(t.open());
+        set_mode(&t.root().join(area), 0o775);
+        let err = t.builder().open().unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("group-writable") && message.contains(area), "{area}: {message}");
+    }
+}
+
+#[test]
+fn under_umask_000_the_cache_opens_its_own_new_directory_again() {
+    // The umask is the process's: a child process sets it, and the CLI runs
+    // there, so that the other tests of this binary keep theirs.
+    let t = TestCache::new();
+    let module = t.dir.path().join("m.wasm");
+    std::fs::write(&module, tiny_module(4)).unwrap();
+    let root = t.root().join("new/deeper");
+    let script = format!(
+        "umask 000 && {bin} compile --dir {root} {m} && {bin} compile --dir {root} {m}",
+        bin = env!("CARGO_BIN_EXE_capcache"),
+        root = root.display(),
+        m = module.display()
+    );
+    let output = std::process::Command::new("sh").arg("-c").arg(&script).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let kinds: Vec<_> = stdout.lines().map(|l| l.split_whitespace().next().unwrap()).collect();
+    assert_eq!(kinds, ["miss", "hit"], "{stdout}");
+    for dir in [t.root().join("new"), root.clone(), root.join("default")] {
+        assert_eq!(mode_of(&dir), 0o755, "{}", dir.display());
+    }
+    for (path, _) in snapshot(&root) {
+        assert_eq!(mode_of(&path) & 0o022, 0, "{}", path.display());
+    }
+}
+
+/// What SHA-256 was fed for `parts`, each length-prefixed: the key material a
+/// caller would pass to forge a key if key domains were not kept apart.
+fn preimage(parts: &[&[u8]]) -> Vec<u8> {
+    parts.iter().flat_map(|part| (part.len() as u64).to_le_bytes().into_iter().chain(part.iter().copied())).collect()
+}
+
+#[test]
+fn a_value_stored_under_forged_key_material_never_loads_as_a_module() {
+    use std::hash::Hash;
+    let t = TestCache::new();
+    let cache = t.open();
+    let engine = Engine::default();
+    let victim = tiny_module(1);
+    let planted = Module::new(&engine, tiny_module(666)).unwrap().serialize().unwrap();
+    let mut compatibility = capcache::key::Sha256Hasher::default();
+    engine.precompile_compatibility_hash().hash(&mut compatibility);
+    let compatibility = compatibility.finish_key().0;
+    let digest = *blake3::hash(&victim).as_bytes();
+    // The artifact key's parts as they were laid out, and as they are: with
+    // and without a domain tag in front.
+    for tag in [&b"capcache-artifact-v2"[..], b"capcache-artifact-v3"] {
+        let parts: [&[u8]; 4] = [tag, b"module", &compatibility, &digest];
+        assert!(cache.insert(&preimage(&parts), &planted));
+        assert!(cache.insert(&preimage(&parts[1..]), &planted));
+    }
+    cache.flush();
+    let (module, source) = capcache::wasmtime::load_module_with_source(&cache, &engine, &victim).unwrap();
+    assert_eq!((answer(&engine, &module), source), (1, Source::Miss));
+}
+
+#[test]
+fn dropping_the_last_cache_on_its_own_worker_stores_the_pending_artifact() {
+    // The module docs' pattern: the engine holds the cache (Cranelift's
+    // incremental cache), so a deferred store, which holds the module, holds
+    // the engine and the cache. When the caller lets go first, the worker
+    // drops the last handle on the cache itself.
+    let t = TestCache::new();
+    let wasm = tiny_module(5);
+    let host = capcache::HostSettings { event_deadline: Duration::from_millis(400), ..Default::default() };
+    {
+        let cache = Arc::new(t.builder().policy(guest_policy("hostile")).setting("mode", "loop-insert").host_settings(host).open().unwrap());
+        let mut config = wasmtime::Config::new();
+        config.enable_incremental_compilation(Arc::new(capcache::incremental::IncrementalCache::new(cache.clone()))).unwrap();
+        let engine = Engine::new(&config).unwrap();
+        // The worker is busy (the policy loops in on-insert until its deadline)
+        // while the miss's store is queued behind it.
+        assert!(cache.insert(b"busy", b"worker"));
+        load_module(&cache, &engine, &wasm).unwrap();
+    }
+    let mut config = wasmtime::Config::new();
+    config.enable_incremental_compilation(Arc::new(capcache::incremental::IncrementalCache::new(Arc::new(capcache::Cache::disabled())))).unwrap();
+    let same_engine = Engine::new(&config).unwrap();
+    let name = capcache::wasmtime::artifact_key(&same_engine, Kind::Module, &wasm).name();
+    let stored = t.entries_dir().join(&name);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !stored.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(stored.exists(), "the pending artifact was lost");
+    let cache = t.open();
+    let (module, source) = capcache::wasmtime::load_module_with_source(&cache, &same_engine, &wasm).unwrap();
+    assert_eq!((answer(&same_engine, &module), source), (5, Source::Hit));
+}
+
+#[test]
+fn every_load_says_whether_it_hit() {
+    let t = TestCache::new();
+    let engine = Engine::default();
+    let module_path: PathBuf = t.dir.path().join("m.wat");
+    std::fs::write(&module_path, r#"(module (func (export "answer") (result i32) i32.const 8))"#).unwrap();
+    let component = wat::parse_str(
+        r#"(component
+            (core module $m (func (export "f") (result i32) i32.const 7))
+            (core instance $i (instantiate $m))
+            (func (export "f") (result s32) (canon lift (core func $i "f"))))"#,
+    )
+    .unwrap();
+    let component_path = t.dir.path().join("c.wasm");
+    std::fs::write(&component_path, &component).unwrap();
+    let disabled = capcache::Cache::disabled();
+    let cache = t.open();
+    use capcache::wasmtime::{load_component_file_with_source, load_component_with_source};
+    for (cache, expected) in [(&disabled, [Source::Uncached; 2]), (&cache, [Source::Miss, Source::Hit])] {
+        for want in expected {
+            assert_eq!(capcache::wasmtime::load_module_with_source(cache, &engine, &tiny_module(2)).unwrap().1, want);
+            assert_eq!(load_module_file_with_source(cache, &engine, &module_path).unwrap().1, want);
+            assert_eq!(load_component_with_source(cache, &engine, &component).unwrap().1, want);
+            cache.flush();
+        }
+    }
+    // The component file's artifact is the component's: already stored.
+    assert_eq!(load_component_file_with_source(&cache, &engine, &component_path).unwrap().1, Source::Hit);
+    assert_eq!(cache.entries().unwrap().iter().filter(|e| e.codec != StoredCodec::Raw).count(), 3);
+}
+
+#[test]
+fn an_os_error_is_said_once() {
+    let err = capcache::Cache::builder().directory("/proc/capcache-cannot-be-here/x").open().unwrap_err();
+    let chain = format!("{:#}", anyhow::Error::from(err));
+    assert_eq!(chain.matches("os error").count(), 1, "{chain}");
+}
