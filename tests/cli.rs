@@ -290,3 +290,219 @@ fn the_compiled_policy_is_kept_and_a_damaged_one_compiled_again() {
     assert_ne!(again, bytes, "the damaged code was kept");
     assert_eq!(again.len(), bytes.len());
 }
+
+/// Runs capcache, killing it if it has not finished within `limit`.
+fn capcache_within(args: &[&str], limit: std::time::Duration) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_capcache"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > limit {
+            child.kill().unwrap();
+            panic!("capcache {args:?} still running after {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn special_files_are_refused_at_once_with_what_they_are() {
+    let t = TestCache::new();
+    let root = t.root().display().to_string();
+    let fifo = t.dir.path().join("x.wasm");
+    rustix::fs::mkfifoat(rustix::fs::CWD, &fifo, rustix::fs::Mode::from_raw_mode(0o600)).unwrap();
+    let fifo = fifo.display().to_string();
+    for (path, what) in [("/dev/zero", "a character device, not a regular file"), (fifo.as_str(), "a FIFO, not a regular file")] {
+        let output = capcache_within(&["compile", "--dir", &root, path], std::time::Duration::from_secs(30));
+        assert_eq!(output.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(path) && stderr.contains(what), "{stderr}");
+    }
+    // Larger than the configured limit.
+    let big = t.dir.path().join("big.wasm");
+    std::fs::write(&big, vec![0; 4096]).unwrap();
+    let config = t.dir.path().join("config.toml");
+    std::fs::write(&config, "[cache.host]\nmax-module-size = 1000\n").unwrap();
+    let output = capcache(&["compile", "--config", &config.display().to_string(), "--dir", &root, &big.display().to_string()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("4096 bytes, more than the limit of 1000"), "{stderr}");
+}
+
+#[test]
+fn a_closed_pipe_ends_every_command_quietly() {
+    let t = TestCache::new();
+    // Enough entries that `ls` writes more than a pipe holds.
+    let cache = t.open();
+    for n in 0..3000u32 {
+        cache.insert(&n.to_le_bytes(), b"v");
+    }
+    drop(cache);
+    let root = t.root().display().to_string();
+    for args in [vec!["ls", "--dir", &root]] {
+        let whole = stdout(&capcache(&args));
+        assert!(whole.len() > 256 << 10, "{} bytes: too few to fill the pipe", whole.len());
+        let mut child = Command::new(env!("CARGO_BIN_EXE_capcache"))
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // `| head -1`: read one line, then close the pipe.
+        let mut first = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut first).unwrap();
+        let output = child.wait_with_output().unwrap();
+        assert!(!first.is_empty());
+        assert_eq!(output.status.code(), Some(0), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        assert_eq!(String::from_utf8_lossy(&output.stderr), "", "{args:?}");
+    }
+}
+
+#[test]
+fn a_file_that_is_not_webassembly_gets_a_short_message() {
+    let t = TestCache::new();
+    let root = t.root().display().to_string();
+    let huge_line = "x".repeat(20 << 20);
+    for (name, says) in [("notes.wasm", "not a WebAssembly binary"), ("bad.wat", "not valid WebAssembly text")] {
+        let path = t.dir.path().join(name);
+        std::fs::write(&path, &huge_line).unwrap();
+        let output = capcache(&["compile", "--dir", &root, &path.display().to_string()]);
+        assert_eq!(output.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.len() < 4096, "{name}: {} bytes of error", stderr.len());
+        assert!(stderr.contains(says), "{name}: {stderr}");
+    }
+}
+
+#[test]
+fn a_module_compiled_twice_in_direct_mode_is_one_entry() {
+    let t = TestCache::new();
+    let module = t.dir.path().join("m.wasm");
+    std::fs::write(&module, tiny_module(1)).unwrap();
+    // Old enough by both times to be recorded in a manifest.
+    set_modified_ago(&module, std::time::Duration::from_secs(3600));
+    std::thread::sleep(capcache::wasmtime::RECENT_CHANGE_WINDOW + std::time::Duration::from_millis(100));
+    let root = t.root().display().to_string();
+    let module = module.display().to_string();
+    assert_eq!(kinds(&stdout(&capcache(&["compile", "--dir", &root, &module]))), ["miss"]);
+    assert_eq!(kinds(&stdout(&capcache(&["compile", "--dir", &root, &module]))), ["hit"]);
+    let manifests = t.root().join("default/manifests");
+    assert_eq!(std::fs::read_dir(&manifests).unwrap().count(), 1, "no manifest was recorded");
+    let out = stdout(&capcache(&["stats", "--dir", &root]));
+    assert!(out.contains("hits            1") && out.contains("misses          1"), "{out}");
+    assert!(out.contains("entries         1"), "{out}");
+    assert_eq!(stdout(&capcache(&["ls", "--dir", &root])).lines().count(), 2);
+    assert!(stdout(&capcache(&["verify", "--dir", &root])).contains("1 entries checked, 0 bad"));
+    // The artifact goes bad; `verify --fix` removes it and its manifest.
+    let artifact = std::fs::read_dir(t.root().join("default/entries")).unwrap().next().unwrap().unwrap().path();
+    make_writable(&artifact);
+    std::fs::write(&artifact, b"garbage").unwrap();
+    assert!(stdout(&capcache(&["verify", "--dir", &root, "--fix"])).contains("1 bad, 1 removed"));
+    assert_eq!(std::fs::read_dir(&manifests).unwrap().count(), 0, "the manifest outlived its artifact");
+}
+
+#[test]
+fn the_command_line_sees_and_acts_on_every_namespace_of_a_library_cache() {
+    let t = TestCache::new();
+    let engine = wasmtime::Engine::default();
+    // What an embedder's README-style cache and a second tenant wrote.
+    for (namespace, n) in [("default", 1), ("tenant-b", 2)] {
+        let cache = capcache::Cache::builder().directory(t.root()).namespace(namespace).open().unwrap();
+        capcache::wasmtime::load_module(&cache, &engine, &tiny_module(n)).unwrap();
+    }
+    let root = t.root().display().to_string();
+    let out = stdout(&capcache(&["ls", "--dir", &root]));
+    let namespaces: Vec<&str> = out.lines().skip(1).map(|l| l.split_whitespace().last().unwrap()).collect();
+    assert_eq!(namespaces.len(), 2, "{out}");
+    assert!(namespaces.contains(&"default") && namespaces.contains(&"tenant-b"), "{out}");
+    let out = stdout(&capcache(&["ls", "--dir", &root, "--namespace", "tenant-b"]));
+    assert_eq!(out.lines().count(), 2, "{out}");
+    let out = stdout(&capcache(&["stats", "--dir", &root]));
+    assert!(out.contains("namespace       default") && out.contains("namespace       tenant-b"), "{out}");
+    assert!(stdout(&capcache(&["verify", "--dir", &root])).contains("2 entries checked"));
+    assert!(stdout(&capcache(&["clear", "--dir", &root])).contains("2 entries removed"));
+    // `compile` stores where the library's default builder looks.
+    let module = t.dir.path().join("m.wasm");
+    std::fs::write(&module, tiny_module(1)).unwrap();
+    stdout(&capcache(&["compile", "--dir", &root, &module.display().to_string()]));
+    let cache = capcache::Cache::builder().directory(t.root()).open().unwrap();
+    let (_, source) = capcache::wasmtime::load_module_with_source(&cache, &engine, &tiny_module(1)).unwrap();
+    assert_eq!(source, capcache::Source::Hit);
+}
+
+#[test]
+fn commands_that_look_never_create_a_cache() {
+    let t = TestCache::new();
+    let missing = t.dir.path().join("typo/cache");
+    let dir = missing.display().to_string();
+    for command in ["ls", "stats", "verify", "gc", "clear"] {
+        let output = capcache(&[command, "--dir", &dir]);
+        assert_eq!(output.status.code(), Some(1), "{command}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(&format!("no cache at {dir}")), "{command}: {stderr}");
+        assert!(!t.dir.path().join("typo").exists(), "{command} created the directory");
+    }
+    // A namespace that is not there, in a cache that is.
+    let root = populated(&t);
+    let output = capcache(&["ls", "--dir", &root, "--namespace", "nope"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(!t.root().join("nope").exists());
+}
+
+#[test]
+fn flags_are_offered_only_where_they_act() {
+    let t = TestCache::new();
+    let root = populated(&t);
+    for (args, flag) in [
+        (vec!["ls", "--no-cache"], "--no-cache"),
+        (vec!["stats", "--read-only"], "--read-only"),
+        (vec!["verify", "--policy", "default"], "--policy"),
+        (vec!["clear", "--set", "a=b"], "--set"),
+        (vec!["gc", "--no-cache"], "--no-cache"),
+    ] {
+        let mut args = args;
+        args.extend(["--dir", root.as_str()]);
+        let output = capcache(&args);
+        assert_ne!(output.status.code(), Some(0), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(&format!("unexpected argument '{flag}'")), "{args:?}: {stderr}");
+    }
+    // `--policy default` names the embedded policy wherever --policy is offered.
+    let module = t.dir.path().join("m0.wasm").display().to_string();
+    assert_eq!(kinds(&stdout(&capcache(&["compile", "--dir", &root, "--policy", "default", &module]))), ["hit"]);
+    assert!(stdout(&capcache(&["gc", "--dir", &root, "--policy", "default"])).contains("default: "));
+}
+
+#[test]
+fn a_text_file_given_as_a_policy_is_named_for_what_it_is() {
+    let t = TestCache::new();
+    let text = t.dir.path().join("policy.wasm");
+    std::fs::write(&text, "def admit(): pass\n").unwrap();
+    let output = capcache(&["policy", "check", &text.display().to_string()]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("not a WebAssembly binary") && stderr.contains("must be a component"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn clear_and_gc_on_a_cache_that_cannot_be_written_fail_and_say_why() {
+    if !have_root("clear_and_gc_on_a_cache_that_cannot_be_written...", "runs the command as another user") {
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let t = TestCache::new();
+    let root = populated(&t);
+    set_mode(t.dir.path(), 0o755);
+    for command in ["clear", "gc"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_capcache")).args([command, "--dir", &root]).uid(65534).gid(65534).output().unwrap();
+        assert_eq!(output.status.code(), Some(1), "{command}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("read-only"), "{command}: {stderr}");
+    }
+    assert!(stdout(&capcache(&["verify", "--dir", &root])).contains("3 entries checked, 0 bad"));
+}

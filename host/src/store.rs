@@ -148,13 +148,15 @@ struct Known {
 /// makes a warm hit cost an `openat` and an `fstat` instead of a pass over the
 /// whole artifact. Listings likewise take a known file's header from memory,
 /// after one `statx`.
+/// Direct mode identifies a module's file the same way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileIdentity {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
+pub(crate) struct FileIdentity {
+    pub(crate) dev: u64,
+    pub(crate) ino: u64,
+    pub(crate) size: u64,
+    /// Seconds and nanoseconds.
+    pub(crate) mtime: (i64, i64),
+    pub(crate) ctime: (i64, i64),
 }
 
 /// The identity in std's or cap-std's metadata (two traits, same methods).
@@ -171,7 +173,7 @@ macro_rules! identity_of {
 }
 
 impl FileIdentity {
-    fn of(metadata: &std::fs::Metadata) -> FileIdentity {
+    pub(crate) fn of(metadata: &std::fs::Metadata) -> FileIdentity {
         use std::os::unix::fs::MetadataExt;
         identity_of!(metadata)
     }

@@ -22,8 +22,13 @@
 //! - its integrity: the entry's header names that key, and the BLAKE3 hash of
 //!   header and payload matches, so a truncated, bit-flipped or misplaced file
 //!   is never loaded;
-//! - its directory: capcache refuses a cache directory that is world-writable
-//!   or owned by another user (see `SECURITY.md`).
+//! - who wrote it: the entry file is owned by this user (or root) and
+//!   writable by no one else, and every directory of the cache is owned by
+//!   this user (or root) and writable by no one else (see `SECURITY.md`);
+//! - in direct mode, that the file is the one whose bytes were compiled: its
+//!   identity and its bytes come from one open descriptor, and only a file
+//!   whose times are older than the filesystem's timestamps can blur is
+//!   recorded (see [`load_module_file`]).
 //!
 //! What it cannot protect against: someone running as the same user (or
 //! root) can write an entry with a valid digest for any key, and wasmtime will
@@ -36,6 +41,7 @@
 
 use crate::cache::{Cache, Fetched, Source};
 use crate::key::{Key, KeyDomain, Sha256Hasher};
+use crate::store::FileIdentity;
 use ::wasmtime::component::Component;
 use ::wasmtime::error::Context;
 use ::wasmtime::{Engine, Module, Result};
@@ -57,13 +63,13 @@ fn compatibility_key(engine: &Engine) -> Key {
 }
 
 /// The key of `kind`'s artifact of `wasm` for `engine`. The wasm bytes,
-/// hashed on every lookup, are digested with BLAKE3 (6.6 GB/s here against
-/// SHA-256's 1.8 GB/s with SHA-NI); the key itself is the SHA-256 of that
-/// digest and the rest, named as every key is.
+/// hashed on every lookup, are digested with BLAKE3 (several times faster
+/// than SHA-256: `cargo bench --bench micro`, `key/`); the key itself is the
+/// SHA-256 of that digest and the rest, in the artifact domain.
 pub fn artifact_key(engine: &Engine, kind: Kind, wasm: &[u8]) -> Key {
-    // One thread: hashing on both cores halves the hash alone, but a hit as a
-    // whole got slower (0.34-0.37 ms against 0.40-0.48 for brotli-wasm: the
-    // other core's threads cost the module's mapping and unmapping more).
+    // One thread: hashing on both cores halves the hash alone, but made a hit
+    // as a whole slower (the other core's threads make the module's mapping
+    // and unmapping cost more; see the commit that reverted it).
     let wasm_digest = blake3::hash(wasm);
     Key::derive(KeyDomain::Artifact, &[kind.tag(), &compatibility_key(engine).0, wasm_digest.as_bytes()])
 }
@@ -236,58 +242,27 @@ pub const RECENT_CHANGE_WINDOW: Duration = Duration::from_secs(2);
 /// filesystems): longer than their coarsest granularity, with a margin.
 pub const RECENT_CHANGE_WINDOW_COARSE: Duration = Duration::from_secs(5);
 
-/// What identifies one version of a file, from its open descriptor.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-struct FileIdentity {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
+/// Whether this version of a file is old enough to be trusted to a manifest
+/// at `now`: both of its times at least the window in the past. A change time
+/// with no fraction of a second is taken as the sign of a filesystem with
+/// whole-second timestamps (no one can set a change time; on a fine-grained
+/// filesystem a zero fraction is a one-in-a-billion chance, and then the file
+/// waits a few seconds longer).
+fn settled_at(file: &FileIdentity, now: SystemTime) -> bool {
+    let window = if file.ctime.1 == 0 { RECENT_CHANGE_WINDOW_COARSE } else { RECENT_CHANGE_WINDOW };
+    let at = |(secs, nanos): (i64, i64)| {
+        let since_epoch = Duration::new(secs.max(0) as u64, nanos.clamp(0, 999_999_999) as u32);
+        SystemTime::UNIX_EPOCH + since_epoch
+    };
+    let latest = at(file.mtime).max(at(file.ctime));
+    now.duration_since(latest).is_ok_and(|age| age >= window)
 }
 
-impl FileIdentity {
-    fn of(metadata: &std::fs::Metadata) -> FileIdentity {
-        use std::os::unix::fs::MetadataExt;
-        FileIdentity {
-            dev: metadata.dev(),
-            ino: metadata.ino(),
-            size: metadata.len(),
-            mtime: (metadata.mtime(), metadata.mtime_nsec()),
-            ctime: (metadata.ctime(), metadata.ctime_nsec()),
-        }
-    }
-
-    /// Whether this version of the file is old enough to be trusted to a
-    /// manifest at `now`: both times at least the window in the past. A
-    /// change time with no fraction of a second is taken as the sign of a
-    /// filesystem with whole-second timestamps (no one can set a change time;
-    /// on a fine-grained filesystem a zero fraction is a one-in-a-billion
-    /// chance, and then the file waits a few seconds longer).
-    fn settled_at(&self, now: SystemTime) -> bool {
-        let window = if self.ctime.1 == 0 { RECENT_CHANGE_WINDOW_COARSE } else { RECENT_CHANGE_WINDOW };
-        let at = |(secs, nanos): (i64, i64)| {
-            let since_epoch = Duration::new(secs.max(0) as u64, nanos.clamp(0, 999_999_999) as u32);
-            SystemTime::UNIX_EPOCH + since_epoch
-        };
-        let latest = at(self.mtime).max(at(self.ctime));
-        now.duration_since(latest).is_ok_and(|age| age >= window)
-    }
-
-    /// The manifest key of this version of a file of `kind` for `engine`.
-    fn manifest_key(&self, engine: &Engine, kind: Kind) -> Key {
-        let facts = [
-            self.dev,
-            self.ino,
-            self.size,
-            self.mtime.0 as u64,
-            self.mtime.1 as u64,
-            self.ctime.0 as u64,
-            self.ctime.1 as u64,
-        ];
-        let facts: Vec<u8> = facts.iter().flat_map(|n| n.to_le_bytes()).collect();
-        Key::derive(KeyDomain::Manifest, &[kind.tag(), &compatibility_key(engine).0, &facts])
-    }
+/// The manifest key of this version of a file of `kind` for `engine`.
+fn manifest_key(file: &FileIdentity, engine: &Engine, kind: Kind) -> Key {
+    let facts = [file.dev, file.ino, file.size, file.mtime.0 as u64, file.mtime.1 as u64, file.ctime.0 as u64, file.ctime.1 as u64];
+    let facts: Vec<u8> = facts.iter().flat_map(|n| n.to_le_bytes()).collect();
+    Key::derive(KeyDomain::Manifest, &[kind.tag(), &compatibility_key(engine).0, &facts])
 }
 
 fn load_file<T: Artifact>(cache: &Cache, engine: &Engine, path: &Path) -> Result<(T, Source)> {
@@ -297,7 +272,7 @@ fn load_file<T: Artifact>(cache: &Cache, engine: &Engine, path: &Path) -> Result
     let before = FileIdentity::of(&opened);
     let manifest_key = cache
         .is_enabled()
-        .then(|| before.settled_at(SystemTime::now()).then(|| before.manifest_key(engine, kind)))
+        .then(|| settled_at(&before, SystemTime::now()).then(|| manifest_key(&before, engine, kind)))
         .flatten();
     if let Some(artifact) = manifest_key.and_then(|manifest| cache.read_manifest(&manifest)) {
         // The artifact's own lookup still checks it whole; its wasm is needed
