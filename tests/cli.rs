@@ -224,6 +224,36 @@ fn run_a_wasi_command_twice_second_start_is_a_hit() {
 }
 
 #[test]
+fn exit_codes_tell_the_commands_own_code_from_capcaches() {
+    let t = TestCache::new();
+    let root = t.root().display().to_string();
+    // A command's own 1 and 2 are its own.
+    for code in [1, 2, 100] {
+        let program = t.dir.path().join(format!("exit{code}.wat"));
+        std::fs::write(
+            &program,
+            format!(
+                r#"(module
+                    (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
+                    (memory (export "memory") 1)
+                    (func (export "_start") (call $proc_exit (i32.const {code}))))"#
+            ),
+        )
+        .unwrap();
+        let output = capcache(&["run", "--dir", &root, &program.display().to_string()]);
+        assert_eq!(output.status.code(), Some(code), "{}", String::from_utf8_lossy(&output.stderr));
+    }
+    // capcache could not run it: 125, and says why.
+    let output = capcache(&["run", "--dir", &root, "/nonexistent/app.wasm"]);
+    assert_eq!(output.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/app.wasm"));
+    // A wrong command line: 64, not 2 (which `verify` uses).
+    let output = capcache(&["verify", "--no-such-flag"]);
+    assert_eq!(output.status.code(), Some(64));
+    assert_eq!(capcache(&["--help"]).status.code(), Some(0));
+}
+
+#[test]
 fn read_only_cache_directory_from_the_cli() {
     // A pre-populated cache, then served from a directory this user cannot
     // write: as `nobody` when root (root ignores permission bits).
@@ -467,7 +497,7 @@ fn flags_are_offered_only_where_they_act() {
         let mut args = args;
         args.extend(["--dir", root.as_str()]);
         let output = capcache(&args);
-        assert_ne!(output.status.code(), Some(0), "{args:?}");
+        assert_eq!(output.status.code(), Some(64), "{args:?}");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(&format!("unexpected argument '{flag}'")), "{args:?}: {stderr}");
     }
@@ -505,4 +535,32 @@ fn clear_and_gc_on_a_cache_that_cannot_be_written_fail_and_say_why() {
         assert!(stderr.contains("read-only"), "{command}: {stderr}");
     }
     assert!(stdout(&capcache(&["verify", "--dir", &root])).contains("3 entries checked, 0 bad"));
+}
+
+#[test]
+fn a_directory_that_cannot_be_created_costs_only_the_cache_and_says_why() {
+    if !have_root("a_directory_that_cannot_be_created...", "runs the command as another user") {
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let t = TestCache::new();
+    let modules = modules(t.dir.path());
+    // The parent is root's and read-only for everyone else: `nobody` cannot
+    // make the cache there.
+    let parent = t.dir.path().join("locked");
+    std::fs::create_dir(&parent).unwrap();
+    set_mode(&parent, 0o555);
+    set_mode(t.dir.path(), 0o755);
+    let root = parent.join("cache").display().to_string();
+    let output = Command::new(env!("CARGO_BIN_EXE_capcache"))
+        .args(["compile", "--dir", &root, &modules[0]])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert_eq!(kinds(&stdout(&output)), ["uncached"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&format!("cannot use cache directory {root}")) && stderr.contains("Permission denied"), "{stderr}");
+    assert_eq!(stderr.matches("os error").count(), 1, "{stderr}");
+    assert!(!parent.join("cache").exists());
 }

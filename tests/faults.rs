@@ -144,6 +144,7 @@ fn crash_mid_write_leaves_only_whole_entries() {
     cache.flush();
     let tmp = t.root().join("default/tmp");
     let leftovers = std::fs::read_dir(&tmp).unwrap().count() as u64;
+    assert!(leftovers > 0, "no kill landed mid-write in {kills} kills: the test proved nothing about partial writes");
     let report = cache.maintain().unwrap();
     assert_eq!(report.removed_temp_files, leftovers, "{}", report.summary);
     assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
@@ -171,10 +172,14 @@ fn random_corruption_is_always_detected() {
                 let bit = rng.below(bytes.len() as u64 * 8) as usize;
                 bytes[bit / 8] ^= 1 << (bit % 8);
             }
-            // One bit in the header.
+            // One bit in the header, which sits in the trailer:
+            // payload | header | digest (32) | header length (u32) | magic (8).
             1 => {
-                let bit = rng.below(80 * 8) as usize;
-                bytes[bit / 8] ^= 1 << (bit % 8);
+                let len = bytes.len();
+                let header_len = u32::from_le_bytes(bytes[len - 12..len - 8].try_into().unwrap()) as usize;
+                let header_start = len - 12 - 32 - header_len;
+                let bit = rng.below(header_len as u64 * 8) as usize;
+                bytes[header_start + bit / 8] ^= 1 << (bit % 8);
             }
             // Several random bytes.
             2 => {
@@ -383,7 +388,7 @@ fn full_disk_costs_only_the_cache() {
         .status()
         .is_ok_and(|s| s.success());
     if !mounted {
-        eprintln!("SKIPPED full_disk_costs_only_the_cache: cannot mount a tmpfs here (needs root)");
+        assert!(!have_root("full_disk_costs_only_the_cache", "mounts a tmpfs"), "root, yet the tmpfs did not mount");
         return;
     }
     let _mount = Mount(root.clone());

@@ -113,6 +113,38 @@ fn unbounded_allocation_in_on_hit() {
 }
 
 #[test]
+fn unbounded_allocation_in_on_insert() {
+    check_hit_fault("alloc-insert");
+}
+
+#[test]
+fn unbounded_allocation_in_maintain_is_stopped_at_the_memory_limit() {
+    let t = TestCache::new();
+    let cache = hostile(&t, "alloc-maintain");
+    cache.insert(b"k", b"v");
+    let started = Instant::now();
+    assert_eq!(cache.maintain(), None);
+    assert!(started.elapsed() < BOUND);
+    assert!(cache.stats().policy_faults >= 1);
+    assert_eq!(cache.get(b"k").as_deref(), Some(&b"v"[..]));
+}
+
+#[test]
+fn unbounded_allocation_in_configure_is_a_clear_error_naming_the_limit() {
+    let t = TestCache::new();
+    let err = t
+        .builder()
+        .policy(guest_policy("hostile"))
+        .setting("mode", "alloc-configure")
+        .host_settings(HostSettings { policy_memory_limit: 32 << 20, ..HostSettings::default() })
+        .open()
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(matches!(err, capcache::Error::PolicyFault { .. }), "{message}");
+    assert!(message.contains("policy-memory-limit"), "{message}");
+}
+
+#[test]
 fn infinite_loop_in_maintain() {
     let t = TestCache::new();
     plant_outside(&t);
@@ -137,9 +169,11 @@ fn garbage_answers_are_bounded_and_clamped() {
     cache.flush();
     // 100,000 `maintain` actions for one insert: one pass.
     assert_eq!(cache.stats().maintain_runs, 1);
-    // A million recode actions for one hit: one recode at most (a no-op here).
+    // A million recode actions (to raw) for one hit: one recode.
     assert!(cache.get(b"k").is_some());
     cache.flush();
+    assert_eq!(cache.stats().recoded, 1, "{:?}", cache.stats());
+    assert_eq!(cache.entry_info(b"k").unwrap().codec, StoredCodec::Raw);
     assert_eq!(cache.get(b"k").as_deref(), Some(&b"value"[..]));
 }
 

@@ -91,5 +91,7 @@ fn the_host_lists_no_symlink_as_an_entry() {
     // Reading through the link is refused by construction, and counts as a
     // cache failure, not a hit.
     assert_eq!(cache.get(b"link"), None);
+    let stats = cache.stats();
+    assert_eq!((stats.failures, stats.hits, stats.misses), (1, 0, 1), "{stats:?}");
     assert_eq!(std::fs::read(t.dir.path().join("outside.txt")).unwrap(), b"precious");
 }

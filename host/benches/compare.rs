@@ -4,11 +4,15 @@
 //! and writes them as JSON.
 //!
 //! ```sh
-//! cargo bench -p capcache --features bench --bench compare [-- MODULE.wasm... --runs N --json FILE]
+//! cargo bench -p capcache --features bench --bench compare [-- MODULE.wasm... --runs N --compile-runs N --json FILE]
 //! ```
 //!
 //! With no modules named, it uses `../shared/workloads/*.wasm` beside the
-//! repository.
+//! repository. Every module gets the same number of runs; the four ways to
+//! miss are interleaved, their order rotated round by round; each row shows
+//! its median and its spread (fastest and slowest run). "First in process"
+//! runs in fresh processes, one hit each, with the policy's start (its
+//! compiled code kept) reported apart.
 
 use capcache::Cache;
 use std::path::{Path, PathBuf};
@@ -18,15 +22,22 @@ use wasmtime::{Config, Engine, Module};
 struct Args {
     modules: Vec<PathBuf>,
     runs: usize,
+    compile_runs: usize,
     json: PathBuf,
 }
 
 fn parse_args() -> Args {
-    let mut args = Args { modules: Vec::new(), runs: 21, json: Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/capcache-bench.json") };
+    let mut args = Args {
+        modules: Vec::new(),
+        runs: 21,
+        compile_runs: 5,
+        json: Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/capcache-bench.json"),
+    };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--runs" => args.runs = it.next().and_then(|n| n.parse().ok()).expect("--runs N"),
+            "--compile-runs" => args.compile_runs = it.next().and_then(|n| n.parse().ok()).expect("--compile-runs N"),
             "--json" => args.json = PathBuf::from(it.next().expect("--json FILE")),
             "--bench" => {} // passed by `cargo bench`
             other => args.modules.push(PathBuf::from(other)),
@@ -50,32 +61,64 @@ fn parse_args() -> Args {
     args
 }
 
-fn median(mut samples: Vec<Duration>) -> Duration {
-    samples.sort();
-    samples[samples.len() / 2]
+/// A case's runs: median, fastest, slowest.
+#[derive(Clone, Copy)]
+struct Spread {
+    median: Duration,
+    min: Duration,
+    max: Duration,
 }
 
-/// Runs `f` `runs` times (after one warm-up run) and returns the median.
-fn measure(runs: usize, mut f: impl FnMut()) -> Duration {
+fn spread(mut samples: Vec<Duration>) -> Spread {
+    samples.sort();
+    Spread { median: samples[samples.len() / 2], min: samples[0], max: samples[samples.len() - 1] }
+}
+
+/// Runs `f` `runs` times (after one warm-up run).
+fn measure(runs: usize, mut f: impl FnMut()) -> Spread {
     f();
-    median((0..runs).map(|_| {
+    spread((0..runs).map(|_| {
         let t = Instant::now();
         f();
         t.elapsed()
     }).collect())
 }
 
-/// Runs `setup` then times `f`, `runs` times; the median of `f`. What `f`
-/// returns is dropped after the clock stops.
-fn measure_fresh<S, R>(runs: usize, mut setup: impl FnMut() -> S, mut f: impl FnMut(S) -> R) -> Duration {
-    median((0..runs).map(|_| {
-        let state = setup();
-        let t = Instant::now();
-        let result = f(state);
-        let elapsed = t.elapsed();
-        drop(result);
-        elapsed
-    }).collect())
+/// In a child process (`CAPCACHE_BENCH_FIRST_HIT=<cache dir>` and the
+/// module's path as the argument): the cache's opening (the policy's start)
+/// and the first hit, in microseconds.
+fn child_first_hit(dir: &str) {
+    let path = std::env::args().nth(1).expect("the module's path");
+    let wasm = std::fs::read(&path).unwrap();
+    let engine = Engine::default();
+    let t = Instant::now();
+    let cache = Cache::builder().directory(dir).open().unwrap();
+    let open = t.elapsed();
+    let t = Instant::now();
+    let (module, source) = capcache::wasmtime::load_module_with_source(&cache, &engine, &wasm).unwrap();
+    let hit = t.elapsed();
+    assert_eq!(source, capcache::Source::Hit);
+    drop(module);
+    println!("{} {}", open.as_micros(), hit.as_micros());
+}
+
+/// The first hit of fresh processes on the cache in `dir`, and their
+/// policy starts, `runs` times each.
+fn first_hits(dir: &Path, module: &Path, runs: usize) -> (Spread, Spread) {
+    let (mut opens, mut hits) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .arg(module)
+            .env("CAPCACHE_BENCH_FIRST_HIT", dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut numbers = text.split_whitespace().map(|n| Duration::from_micros(n.parse().unwrap()));
+        opens.push(numbers.next().unwrap());
+        hits.push(numbers.next().unwrap());
+    }
+    (spread(opens), spread(hits))
 }
 
 fn wasmtime_cache_engine(dir: &Path) -> Engine {
@@ -102,51 +145,66 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn main() {
+    if let Ok(dir) = std::env::var("CAPCACHE_BENCH_FIRST_HIT") {
+        return child_first_hit(&dir);
+    }
     let args = parse_args();
     let scratch = tempfile::tempdir().unwrap();
     let engine = Engine::default();
     let mut report = Vec::new();
     let mut summary = Vec::new();
-    println!("capcache benchmark: {} runs per hit case (median), wasmtime {}", args.runs, "48.0.8");
+    println!(
+        "capcache benchmark: {} runs per hit case, {} per miss case, wasmtime {}",
+        args.runs, args.compile_runs, "48.0.8"
+    );
     for path in &args.modules {
         let wasm = std::fs::read(path).unwrap();
         let name = path.file_name().unwrap().to_string_lossy().to_string();
-        // Compiling is slow: fewer runs, each from scratch.
-        let compile_runs = if wasm.len() > 4 << 20 { 3 } else { 7 };
+        let compile_runs = args.compile_runs;
         let n = std::sync::atomic::AtomicUsize::new(0);
         let fresh = |tag: &str| {
             let dir = scratch.path().join(format!("{tag}-{}", n.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
             std::fs::create_dir_all(&dir).unwrap();
             dir
         };
-        let mut rows: Vec<(&str, Duration)> = Vec::new();
+        let mut rows: Vec<(&str, Spread)> = Vec::new();
 
         // The four ways to miss, interleaved round by round so that the
-        // machine's drift touches each alike; each from scratch.
+        // machine's drift touches each alike, and in an order rotated each
+        // round so that none always runs first (or right after another's
+        // writes); each from scratch.
         let mut misses: [Vec<Duration>; 4] = Default::default();
-        for _ in 0..compile_runs {
-            let timed = |f: &mut dyn FnMut()| {
-                let t = Instant::now();
-                f();
-                t.elapsed()
-            };
-            misses[0].push(timed(&mut || drop(Module::new(&engine, &wasm).unwrap())));
-            let e = wasmtime_cache_engine(&fresh("wt"));
-            misses[1].push(timed(&mut || drop(Module::new(&e, &wasm).unwrap())));
-            drop(e);
-            // The caller's wait: the worker serializes, compresses and writes
-            // after load_module returns.
-            let cache = capcache(&fresh("cc"), false);
-            misses[2].push(timed(&mut || drop(capcache::wasmtime::load_module(&cache, &engine, &wasm).unwrap())));
-            drop(cache);
-            let cache = capcache(&fresh("cc"), false);
-            misses[3].push(timed(&mut || {
-                drop(capcache::wasmtime::load_module(&cache, &engine, &wasm).unwrap());
-                cache.flush();
-            }));
-            drop(cache);
+        for round in 0..compile_runs {
+            for case in (0..4).map(|i| (i + round) % 4) {
+                let timed = |f: &mut dyn FnMut()| {
+                    let t = Instant::now();
+                    f();
+                    t.elapsed()
+                };
+                let elapsed = match case {
+                    0 => timed(&mut || drop(Module::new(&engine, &wasm).unwrap())),
+                    1 => {
+                        let e = wasmtime_cache_engine(&fresh("wt"));
+                        timed(&mut || drop(Module::new(&e, &wasm).unwrap()))
+                    }
+                    // The caller's wait: the worker serializes, compresses
+                    // and writes after load_module returns.
+                    2 => {
+                        let cache = capcache(&fresh("cc"), false);
+                        timed(&mut || drop(capcache::wasmtime::load_module(&cache, &engine, &wasm).unwrap()))
+                    }
+                    _ => {
+                        let cache = capcache(&fresh("cc"), false);
+                        timed(&mut || {
+                            drop(capcache::wasmtime::load_module(&cache, &engine, &wasm).unwrap());
+                            cache.flush();
+                        })
+                    }
+                };
+                misses[case].push(elapsed);
+            }
         }
-        let [compile, wt_miss, cc_miss, cc_stored] = misses.map(median);
+        let [compile, wt_miss, cc_miss, cc_stored] = misses.map(spread);
         rows.push(("compile, no cache", compile));
         rows.push(("wasmtime cache miss", wt_miss));
         let wt = wasmtime_cache_engine(&fresh("wt-hit"));
@@ -163,7 +221,7 @@ fn main() {
         let dir = fresh("cc-zstd");
         let cache = capcache(&dir, true);
         capcache::wasmtime::load_module(&cache, &engine, &wasm).unwrap();
-        rows.push(("capcache hit (zstd)", measure(args.runs, || {
+        rows.push(("capcache hit (zstd; raw-entries = never)", measure(args.runs, || {
             capcache::wasmtime::load_module(&cache, &engine, &wasm).unwrap();
         })));
         drop(cache);
@@ -185,10 +243,9 @@ fn main() {
         })));
         drop(cache);
         // The first hit of a process checks the entry's digest whole.
-        rows.push(("capcache hit (raw, first in process)", measure_fresh(args.runs.min(5), || capcache(&dir, false), |cache| {
-            capcache::wasmtime::load_module(&cache, &engine, &wasm).unwrap();
-            cache
-        })));
+        let (policy_start, first_hit) = first_hits(&dir, path, args.runs);
+        rows.push(("capcache hit (raw, first in a new process)", first_hit));
+        rows.push(("policy start in a new process (code kept)", policy_start));
 
         let artifact = fresh("limit").join("module.cwasm");
         std::fs::write(&artifact, engine.precompile_module(&wasm).unwrap()).unwrap();
@@ -196,25 +253,27 @@ fn main() {
             unsafe { Module::deserialize_file(&engine, &artifact) }.unwrap();
         })));
 
-        let wt_hit = rows.iter().find(|r| r.0 == "wasmtime cache hit").unwrap().1;
-        let compile = rows.iter().find(|r| r.0 == "compile, no cache").unwrap().1;
-        let limit = rows.iter().find(|r| r.0 == "limit: deserialize_file").unwrap().1;
+        let wt_hit = rows.iter().find(|r| r.0 == "wasmtime cache hit").unwrap().1.median;
+        let compile = rows.iter().find(|r| r.0 == "compile, no cache").unwrap().1.median;
+        let limit = rows.iter().find(|r| r.0 == "limit: deserialize_file").unwrap().1.median;
         println!("\n{name} ({} bytes)", wasm.len());
-        println!("  {:36} {:>11} {:>13} {:>10}", "case", "median ms", "÷ wasmtime hit", "÷ limit");
-        for (label, d) in &rows {
+        println!("  {:42} {:>11} {:>21} {:>13} {:>8}", "case", "median ms", "spread ms", "÷ wasmtime hit", "÷ limit");
+        for (label, s) in &rows {
+            let d = s.median;
             println!(
-                "  {label:36} {:>11.3} {:>13.3} {:>10.2}",
-                ms(*d),
+                "  {label:42} {:>11.3} {:>21} {:>13.3} {:>8.2}",
+                ms(d),
+                format!("{:.3}-{:.3}", ms(s.min), ms(s.max)),
                 d.as_secs_f64() / wt_hit.as_secs_f64(),
                 d.as_secs_f64() / limit.as_secs_f64()
             );
             report.push(serde_json::json!({
-                "module": name, "case": label, "median_ms": ms(*d),
+                "module": name, "case": label, "median_ms": ms(d), "min_ms": ms(s.min), "max_ms": ms(s.max),
                 "ratio_to_wasmtime_hit": d.as_secs_f64() / wt_hit.as_secs_f64(),
                 "ratio_to_limit": d.as_secs_f64() / limit.as_secs_f64(),
             }));
         }
-        let of = |label: &str| rows.iter().find(|r| r.0 == label).unwrap().1.as_secs_f64();
+        let of = |label: &str| rows.iter().find(|r| r.0 == label).unwrap().1.median.as_secs_f64();
         summary.push(format!(
             "{name}: hit (raw) {:.3}x wasmtime hit [target <= 0.1]; direct {:.2}x limit [<= 3]; miss {:.3}x compile [<= 1.05]",
             of("capcache hit (raw, mapped)") / wt_hit.as_secs_f64(),

@@ -217,6 +217,47 @@ pub fn decode(file: &[u8], key: &Key, max_raw_size: u64) -> Result<(Header, Vec<
 mod tests {
     use super::*;
 
+    /// The fuzzer's seed corpus: valid entries of its key, raw and zstd, so
+    /// that it explores past the digest check (random bytes practically never
+    /// carry a valid BLAKE3 digest).
+    const FUZZ_SEEDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/seeds/entry_decode");
+
+    fn fuzz_seeds() -> Vec<(&'static str, Vec<u8>)> {
+        let key = Key::of(b"fuzz");
+        let text: Vec<u8> = b"capcache entry ".iter().copied().cycle().take(3000).collect();
+        let bytes: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        [
+            ("raw-empty", Vec::new(), StoredCodec::Raw),
+            ("raw-small", b"\0asm\x01\0\0\0".to_vec(), StoredCodec::Raw),
+            ("raw-4k", bytes.clone(), StoredCodec::Raw),
+            ("zstd3-text", text.clone(), StoredCodec::Zstd { level: 3 }),
+            ("zstd19-text", text, StoredCodec::Zstd { level: 19 }),
+            ("zstd1-4k", bytes, StoredCodec::Zstd { level: 1 }),
+        ]
+        .into_iter()
+        .map(|(name, value, codec)| (name, encode(&key, &value, codec, 7).unwrap()))
+        .collect()
+    }
+
+    #[test]
+    #[ignore = "writes the fuzzer's seed corpus: cargo test -p capcache --lib -- --ignored write_fuzz_seeds"]
+    fn write_fuzz_seeds() {
+        std::fs::create_dir_all(FUZZ_SEEDS).unwrap();
+        for (name, file) in fuzz_seeds() {
+            std::fs::write(std::path::Path::new(FUZZ_SEEDS).join(name), file).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_committed_fuzz_seeds_are_what_the_encoder_makes_now() {
+        for (name, file) in fuzz_seeds() {
+            let committed = std::fs::read(std::path::Path::new(FUZZ_SEEDS).join(name))
+                .unwrap_or_else(|e| panic!("seed {name}: {e}; write them with --ignored write_fuzz_seeds"));
+            assert!(committed == file, "seed {name} is stale: write them again with --ignored write_fuzz_seeds");
+            decode(&committed, &Key::of(b"fuzz"), u64::MAX).unwrap();
+        }
+    }
+
     fn sample() -> (Key, Vec<u8>) {
         let value: Vec<u8> = (0..10_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
         (Key::of(b"sample"), value)

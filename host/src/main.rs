@@ -12,7 +12,9 @@ use std::time::Instant;
     name = "capcache",
     version,
     about = "A compiled-module cache for WebAssembly hosts, with a sandboxed policy",
-    after_help = "Exit codes: 0 success; 1 error (the message says what was wrong); 2 `verify` found bad entries.\n\
+    after_help = "Exit codes: 0 success; 1 error (the message says what was wrong); 2 `verify` found bad entries; \
+                  64 the command line is wrong. `run` exits with the command's own code, and 125 if capcache \
+                  could not run it (or it trapped).\n\
                   Logging: CAPCACHE_LOG=info (or debug) shows what the cache and its policy do."
 )]
 struct Cli {
@@ -248,6 +250,13 @@ fn parse_settings(settings: &[String]) -> Result<Vec<(String, String)>> {
 
 /// Exit code when `verify` finds bad entries it did not remove.
 const EXIT_BAD_ENTRIES: u8 = 2;
+/// Exit code for a command line that is wrong (sysexits' EX_USAGE), apart
+/// from 1 and 2, which mean what the command found.
+const EXIT_USAGE: u8 = 64;
+/// Exit code of `run` when capcache could not run the command, or the
+/// command trapped: apart from 1 to 124, which a command's own code may be
+/// (as `env` and `timeout` keep 125 for themselves).
+const EXIT_RUN_FAILED: u8 = 125;
 
 /// An error that carries its own exit code.
 #[derive(Debug)]
@@ -293,7 +302,15 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    match run(Cli::parse()) {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // --help and --version are not errors.
+            return if e.use_stderr() { std::process::ExitCode::from(EXIT_USAGE) } else { std::process::ExitCode::SUCCESS };
+        }
+    };
+    match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) if is_closed_pipe(&e) => std::process::ExitCode::SUCCESS,
         Err(e) if e.downcast_ref::<Exit>().is_some() => std::process::ExitCode::from(e.downcast_ref::<Exit>().unwrap().0),
@@ -387,13 +404,21 @@ fn compile(engine: &wasmtime::Engine, cache: &Cache, path: &Path) -> Result<(Sou
 fn run_wasi(module: &Path, args: &[String], location: &Location, policy: &PolicyArgs, storing: &Storing) -> Result<()> {
     let engine = wasmtime::Engine::default();
     let cache = open_for_compiling(location, policy, storing)?;
-    let code = run_command(&engine, &cache, module, args)?;
+    let code = match run_command(&engine, &cache, module, args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("capcache: {e:#}");
+            return Err(Exit(EXIT_RUN_FAILED).into());
+        }
+    };
     cache.flush();
     drop(cache);
-    if code != 0 {
-        return Err(Exit(code.clamp(1, 255) as u8).into());
+    match code {
+        0 => Ok(()),
+        // WASI allows exit codes 0 to 125 (any other traps, and is 125 here):
+        // the command's own are never confused with capcache's.
+        code => Err(Exit(code.clamp(1, 255) as u8).into()),
     }
-    Ok(())
 }
 
 /// Runs a WASI command module; returns its exit code.

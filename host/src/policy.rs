@@ -22,7 +22,7 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{Config, Engine, ResourceLimiter, Store};
 
 /// The default policy's component, built from `guest/default` by build.rs.
 static DEFAULT_POLICY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/default-policy.wasm"));
@@ -270,7 +270,70 @@ fn ticks(deadline: Duration) -> u64 {
 /// What a policy's store holds.
 pub struct PolicyState {
     view: PolicyView,
-    limits: StoreLimits,
+    limits: InstanceLimits,
+}
+
+/// The most core instances one policy may create. A component built by a
+/// language toolchain brings one instance per WASI interface it stubs out
+/// (componentize-py's `--stub-wasi` makes 38): the cap counts instances, not
+/// authority, which the imports and the memory cap bound.
+pub const MAX_POLICY_INSTANCES: usize = 64;
+/// The most tables and linear memories one policy may create.
+pub const MAX_POLICY_TABLES: usize = 16;
+/// See [`MAX_POLICY_TABLES`].
+pub const MAX_POLICY_MEMORIES: usize = 4;
+/// What one table element is counted as against the memory limit: a
+/// function reference's size.
+const TABLE_ELEMENT_BYTES: usize = 8;
+
+/// Bounds one policy instance as a whole: its linear memories and tables
+/// together may hold at most `budget` bytes (`HostSettings::policy_memory_limit`),
+/// however many memories it has. Growth past it traps, with a message that
+/// names the setting.
+pub(crate) struct InstanceLimits {
+    budget: usize,
+    used: usize,
+}
+
+impl InstanceLimits {
+    pub(crate) fn new(budget: usize) -> InstanceLimits {
+        InstanceLimits { budget, used: 0 }
+    }
+
+    fn grow(&mut self, current: usize, desired: usize, what: &str) -> wasmtime::Result<bool> {
+        let after = (self.used - current.min(self.used)).saturating_add(desired);
+        if after > self.budget {
+            wasmtime::bail!(
+                "the policy's {what} would bring it to {after} bytes, over its memory limit of {} bytes \
+                 (HostSettings::policy_memory_limit; [cache.host] policy-memory-limit)",
+                self.budget
+            );
+        }
+        self.used = after;
+        Ok(true)
+    }
+}
+
+impl ResourceLimiter for InstanceLimits {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.grow(current, desired, "memories")
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.grow(current.saturating_mul(TABLE_ELEMENT_BYTES), desired.saturating_mul(TABLE_ELEMENT_BYTES), "tables")
+    }
+
+    fn instances(&self) -> usize {
+        MAX_POLICY_INSTANCES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_POLICY_TABLES
+    }
+
+    fn memories(&self) -> usize {
+        MAX_POLICY_MEMORIES
+    }
 }
 
 struct Live {
@@ -324,14 +387,7 @@ impl PolicyRuntime {
     }
 
     fn instantiate(&self) -> Result<Live, StartError> {
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(self.host.policy_memory_limit)
-            .table_elements(1 << 16)
-            .instances(16)
-            .tables(16)
-            .memories(4)
-            .trap_on_grow_failure(true)
-            .build();
+        let limits = InstanceLimits::new(self.host.policy_memory_limit);
         let view = PolicyView::new(self.shared.clone(), self.name.clone());
         let mut store = Store::new(engine(), PolicyState { view, limits });
         store.limiter(|state| &mut state.limits);
@@ -445,3 +501,27 @@ fn sanitize_actions(actions: Vec<Action>) -> Vec<Action> {
     kept
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_memory_limit_holds_for_all_memories_and_tables_together() {
+        let mib = 1 << 20;
+        let mut limits = InstanceLimits::new(64 * mib);
+        // Four memories of 16 MiB each fill the budget...
+        for _ in 0..4 {
+            assert!(limits.memory_growing(0, 16 * mib, None).unwrap());
+        }
+        // ...so no memory may grow further, nor any table be made.
+        assert!(limits.memory_growing(16 * mib, 16 * mib + 65536, None).is_err());
+        let e = limits.table_growing(0, 1, None).unwrap_err();
+        assert!(e.to_string().contains("policy-memory-limit"), "{e}");
+        // Growth in place counts only what is added.
+        let mut limits = InstanceLimits::new(64 * mib);
+        assert!(limits.memory_growing(0, 32 * mib, None).unwrap());
+        assert!(limits.memory_growing(32 * mib, 48 * mib, None).unwrap());
+        assert!(limits.table_growing(0, (16 * mib) / TABLE_ELEMENT_BYTES, None).unwrap());
+        assert!(limits.memory_growing(48 * mib, 48 * mib + 1, None).is_err());
+    }
+}

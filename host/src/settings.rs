@@ -8,7 +8,8 @@ pub struct HostSettings {
     /// Events (hits, inserts) queued for the policy's worker; more are dropped
     /// and counted, so a hit never waits. wasmtime's `worker-event-queue-size`.
     pub event_queue_size: usize,
-    /// Linear memory the policy may grow to.
+    /// Bytes one policy instance may hold in its linear memories and tables
+    /// together (however many memories it has); growth past it traps.
     pub policy_memory_limit: usize,
     /// CPU time the policy may take for `configure`.
     pub configure_deadline: Duration,

@@ -2,7 +2,8 @@
 //! misbehaviour; in every other respect it behaves (stores at zstd level 1).
 //!
 //! Modes: `loop-admit`, `loop-hit`, `loop-insert`, `loop-maintain` (spin
-//! forever), `alloc-admit`, `alloc-hit` (allocate without bound), `trap-all`
+//! forever), `alloc-<export>` (allocate without bound in `configure`,
+//! `admit`, `hit`, `insert` or `maintain`), `trap-all`
 //! (trap on every call but `configure`), `garbage` (out-of-range levels and a
 //! flood of actions), `huge-summary` (a 20 MiB maintenance report), `wasi`
 //! (reach for files, environment and clocks through WASI, which is not
@@ -123,6 +124,9 @@ impl Guest for Hostile {
         if mode() == "loop-configure" {
             spin();
         }
+        if mode() == "alloc-configure" {
+            hoard();
+        }
         Ok(())
     }
 
@@ -137,7 +141,7 @@ impl Guest for Hostile {
     fn on_hit(_entry: EntryMeta) -> Vec<Action> {
         misbehave("hit");
         if mode() == "garbage" {
-            return vec![Action::Recode(Codec::Zstd(200)); 1_000_000];
+            return vec![Action::Recode(Codec::Raw); 1_000_000];
         }
         Vec::new()
     }
