@@ -2,6 +2,19 @@
 //! same host, not rebuilt.
 
 mod support;
+
+/// The default policy ships as bytes (`host/policies/default.wasm`) so that no
+/// embedder builds wasm; they must be what `guest/default` builds to.
+#[test]
+fn the_shipped_default_policy_is_what_its_source_builds_to() {
+    let shipped = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/default.wasm")).unwrap();
+    let built = std::fs::read(guest_path("default")).unwrap();
+    assert!(
+        shipped == built,
+        "host/policies/default.wasm is not what guest/default builds to: run `bash guest/build` and commit it"
+    );
+    assert_eq!(capcache::Policy::default().bytes(), &shipped[..]);
+}
 use support::*;
 
 #[test]

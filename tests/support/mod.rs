@@ -6,14 +6,44 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// A policy component built from `guest/<crate>` by the host's build script.
+/// A policy component built from `guest/<crate>`.
 pub fn guest_policy(crate_name: &str) -> Policy {
-    Policy::from_file(guest_path(crate_name)).expect("the guest policies are built by host/build.rs")
+    Policy::from_file(guest_path(crate_name)).expect("the guest policies were just built")
 }
 
+/// The `.wasm` of `guest/<crate>`, built for the tests (once per test
+/// process; cargo makes concurrent builds wait for each other).
 pub fn guest_path(crate_name: &str) -> PathBuf {
     let file = format!("capcache_policy_{}.wasm", crate_name.replace('-', "_"));
-    Path::new(env!("CAPCACHE_GUEST_DIR")).join(file)
+    guest_dir().join(file)
+}
+
+/// Builds the guest workspace for wasm32-wasip2, as `guest/build` does, and
+/// returns the directory that holds the components.
+fn guest_dir() -> &'static Path {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .map(|dir| if dir.is_absolute() { dir } else { root.join(dir) })
+            .unwrap_or_else(|| root.join("target"))
+            .join("guest");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+            .arg(root.join("guest/Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&target)
+            // The test build's flags are for the host, not for wasm.
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .env_remove("CARGO_BUILD_RUSTFLAGS")
+            .status()
+            .expect("cannot run cargo to build the guest policies");
+        assert!(status.success(), "building guest/ failed (is the target installed? `rustup target add wasm32-wasip2`)");
+        target.join("wasm32-wasip2/release")
+    })
 }
 
 /// A cache in a fresh temporary directory, on a manual clock.
