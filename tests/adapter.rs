@@ -1,10 +1,10 @@
 //! The wasmtime adapter: modules and components through the cache, raw entries
 //! mapped from their files, direct mode, and engine configurations kept apart.
 
-mod support;
+
 use capcache::wasmtime::{load_component, load_module};
 use std::time::Duration;
-use support::*;
+use crate::support::*;
 use wasmtime::{Engine, Instance, Store};
 
 fn answer(engine: &Engine, module: &wasmtime::Module) -> i32 {

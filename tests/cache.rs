@@ -1,8 +1,8 @@
 //! Insert, hit and miss through the real host and the default policy.
 
-mod support;
+
 use capcache::{Cache, Source, StoredCodec};
-use support::*;
+use crate::support::*;
 
 #[test]
 fn a_cache_is_shared_across_threads() {

@@ -1,10 +1,10 @@
 //! The `capcache` binary: run twice, the second run is all hits; the policy
 //! is swapped by a path.
 
-mod support;
+
 use std::path::Path;
 use std::process::{Command, Output};
-use support::*;
+use crate::support::*;
 
 fn capcache(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_capcache")).args(args).output().unwrap()

@@ -1,8 +1,8 @@
 //! Bad settings and bad policy components are errors that name what is wrong.
 
-mod support;
+
 use capcache::{Error, Policy};
-use support::*;
+use crate::support::*;
 
 #[test]
 fn every_wasmtime_setting_is_accepted() {

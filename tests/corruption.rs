@@ -1,8 +1,8 @@
 //! A corrupt entry is a miss, is removed, and is counted; a leftover temporary
 //! file never blocks a write.
 
-mod support;
-use support::*;
+
+use crate::support::*;
 
 fn corrupt_and_check(damage: impl Fn(&mut Vec<u8>)) {
     let t = TestCache::new();

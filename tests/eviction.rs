@@ -1,9 +1,9 @@
 //! Cleanup to the soft limits, on schedule, for the whole life of a process.
 
-mod support;
+
 use capcache::Clock;
 use std::time::Duration;
-use support::*;
+use crate::support::*;
 
 const HOUR: Duration = Duration::from_secs(3600);
 

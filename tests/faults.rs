@@ -3,15 +3,15 @@
 //! ever served; nothing partial is ever visible.
 //!
 //! Some tests run children: this test binary again, running the ignored test
-//! `child_process` with a role in `CAPCACHE_TEST_CHILD`.
+//! `faults::child_process` with a role in `CAPCACHE_TEST_CHILD`.
 
-mod support;
+
 use capcache::{Cache, Clock, Key, Source};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use support::*;
+use crate::support::*;
 
 const KEYS: u64 = 300;
 
@@ -48,7 +48,7 @@ impl Rng {
 fn child(role: &str, dir: &Path) -> Command {
     let mut command = Command::new(std::env::current_exe().unwrap());
     command
-        .args(["--ignored", "--exact", "child_process", "--nocapture", "--test-threads=1"])
+        .args(["--ignored", "--exact", "faults::child_process", "--nocapture", "--test-threads=1"])
         .env("CAPCACHE_TEST_CHILD", role)
         .env("CAPCACHE_TEST_DIR", dir);
     command

@@ -1,10 +1,10 @@
 //! A misbehaving policy costs a bounded delay: the host stops it, counts the
 //! fault, uses the safe default, restarts it and keeps serving.
 
-mod support;
+
 use capcache::{Cache, HostSettings, StoredCodec};
 use std::time::{Duration, Instant};
-use support::*;
+use crate::support::*;
 
 /// Generous: the deadlines below are 100 to 500 ms; this only catches a hang.
 const BOUND: Duration = Duration::from_secs(20);

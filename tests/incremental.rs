@@ -1,10 +1,10 @@
 //! Cranelift's incremental compilation, through capcache: change one function,
 //! recompile, and the others come from the cache under Cranelift's own keys.
 
-mod support;
+
 use capcache::incremental::IncrementalCache;
 use std::sync::Arc;
-use support::*;
+use crate::support::*;
 
 fn module(changed: i32) -> Vec<u8> {
     let mut text = String::from("(module\n");

@@ -2,9 +2,9 @@
 //! counter reaches the threshold (wasmtime's behaviour, `raw-entries = never`),
 //! or stored raw (the default).
 
-mod support;
+
 use capcache::StoredCodec;
-use support::*;
+use crate::support::*;
 
 #[test]
 fn recompressed_after_the_usage_threshold() {

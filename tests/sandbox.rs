@@ -2,9 +2,9 @@
 //! NUL, overlong names and symlinks that lead out are refused, and nothing
 //! outside the cache root changes.
 
-mod support;
+
 use std::path::Path;
-use support::*;
+use crate::support::*;
 
 
 /// The outcome the hostile policy reported for `call(name)`.

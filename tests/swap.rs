@@ -1,7 +1,7 @@
 //! The policy is a file: swapping it changes the cache's behaviour with the
 //! same host, not rebuilt.
 
-mod support;
+
 
 /// The default policy ships as bytes (`host/policies/default.wasm`) so that no
 /// embedder builds wasm; they must be what `guest/default` builds to.
@@ -15,7 +15,7 @@ fn the_shipped_default_policy_is_what_its_source_builds_to() {
     );
     assert_eq!(capcache::Policy::default().bytes(), &shipped[..]);
 }
-use support::*;
+use crate::support::*;
 
 #[test]
 fn keep_nothing_policy_stores_nothing_and_clears_what_was_there() {

@@ -2,14 +2,14 @@
 //! this user: on filesystems with whole-second timestamps, during deploys that
 //! swap directories, against other users and against forged key material.
 
-mod support;
+
 use capcache::wasmtime::{Kind, load_module, load_module_file, load_module_file_with_source};
 use capcache::Source;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
-use support::*;
+use crate::support::*;
 use wasmtime::{Engine, Instance, Module, Store};
 
 fn answer(engine: &Engine, module: &Module) -> i32 {

@@ -58,6 +58,6 @@ pub use settings::HostSettings;
 pub use stats::StatsSnapshot;
 
 /// The README's Rust examples, compiled as doc tests so they stay true.
-#[doc = include_str!("../../README.md")]
+#[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;

@@ -1,0 +1,21 @@
+//! The host's integration tests, as one binary (one link of wasmtime instead
+//! of one per file), with a module per concern. Each loads real policy
+//! components: the default one the crate ships, and the others built from
+//! `guest/` by `support`.
+
+mod support;
+
+mod adapter;
+mod cache;
+mod cli;
+mod config;
+mod corruption;
+mod eviction;
+mod faults;
+mod hostile;
+mod incremental;
+mod model;
+mod recompression;
+mod sandbox;
+mod swap;
+mod trust;
