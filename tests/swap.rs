@@ -7,7 +7,7 @@
 /// embedder builds wasm; they must be what `guest/default` builds to.
 #[test]
 fn the_shipped_default_policy_is_what_its_source_builds_to() {
-    let shipped = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/default.wasm")).unwrap();
+    let shipped = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../host/policies/default.wasm")).unwrap();
     let built = std::fs::read(guest_path("default")).unwrap();
     assert!(
         shipped == built,
