@@ -83,6 +83,8 @@ fn a_raw_entry_is_the_artifact_from_offset_zero() {
     let path = t.root().join("default/entries").join(name);
     // wasmtime itself loads the entry file as it is (the trailer after the
     // artifact is ignored by its loader).
+    // SAFETY: the file is the artifact this engine's wasmtime just compiled,
+    // written by this test's cache.
     let module = unsafe { wasmtime::Module::deserialize_file(&engine, &path) }.unwrap();
     assert_eq!(answer(&engine, &module), 7);
 }

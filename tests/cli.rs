@@ -373,11 +373,12 @@ fn a_closed_pipe_ends_every_command_quietly() {
     }
     drop(cache);
     let root = t.root().display().to_string();
-    for args in [vec!["ls", "--dir", &root]] {
+    {
+        let args = ["ls", "--dir", &root];
         let whole = stdout(&capcache(&args));
         assert!(whole.len() > 256 << 10, "{} bytes: too few to fill the pipe", whole.len());
         let mut child = Command::new(env!("CARGO_BIN_EXE_capcache"))
-            .args(&args)
+            .args(args)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()

@@ -84,12 +84,11 @@ fn writer(dir: &Path) {
         // land in writes as often as not.
         if rng.below(2) == 0 {
             cache.insert(&key(k), &expected(k));
-        } else if let Some(value) = cache.get(&key(k)) {
-            if value != expected(k) {
+        } else if let Some(value) = cache.get(&key(k))
+            && value != expected(k) {
                 std::fs::write(dir.join("MISMATCH"), format!("key {k}")).unwrap();
                 std::process::abort();
             }
-        }
     }
 }
 
@@ -256,11 +255,10 @@ fn mixer(dir: &Path) {
         match rng.below(100) {
             0..=69 => {
                 gets += 1;
-                if let Some(value) = cache.get(&key(k)) {
-                    if value != expected(k) {
+                if let Some(value) = cache.get(&key(k))
+                    && value != expected(k) {
                         mismatches += 1;
                     }
-                }
             }
             70..=97 => {
                 cache.insert(&key(k), &expected(k));

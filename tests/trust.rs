@@ -284,15 +284,12 @@ fn preimage(parts: &[&[u8]]) -> Vec<u8> {
 
 #[test]
 fn a_value_stored_under_forged_key_material_never_loads_as_a_module() {
-    use std::hash::Hash;
     let t = TestCache::new();
     let cache = t.open();
     let engine = Engine::default();
     let victim = tiny_module(1);
     let planted = Module::new(&engine, tiny_module(666)).unwrap().serialize().unwrap();
-    let mut compatibility = capcache::key::Sha256Hasher::default();
-    engine.precompile_compatibility_hash().hash(&mut compatibility);
-    let compatibility = compatibility.finish_key().0;
+    let compatibility = capcache::wasmtime::compatibility_key(&engine).0;
     let digest = *blake3::hash(&victim).as_bytes();
     // The artifact key's parts as they were laid out, and as they are: with
     // and without a domain tag in front.

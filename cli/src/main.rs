@@ -201,7 +201,7 @@ impl Location {
         };
         Ok(match config.cache.directory {
             Some(dir) => dir,
-            None => capcache::cache::default_directory()?,
+            None => capcache::default_directory()?,
         })
     }
 
@@ -211,7 +211,7 @@ impl Location {
         let root = self.root()?;
         let names = match &self.namespace {
             Some(name) => vec![name.clone()],
-            None => capcache::cache::namespaces(&root)?,
+            None => capcache::namespaces(&root)?,
         };
         names
             .into_iter()
@@ -525,9 +525,9 @@ fn ls(location: &Location, sort: SortBy) -> Result<()> {
     }
     match sort {
         SortBy::Name => rows.sort_by(|a, b| (&a.1.name, &a.0).cmp(&(&b.1.name, &b.0))),
-        SortBy::Size => rows.sort_by(|a, b| b.1.stored_size.cmp(&a.1.stored_size)),
-        SortBy::Age => rows.sort_by(|a, b| a.1.created_ms.cmp(&b.1.created_ms)),
-        SortBy::Hits => rows.sort_by(|a, b| b.1.hits.cmp(&a.1.hits)),
+        SortBy::Size => rows.sort_by_key(|a| std::cmp::Reverse(a.1.stored_size)),
+        SortBy::Age => rows.sort_by_key(|a| a.1.created_ms),
+        SortBy::Hits => rows.sort_by_key(|a| std::cmp::Reverse(a.1.hits)),
     }
     let now = capcache::Clock::now_ms(&capcache::SystemClock);
     out!("{:43}  {:>12}  {:>12}  {:7}  {:>10}  {:>6}  namespace", "name", "stored", "decoded", "codec", "age", "hits")?;

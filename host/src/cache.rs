@@ -8,7 +8,7 @@
 //! failure degrades to "compute" with a warning: the caller always gets its
 //! value.
 
-use crate::bindings::exports::capcache::policy::policy::{Admission, Candidate, MaintainReport};
+use crate::bindings::exports::capcache::policy::policy::{Admission, Candidate};
 use crate::clock::{Clock, SystemClock};
 use crate::entry::StoredCodec;
 use crate::error::Error;
@@ -156,6 +156,8 @@ impl CacheBuilder {
         self
     }
 
+    /// The policy component that decides what is kept (default: the embedded
+    /// default policy, wasmtime's cache behaviour).
     pub fn policy(mut self, policy: Policy) -> Self {
         self.policy = policy;
         self
@@ -167,10 +169,12 @@ impl CacheBuilder {
         self
     }
 
+    /// One setting for the policy's `configure`.
     pub fn setting(self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.settings([(key.into(), value.into())])
     }
 
+    /// The bounds the host puts on the cache and its policy.
     pub fn host_settings(mut self, host: HostSettings) -> Self {
         self.host = host;
         self
@@ -297,10 +301,51 @@ impl Drop for Inner {
         // counters for `capcache stats`.
         drop(self.worker.take());
         let shared = &self.shared;
-        if !shared.read_only {
-            if let Err(e) = shared.stats.snapshot().append_to(shared.store.namespace_dir()) {
+        if !shared.read_only
+            && let Err(e) = shared.stats.snapshot().append_to(shared.store.namespace_dir()) {
                 tracing::debug!("cannot record statistics in {}: {e}", shared.store.path().display());
             }
+    }
+}
+
+/// What a maintenance pass did, as the policy reported it (the host's own
+/// type, so that a change to the WIT record is not a change to this API).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MaintainReport {
+    /// Whether the pass ran; `false` when another process holds the cleanup
+    /// lock or the pass was not due.
+    pub ran: bool,
+    /// Entries seen.
+    pub entries_seen: u64,
+    /// Entries evicted to bring the cache under its limits.
+    pub evicted: u64,
+    /// Entries removed because their times lie too far in the future.
+    pub removed_from_future: u64,
+    /// Stale temporary files removed.
+    pub removed_temp_files: u64,
+    /// Bytes freed in all.
+    pub bytes_freed: u64,
+    /// Entries left.
+    pub entries_after: u64,
+    /// Bytes the entries left take on disk.
+    pub bytes_after: u64,
+    /// A line for people, e.g. why the pass did not run (at most 64 KiB).
+    pub summary: String,
+}
+
+impl From<crate::bindings::exports::capcache::policy::policy::MaintainReport> for MaintainReport {
+    fn from(r: crate::bindings::exports::capcache::policy::policy::MaintainReport) -> Self {
+        MaintainReport {
+            ran: r.ran,
+            entries_seen: r.entries_seen,
+            evicted: r.evicted,
+            removed_from_future: r.removed_from_future,
+            removed_temp_files: r.removed_temp_files,
+            bytes_freed: r.bytes_freed,
+            entries_after: r.entries_after,
+            bytes_after: r.bytes_after,
+            summary: r.summary,
         }
     }
 }
@@ -337,19 +382,28 @@ pub enum Source {
 /// A value from [`Cache::get_or_insert_with`].
 #[derive(Debug, Clone)]
 pub struct Cached {
+    /// The value.
     pub bytes: Vec<u8>,
+    /// Where it came from.
     pub source: Source,
 }
 
 /// What is stored for a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EntryInfo {
+    /// The entry's file name: its key in base64url.
     pub name: String,
+    /// How its value is stored.
     pub codec: StoredCodec,
+    /// Bytes on disk.
     pub stored_size: u64,
+    /// Bytes of the value, decoded.
     pub raw_size: u64,
+    /// When it was first stored, in milliseconds since the Unix epoch.
     pub created_ms: u64,
+    /// When it was last used, likewise.
     pub last_used_ms: u64,
+    /// Hits recorded for it, over every process.
     pub hits: u64,
 }
 
@@ -377,6 +431,8 @@ impl std::fmt::Debug for Cache {
 }
 
 impl Cache {
+    /// A builder with the defaults: the platform's cache directory, the
+    /// namespace `default`, the default policy.
     pub fn builder() -> CacheBuilder {
         CacheBuilder::default()
     }
@@ -386,6 +442,7 @@ impl Cache {
         Cache { inner: None }
     }
 
+    /// Whether the cache looks anything up (see [`Cache::disabled`]).
     pub fn is_enabled(&self) -> bool {
         self.inner.is_some()
     }
@@ -401,6 +458,7 @@ impl Cache {
         self.get_by_key(&Key::of(key))
     }
 
+    /// [`Cache::get`] for a key already derived.
     pub fn get_by_key(&self, key: &Key) -> Option<Vec<u8>> {
         match self.fetch(key, false)? {
             Fetched::Value(value) => Some(value),
@@ -416,8 +474,8 @@ impl Cache {
         let shared = &inner.shared;
         let outcome = shared.store.open_entry(key, inner.host.max_entry_size, raw_as_file);
         let found = match outcome {
-            Ok(OpenOutcome::RawFile(_, file)) => Some(Fetched::RawFile(file)),
-            Ok(OpenOutcome::Value(_, value)) => Some(Fetched::Value(value)),
+            Ok(OpenOutcome::RawFile(file)) => Some(Fetched::RawFile(file)),
+            Ok(OpenOutcome::Value(value)) => Some(Fetched::Value(value)),
             Ok(OpenOutcome::Missing) => None,
             Ok(OpenOutcome::Corrupt(e)) => {
                 Stats::bump(&shared.stats.corrupt);
@@ -492,6 +550,7 @@ impl Cache {
         self.insert_by_key(&Key::of(key), value)
     }
 
+    /// [`Cache::insert`] for a key already derived.
     pub fn insert_by_key(&self, key: &Key, value: &[u8]) -> bool {
         let Some(inner) = self.inner.as_ref() else { return false };
         let stored = admit_and_write(&inner.shared, &inner.policy, &inner.host, key, value);
@@ -512,11 +571,10 @@ impl Cache {
         if inner.shared.read_only {
             return;
         }
-        if let Err(Event::Store(key, produce)) = inner.worker().offer_or_return(Event::Store(*key, Box::new(produce))) {
-            if let Some(value) = produce() {
+        if let Err(Event::Store(key, produce)) = inner.worker().offer_or_return(Event::Store(*key, Box::new(produce)))
+            && let Some(value) = produce() {
                 self.insert_by_key(&key, &value);
             }
-        }
     }
 
     /// The value for `key`: from the cache, or from `compute` (then offered to
@@ -584,7 +642,7 @@ impl Cache {
     /// Runs the policy's maintenance pass now (after queued events) and
     /// returns its report; `None` if disabled or the policy failed.
     pub fn maintain(&self) -> Option<MaintainReport> {
-        self.inner.as_ref()?.worker().request(Event::Maintain).flatten()
+        self.inner.as_ref()?.worker().request(Event::Maintain).flatten().map(MaintainReport::from)
     }
 
     /// This process's counters since the cache was opened.

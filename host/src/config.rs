@@ -32,24 +32,33 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// `[cache]`.
     #[serde(default)]
     pub cache: CacheSection,
 }
 
+/// `[cache]`: where the cache is and how it is used.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct CacheSection {
+    /// `enabled`: `false` computes everything and stores nothing.
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// `directory`: the cache root (default: the platform cache directory).
     pub directory: Option<PathBuf>,
+    /// `policy`: `"default"` or the path of a policy component.
     #[serde(default)]
     pub policy: PolicyChoice,
+    /// `read-only`: serve hits only.
     #[serde(default)]
     pub read_only: bool,
+    /// `allow-insecure-directory`: see SECURITY.md.
     #[serde(default)]
     pub allow_insecure_directory: bool,
+    /// `[cache.policy-settings]`: passed to the policy's `configure`.
     #[serde(default)]
     pub policy_settings: BTreeMap<String, SettingValue>,
+    /// `[cache.host]`: the host's limits.
     #[serde(default)]
     pub host: HostSection,
 }
@@ -75,8 +84,10 @@ fn yes() -> bool {
 /// `"default"`, or a path to a policy component.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub enum PolicyChoice {
+    /// The embedded default policy.
     #[default]
     Default,
+    /// A policy component at this path.
     File(PathBuf),
 }
 
@@ -126,26 +137,44 @@ impl<'de> Deserialize<'de> for SettingValue {
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+/// `[cache.host]`: the host's limits, each [`crate::HostSettings`]'s field of
+/// the same name (durations in milliseconds).
 pub struct HostSection {
+    /// `event-queue-size`.
     pub event_queue_size: Option<u32>,
+    /// `policy-memory-limit`, bytes.
     pub policy_memory_limit: Option<u64>,
+    /// `admit-deadline-ms`.
     pub admit_deadline_ms: Option<u64>,
+    /// `event-deadline-ms`.
     pub event_deadline_ms: Option<u64>,
+    /// `maintain-deadline-ms`.
     pub maintain_deadline_ms: Option<u64>,
+    /// `max-module-size`, bytes.
     pub max_module_size: Option<u64>,
 }
 
 /// Why a configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
+    /// The file could not be read.
     #[error("cannot read configuration file {path}")]
     Read {
+        /// The file.
         path: PathBuf,
+        /// What the operating system said.
         #[source]
         source: std::io::Error,
     },
+    /// The text is not a valid configuration.
     #[error("configuration {origin}: {message}")]
-    Invalid { origin: String, message: String },
+    Invalid {
+        /// The file (or other origin) of the text.
+        origin: String,
+        /// What is wrong, naming the key, the value and what is allowed.
+        message: String,
+    },
 }
 
 impl Config {

@@ -30,8 +30,14 @@ pub const MAX_ZSTD_LEVEL: u8 = 22;
 /// How a payload is stored.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StoredCodec {
+    /// As is: the entry's file is the value from offset 0 (mapped for
+    /// compiled code).
     Raw,
-    Zstd { level: u8 },
+    /// Compressed with zstd.
+    Zstd {
+        /// The compression level, 1 to 22.
+        level: u8,
+    },
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -166,11 +172,10 @@ pub fn decode_trailer(tail: &[u8], file_len: u64, key: Option<&Key>) -> Result<T
     if header.format_version != FORMAT_VERSION {
         return Err(EntryError::Version(header.format_version));
     }
-    if let StoredCodec::Zstd { level } = header.codec {
-        if !(1..=MAX_ZSTD_LEVEL).contains(&level) {
+    if let StoredCodec::Zstd { level } = header.codec
+        && !(1..=MAX_ZSTD_LEVEL).contains(&level) {
             return Err(EntryError::BadHeader(format!("zstd level {level}")));
         }
-    }
     if key.is_some_and(|k| k.0 != header.key) {
         return Err(EntryError::WrongKey);
     }

@@ -24,6 +24,7 @@ pub struct IncrementalCache {
 }
 
 impl IncrementalCache {
+    /// Backs Cranelift's incremental cache with `cache`.
     pub fn new(cache: Arc<Cache>) -> Self {
         IncrementalCache { cache }
     }

@@ -2,11 +2,14 @@
 //! keep, how hard to compress, what to evict) is a sandboxed WebAssembly
 //! component.
 //!
-//! The host owns the mechanics: keys ([`key`]), the entry format ([`entry`]),
-//! the on-disk layout and atomic writes ([`store`]), usage counts ([`usage`]).
-//! The policy owns the decisions and sees the cache only through the capability
-//! in [`view`]; [`policy`] runs it under memory and CPU limits, and [`worker`]
-//! feeds it events off the caller's path. [`Cache`] ties them together:
+//! The host owns the mechanics: keys ([`Key`], in separate [`KeyDomain`]s), a
+//! checked entry format ([`StoredCodec`]), the on-disk layout and atomic
+//! writes, usage counts. The policy ([`Policy`], a component implementing
+//! `wit/policy.wit`) owns the decisions and sees the cache only through a
+//! capability over one namespace; the host runs it under memory and CPU limits
+//! ([`HostSettings`]) and feeds it events on a worker thread, off the caller's
+//! path. [`Cache`] ties them together; [`wasmtime`] loads modules and
+//! components through it:
 //!
 //! ```no_run
 //! use capcache::{Cache, Policy};
@@ -24,38 +27,42 @@
 //! A cache failure never fails the caller: it degrades to computing the value,
 //! with a `tracing` warning.
 
+#![deny(missing_docs)]
+
+// The mechanics, one concern per module, private: what an embedder uses is
+// re-exported below, so internals (the raw directory handles, the entry
+// codec, the usage journal) are not API.
 mod bindings;
-mod input;
-pub mod cache;
-pub mod clock;
+mod cache;
+mod clock;
 pub mod config;
-pub mod entry;
-pub mod error;
+mod entry;
+mod error;
 #[cfg(feature = "incremental-cache")]
 pub mod incremental;
-pub mod key;
+mod input;
+mod key;
 mod mapped;
-pub mod policy;
-pub mod settings;
-pub mod stats;
-pub mod store;
-pub mod usage;
-pub mod view;
+mod policy;
+mod settings;
+mod stats;
+mod store;
+mod usage;
+mod view;
 #[cfg(feature = "adapter")]
 pub mod wasmtime;
 mod worker;
 
-pub use bindings::exports::capcache::policy::policy::MaintainReport;
-pub use entry::StoredCodec;
-pub use store::IfMissing;
-pub use cache::{Cache, CacheBuilder, Cached, EntryInfo, Source, VerifyReport};
+pub use cache::{Cache, CacheBuilder, Cached, EntryInfo, MaintainReport, Source, VerifyReport, default_directory, namespaces};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::Config;
+pub use entry::StoredCodec;
 pub use error::Error;
 pub use key::{Key, KeyDomain};
-pub use policy::Policy;
+pub use policy::{MAX_POLICY_INSTANCES, MAX_POLICY_MEMORIES, MAX_POLICY_SIZE, MAX_POLICY_TABLES, Policy};
 pub use settings::HostSettings;
 pub use stats::StatsSnapshot;
+pub use store::IfMissing;
 
 /// The README's Rust examples, compiled as doc tests so they stay true.
 #[doc = include_str!("../README.md")]

@@ -16,11 +16,14 @@ pub(crate) unsafe fn component_from_file(engine: &Engine, file: std::fs::File) -
     use std::os::fd::AsRawFd;
     let path = format!("/proc/self/fd/{}", file.as_raw_fd());
     if Path::new(&path).exists() {
+        // SAFETY: the path names the very file the caller vouched for (our
+        // own descriptor), so the caller's contract is deserialize_file's.
         let component = unsafe { Component::deserialize_file(engine, &path) };
         drop(file);
         return component;
     }
     let mut bytes = Vec::new();
     std::io::Read::read_to_end(&mut { file }, &mut bytes)?;
+    // SAFETY: the file's bytes, which the caller vouched for.
     unsafe { Component::deserialize(engine, &bytes) }
 }

@@ -111,6 +111,7 @@ impl Policy {
         Policy { name: name.into(), bytes: bytes.into() }
     }
 
+    /// What messages call it: "default", or the path it was read from.
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -194,8 +195,12 @@ const POLICY_CODE_KEPT: usize = 8;
 /// entry is; it is raw, so it is mapped rather than read).
 fn load_compiled(code: &EntryStore, key: &Key) -> Option<Component> {
     let loaded = match code.open_entry(key, u64::MAX, true) {
-        Ok(OpenOutcome::RawFile(_, file)) => unsafe { crate::mapped::component_from_file(engine(), file) },
-        Ok(OpenOutcome::Value(_, bytes)) => unsafe { Component::deserialize(engine(), &bytes) },
+        // SAFETY: the key covers the policy engine's compatibility hash, and
+        // the entry was checked whole and is its owner's, as for every
+        // artifact capcache loads.
+        Ok(OpenOutcome::RawFile(file)) => unsafe { crate::mapped::component_from_file(engine(), file) },
+        // SAFETY: as above, for a decoded copy.
+        Ok(OpenOutcome::Value(bytes)) => unsafe { Component::deserialize(engine(), &bytes) },
         Ok(OpenOutcome::Missing) => return None,
         Ok(OpenOutcome::Corrupt(e)) => {
             tracing::warn!("compiled policy {} is corrupt ({e}); compiling again", key.name());
@@ -212,8 +217,6 @@ fn load_compiled(code: &EntryStore, key: &Key) -> Option<Component> {
             return None;
         }
     };
-    // SAFETY (above): the key covers the policy engine's compatibility hash,
-    // and the entry's digest was checked, as for every artifact capcache loads.
     loaded.map_err(|e| tracing::warn!("compiled policy {} does not load ({e:#}); compiling again", key.name())).ok()
 }
 

@@ -68,7 +68,8 @@ pub enum Area {
 /// What reading an entry found.
 #[derive(Debug)]
 pub enum ReadOutcome {
-    Found(Header, Vec<u8>),
+    /// A whole entry: its value, decoded.
+    Found(Vec<u8>),
     Missing,
     Corrupt(EntryError),
     /// See [`OpenOutcome::Untrusted`].
@@ -79,9 +80,9 @@ pub enum ReadOutcome {
 #[derive(Debug)]
 pub enum OpenOutcome {
     /// A raw entry, checked: its file, positioned at the artifact.
-    RawFile(Header, std::fs::File),
+    RawFile(std::fs::File),
     /// A compressed entry, checked and decoded.
-    Value(Header, Vec<u8>),
+    Value(Vec<u8>),
     Missing,
     Corrupt(EntryError),
     /// A file that someone other than the cache's owner wrote or could have
@@ -191,7 +192,7 @@ const KNOWN_MAX: usize = 1 << 17;
 /// What to do when the cache root or the namespace does not exist.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum IfMissing {
-    /// Create it (with [`DIR_MODE`]).
+    /// Create it (mode 0755, whatever the umask).
     #[default]
     Create,
     /// Fail with [`Error::NoCache`], creating nothing: for commands that only
@@ -450,7 +451,7 @@ impl Store {
     /// trusted one (a bad one is removed).
     pub(crate) fn read_manifest(&self, manifest: &Key) -> Option<Key> {
         match self.read_from(Area::Manifests, manifest, 64) {
-            Ok(ReadOutcome::Found(_, value)) => <[u8; 32]>::try_from(value).ok().map(Key),
+            Ok(ReadOutcome::Found(value)) => <[u8; 32]>::try_from(value).ok().map(Key),
             Ok(ReadOutcome::Missing) => None,
             Ok(outcome) => {
                 tracing::warn!("direct-mode manifest {} is unusable ({outcome:?}); removing it", manifest.name());
@@ -552,7 +553,7 @@ impl Store {
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
         Ok(match entry::decode(&bytes, key, max_raw_size) {
-            Ok((header, value)) => ReadOutcome::Found(header, value),
+            Ok((_, value)) => ReadOutcome::Found(value),
             Err(e) => ReadOutcome::Corrupt(e),
         })
     }
@@ -611,9 +612,9 @@ impl Store {
         }
         if raw_as_file {
             let identity = FileIdentity::of(&metadata);
-            let known = self.known.lock().get(key).filter(|k| k.checked && k.identity == identity).map(|k| k.header.clone());
-            if let Some(header) = known {
-                return Ok(OpenOutcome::RawFile(header, file));
+            let checked = self.known.lock().get(key).is_some_and(|k| k.checked && k.identity == identity);
+            if checked {
+                return Ok(OpenOutcome::RawFile(file));
             }
             let len = metadata.len();
             let tail = read_tail(&file, len)?;
@@ -627,14 +628,14 @@ impl Store {
                 }
                 file.seek(SeekFrom::Start(0))?;
                 self.remember(key, Known { identity, header: trailer.header.clone(), checked: true });
-                return Ok(OpenOutcome::RawFile(trailer.header, file));
+                return Ok(OpenOutcome::RawFile(file));
             }
             file.seek(SeekFrom::Start(0))?;
         }
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
         Ok(match entry::decode(&bytes, key, max_raw_size) {
-            Ok((header, value)) => OpenOutcome::Value(header, value),
+            Ok((_, value)) => OpenOutcome::Value(value),
             Err(e) => OpenOutcome::Corrupt(e),
         })
     }
@@ -647,11 +648,10 @@ impl Store {
         let before = FileIdentity::of(&file.metadata()?);
         file.set_modified(ms_to_system_time(self.clock.now_ms()))?;
         let after = FileIdentity::of(&file.metadata()?);
-        if let Some(known) = self.known.lock().get_mut(key) {
-            if known.identity == before {
+        if let Some(known) = self.known.lock().get_mut(key)
+            && known.identity == before {
                 known.identity = after;
             }
-        }
         Ok(())
     }
 

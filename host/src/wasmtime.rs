@@ -56,7 +56,10 @@ pub fn engine_namespace(engine: &Engine) -> String {
     format!("wasmtime-{}", &compatibility_key(engine).name()[..22])
 }
 
-fn compatibility_key(engine: &Engine) -> Key {
+/// The key of `engine`'s compatibility hash (wasmtime's version and every
+/// setting that affects compiled code): a part of every artifact and manifest
+/// key, so that an engine never loads another configuration's code.
+pub fn compatibility_key(engine: &Engine) -> Key {
     let mut hasher = Sha256Hasher::default();
     engine.precompile_compatibility_hash().hash(&mut hasher);
     hasher.finish_key()
@@ -97,7 +100,19 @@ trait Artifact: Sized + Clone + Send + Sync + 'static {
     const KIND: Kind;
     fn compile(engine: &Engine, wasm: &[u8]) -> Result<Self>;
     fn serialize(&self) -> Result<Vec<u8>>;
+    /// Loads compiled code from bytes.
+    ///
+    /// # Safety
+    /// As wasmtime's `deserialize`: `bytes` must be what this engine's
+    /// wasmtime serialized (it runs as machine code). Callers get them from a
+    /// checked entry under a key that covers the engine's compatibility hash.
     unsafe fn from_bytes(engine: &Engine, bytes: &[u8]) -> Result<Self>;
+    /// Loads compiled code from an open file, mapped rather than read.
+    ///
+    /// # Safety
+    /// As [`Artifact::from_bytes`], for the file's contents; and the file must
+    /// not change while the artifact lives (entries are replaced by rename,
+    /// never written in place, and only their owner could write one).
     unsafe fn from_file(engine: &Engine, file: std::fs::File) -> Result<Self>;
 }
 
@@ -110,9 +125,13 @@ impl Artifact for Module {
         Module::serialize(self)
     }
     unsafe fn from_bytes(engine: &Engine, bytes: &[u8]) -> Result<Self> {
+        // SAFETY: the caller upholds `from_bytes`'s contract, which is
+        // `Module::deserialize`'s.
         unsafe { Module::deserialize(engine, bytes) }
     }
     unsafe fn from_file(engine: &Engine, file: std::fs::File) -> Result<Self> {
+        // SAFETY: the caller upholds `from_file`'s contract, which is
+        // `Module::deserialize_open_file`'s.
         unsafe { Module::deserialize_open_file(engine, file) }
     }
 }
@@ -126,9 +145,13 @@ impl Artifact for Component {
         Component::serialize(self)
     }
     unsafe fn from_bytes(engine: &Engine, bytes: &[u8]) -> Result<Self> {
+        // SAFETY: the caller upholds `from_bytes`'s contract, which is
+        // `Component::deserialize`'s.
         unsafe { Component::deserialize(engine, bytes) }
     }
     unsafe fn from_file(engine: &Engine, file: std::fs::File) -> Result<Self> {
+        // SAFETY: the caller upholds `from_file`'s contract, which is
+        // `component_from_file`'s.
         unsafe { crate::mapped::component_from_file(engine, file) }
     }
 }
@@ -137,10 +160,12 @@ impl Artifact for Component {
 /// it refuses is counted as a miss.
 fn load_cached<T: Artifact>(cache: &Cache, engine: &Engine, key: &Key) -> Option<T> {
     let found = cache.fetch(key, true)?;
-    // SAFETY: see the module's safety contract: the key covers the engine's
-    // compatibility hash and the entry was checked whole.
     let loaded = match found {
+        // SAFETY: see the module's safety contract: the key covers the
+        // engine's compatibility hash, the entry was checked whole and is its
+        // owner's, and entries are replaced only by rename.
         Fetched::RawFile(file) => unsafe { T::from_file(engine, file) },
+        // SAFETY: as above, for a decoded copy.
         Fetched::Value(bytes) => unsafe { T::from_bytes(engine, &bytes) },
     };
     match loaded {

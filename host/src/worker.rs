@@ -98,11 +98,10 @@ fn run(receiver: Receiver<Event>, shared: &Shared, policy: &Mutex<PolicyRuntime>
                 _ => None,
             })
             .collect();
-        if !shared.read_only {
-            if let Err(e) = Usage::append(shared.store.namespace_dir(), &hits) {
+        if !shared.read_only
+            && let Err(e) = Usage::append(shared.store.namespace_dir(), &hits) {
                 tracing::warn!("cannot record usage in {}: {e}", shared.store.path().display());
             }
-        }
         for event in batch {
             match event {
                 Event::Hit(key) => {
@@ -113,12 +112,11 @@ fn run(receiver: Receiver<Event>, shared: &Shared, policy: &Mutex<PolicyRuntime>
                 }
                 Event::Inserted(key) => handle_entry_event(shared, policy, &key, false),
                 Event::Store(key, produce) => {
-                    if let Some(value) = produce() {
-                        if admit_and_write(shared, policy, host, &key, &value) {
+                    if let Some(value) = produce()
+                        && admit_and_write(shared, policy, host, &key, &value) {
                             drop(value);
                             handle_entry_event(shared, policy, &key, false);
                         }
-                    }
                 }
                 Event::Flush(reply) => {
                     let _ = reply.send(());
