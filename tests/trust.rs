@@ -233,7 +233,7 @@ fn an_entry_owned_by_another_user_is_never_served() {
     assert_eq!(cache.get(b"key"), None);
     assert_eq!(cache.stats().untrusted, 1);
     assert!(!entry.exists());
-    let report = cache.verify(false, |_, _| {}).unwrap();
+    let report = cache.verify(capcache::VerifyMode::Report, |_, _| {}).unwrap();
     assert_eq!(report.bad.len(), 0);
 }
 

@@ -559,7 +559,7 @@ fn verify(location: &Location, fix: bool) -> Result<()> {
         let total = cache.entries().map(|e| e.len() as u64).unwrap_or(0);
         let bar = progress_bar(total, "verifying");
         let report = cache
-            .verify(fix, |done, total| {
+            .verify(if fix { capcache::VerifyMode::RemoveBad } else { capcache::VerifyMode::Report }, |done, total| {
                 bar.set_length(total);
                 bar.set_position(done);
             })

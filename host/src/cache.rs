@@ -8,7 +8,7 @@
 //! failure degrades to "compute" with a warning: the caller always gets its
 //! value.
 
-use crate::bindings::exports::capcache::policy::policy::{Admission, Candidate};
+use crate::bindings::exports::capcache::policy::policy::Candidate;
 use crate::clock::{Clock, SystemClock};
 use crate::entry::StoredCodec;
 use crate::error::Error;
@@ -16,72 +16,14 @@ use crate::key::Key;
 use crate::policy::{Policy, PolicyRuntime};
 use crate::settings::HostSettings;
 use crate::stats::{Stats, StatsSnapshot};
-use crate::store::{Area, IfMissing, OpenOutcome, ReadOutcome, Store, StoreOptions};
-use crate::usage::{self, Usage};
-use crate::view::{self, Shared, codec_from_wit};
-use crate::worker::{Event, Worker};
+use crate::store::{Area, IfMissing, OpenOutcome, RawEntryAs, ReadOutcome, Store, StoreOptions};
+use crate::bindings::codec_from_wit;
+use crate::namespace::Namespace;
+use crate::usage::Usage;
+use crate::worker::Worker;
 use parking_lot::Mutex;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-/// What a miss stores when the policy cannot be asked (it failed, or is busy):
-/// zstd at wasmtime's baseline level.
-const SAFE_DEFAULT: StoredCodec = StoredCodec::Zstd { level: 3 };
-
-/// Asks the policy whether and how to store `value` (waiting at most the
-/// admit wait for a worker that holds it), then writes it atomically. Never
-/// fails: a failure to store is logged and counted. Returns whether it was
-/// stored.
-pub(crate) fn admit_and_write(shared: &Shared, policy: &Mutex<PolicyRuntime>, host: &HostSettings, key: &Key, value: &[u8]) -> bool {
-    if shared.read_only {
-        return false;
-    }
-    if value.len() as u64 > host.max_entry_size {
-        Stats::bump(&shared.stats.skipped);
-        return false;
-    }
-    let candidate = Candidate { name: key.name(), raw_size: value.len() as u64 };
-    let admission = match policy.try_lock_for(host.admit_wait) {
-        Some(mut policy) => policy.admit(&candidate),
-        None => {
-            tracing::debug!("policy busy; storing {} with the default decision", candidate.name);
-            None
-        }
-    };
-    let codec = match admission {
-        Some(Admission::Skip) => {
-            Stats::bump(&shared.stats.skipped);
-            return false;
-        }
-        Some(Admission::Store(codec)) => codec_from_wit(codec),
-        None => SAFE_DEFAULT,
-    };
-    match shared.store.write_entry(key, value, codec, None) {
-        Ok(_) => {
-            Stats::bump(&shared.stats.inserts);
-            // A new entry starts with no usage.
-            let _ = Usage::append(shared.store.namespace_dir(), &[(usage::id_of(key), None)]);
-            true
-        }
-        Err(e) => {
-            Stats::bump(&shared.stats.failures);
-            tracing::warn!("cannot store cache entry {} in {}: {e}", key.name(), shared.store.path().display());
-            false
-        }
-    }
-}
-
-/// Removes the entry for `key` (unless the cache is read-only) and resets its
-/// usage, which goes with it.
-pub(crate) fn remove_entry_and_usage(shared: &Shared, key: &Key) -> bool {
-    if shared.read_only || shared.store.remove(Area::Entries, &key.name()).is_err() {
-        return false;
-    }
-    if let Err(e) = Usage::append(shared.store.namespace_dir(), &[(usage::id_of(key), None)]) {
-        tracing::warn!("cannot record the removal of {} in the usage journal: {e}", key.name());
-    }
-    true
-}
 
 /// Configures and opens a [`Cache`].
 #[derive(Debug, Clone)]
@@ -230,17 +172,17 @@ impl CacheBuilder {
         }
         let store = Store::open(&root, &self.namespace, self.clock.clone(), self.open_options)?;
         let read_only = store.read_only();
-        let shared = Arc::new(Shared { store, usage: Mutex::new(Usage::default()), stats: Stats::default(), read_only });
+        let namespace = Arc::new(Namespace { store, usage: Mutex::new(Usage::default()), stats: Stats::default(), read_only });
         // Compiled policies are kept beside the namespaces, so a process
         // starts its policy without compiling it.
         let code_options = StoreOptions { if_missing: IfMissing::Create, ..self.open_options };
         let code = Store::open(&root, crate::policy::POLICY_CODE_NAMESPACE, self.clock.clone(), code_options)
             .map_err(|e| tracing::debug!("no store for compiled policies: {e}"))
             .ok();
-        let runtime = PolicyRuntime::start(&self.policy, &self.settings, shared.clone(), self.host.clone(), code.as_ref())?;
+        let runtime = PolicyRuntime::start(&self.policy, &self.settings, namespace.clone(), self.host.clone(), code.as_ref())?;
         let policy = Arc::new(Mutex::new(runtime));
-        let worker = Worker::start(shared.clone(), policy.clone(), self.host.clone());
-        Ok(Cache { inner: Some(Inner { shared, policy, worker: Some(worker), host: self.host }) })
+        let worker = Worker::start(namespace.clone(), policy.clone(), self.host.clone());
+        Ok(Cache { inner: Some(Inner { namespace, policy, worker: Some(worker), host: self.host }) })
     }
 }
 
@@ -282,7 +224,7 @@ pub struct Cache {
 }
 
 struct Inner {
-    shared: Arc<Shared>,
+    namespace: Arc<Namespace>,
     policy: Arc<Mutex<PolicyRuntime>>,
     /// Always `Some` until dropped: dropping it drains the queue.
     worker: Option<Worker>,
@@ -300,10 +242,10 @@ impl Drop for Inner {
         // Let the worker finish what is queued, then record this process's
         // counters for `capcache stats`.
         drop(self.worker.take());
-        let shared = &self.shared;
-        if !shared.read_only
-            && let Err(e) = shared.stats.snapshot().append_to(shared.store.namespace_dir()) {
-                tracing::debug!("cannot record statistics in {}: {e}", shared.store.path().display());
+        let namespace = &self.namespace;
+        if !namespace.read_only
+            && let Err(e) = namespace.stats.snapshot().append_to(namespace.store.namespace_dir()) {
+                tracing::debug!("cannot record statistics in {}: {e}", namespace.store.path().display());
             }
     }
 }
@@ -348,6 +290,17 @@ impl From<crate::bindings::exports::capcache::policy::policy::MaintainReport> fo
             summary: r.summary,
         }
     }
+}
+
+/// What [`Cache::verify`] does with a bad entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum VerifyMode {
+    /// Report it only.
+    Report,
+    /// Report it and remove it (and a direct-mode manifest left without its
+    /// artifact).
+    RemoveBad,
 }
 
 /// What [`Cache::verify`] found.
@@ -424,7 +377,7 @@ impl From<crate::bindings::capcache::policy::types::EntryMeta> for EntryInfo {
 impl std::fmt::Debug for Cache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.inner {
-            Some(inner) => f.debug_struct("Cache").field("path", &inner.shared.store.path()).finish(),
+            Some(inner) => f.debug_struct("Cache").field("path", &inner.namespace.store.path()).finish(),
             None => f.write_str("Cache(disabled)"),
         }
     }
@@ -449,7 +402,7 @@ impl Cache {
 
     /// The namespace's directory, if enabled.
     pub fn path(&self) -> Option<&Path> {
-        self.inner.as_ref().map(|i| i.shared.store.path())
+        self.inner.as_ref().map(|i| i.namespace.store.path())
     }
 
     /// The value stored for `key`, if a valid entry exists. A corrupt entry is
@@ -460,72 +413,72 @@ impl Cache {
 
     /// [`Cache::get`] for a key already derived.
     pub fn get_by_key(&self, key: &Key) -> Option<Vec<u8>> {
-        match self.fetch(key, false)? {
+        match self.fetch(key, RawEntryAs::Value)? {
             Fetched::Value(value) => Some(value),
             Fetched::RawFile(_) => unreachable!("asked for values only"),
         }
     }
 
-    /// Looks `key` up, checking the entry whole. With `raw_as_file`, a raw
+    /// Looks `key` up, checking the entry whole. With [`RawEntryAs::File`], a raw
     /// entry comes back as its open file (the artifact from offset 0), for
     /// wasmtime to map rather than copy.
-    pub(crate) fn fetch(&self, key: &Key, raw_as_file: bool) -> Option<Fetched> {
+    pub(crate) fn fetch(&self, key: &Key, raw: RawEntryAs) -> Option<Fetched> {
         let inner = self.inner.as_ref()?;
-        let shared = &inner.shared;
-        let outcome = shared.store.open_entry(key, inner.host.max_entry_size, raw_as_file);
+        let namespace = &inner.namespace;
+        let outcome = namespace.store.open_entry(key, inner.host.max_entry_size, raw);
         let found = match outcome {
             Ok(OpenOutcome::RawFile(file)) => Some(Fetched::RawFile(file)),
             Ok(OpenOutcome::Value(value)) => Some(Fetched::Value(value)),
             Ok(OpenOutcome::Missing) => None,
             Ok(OpenOutcome::Corrupt(e)) => {
-                Stats::bump(&shared.stats.corrupt);
-                tracing::warn!("cache entry {} in {} is corrupt ({e}); removing it", key.name(), shared.store.path().display());
-                remove_entry_and_usage(shared, key);
+                Stats::bump(&namespace.stats.corrupt);
+                tracing::warn!("cache entry {} in {} is corrupt ({e}); removing it", key.name(), namespace.store.path().display());
+                let _ = namespace.remove_entry(key);
                 None
             }
             Ok(OpenOutcome::Untrusted(why)) => {
-                Stats::bump(&shared.stats.untrusted);
+                Stats::bump(&namespace.stats.untrusted);
                 tracing::warn!(
                     "cache entry {} in {} is not trusted ({why}); not loading it, removing it",
                     key.name(),
-                    shared.store.path().display()
+                    namespace.store.path().display()
                 );
-                remove_entry_and_usage(shared, key);
+                let _ = namespace.remove_entry(key);
                 None
             }
             Err(e) => {
-                Stats::bump(&shared.stats.failures);
-                tracing::warn!("cannot read cache entry {} in {}: {e}", key.name(), shared.store.path().display());
+                Stats::bump(&namespace.stats.failures);
+                tracing::warn!("cannot read cache entry {} in {}: {e}", key.name(), namespace.store.path().display());
                 None
             }
         };
         match &found {
             Some(_) => {
-                Stats::bump(&shared.stats.hits);
-                if !inner.worker().offer(Event::Hit(*key)) {
-                    Stats::bump(&shared.stats.events_dropped);
+                Stats::bump(&namespace.stats.hits);
+                if !inner.worker().hit(*key) {
+                    Stats::bump(&namespace.stats.events_dropped);
                 }
             }
-            None => Stats::bump(&shared.stats.misses),
+            None => Stats::bump(&namespace.stats.misses),
         }
         found
     }
 
     /// The artifact key a direct-mode manifest records, if any.
     pub(crate) fn read_manifest(&self, manifest: &Key) -> Option<Key> {
-        self.inner.as_ref()?.shared.store.read_manifest(manifest)
+        self.inner.as_ref()?.namespace.store.read_manifest(manifest)
     }
 
     /// Records a direct-mode manifest (the host's own: no policy is asked,
     /// and it is not an entry).
     pub(crate) fn write_manifest(&self, manifest: &Key, artifact: &Key) {
         let Some(inner) = self.inner.as_ref() else { return };
-        if inner.shared.read_only {
+        if inner.namespace.read_only {
             return;
         }
-        if let Err(e) = inner.shared.store.write_manifest(manifest, artifact) {
-            Stats::bump(&inner.shared.stats.failures);
-            tracing::warn!("cannot record a direct-mode manifest in {}: {e}", inner.shared.store.path().display());
+        if let Err(e) = inner.namespace.store.write_manifest(manifest, artifact) {
+            Stats::bump(&inner.namespace.stats.failures);
+            tracing::warn!("cannot record a direct-mode manifest in {}: {e}", inner.namespace.store.path().display());
         }
     }
 
@@ -536,10 +489,10 @@ impl Cache {
 
     /// Counts a hit that turned out unusable (e.g. an artifact wasmtime
     /// refused) as a miss instead.
-    pub(crate) fn unhit(&self) {
+    pub(crate) fn count_unusable_hit(&self) {
         if let Some(inner) = &self.inner {
-            inner.shared.stats.hits.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            Stats::bump(&inner.shared.stats.misses);
+            inner.namespace.stats.hits.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            Stats::bump(&inner.namespace.stats.misses);
         }
     }
 
@@ -553,9 +506,9 @@ impl Cache {
     /// [`Cache::insert`] for a key already derived.
     pub fn insert_by_key(&self, key: &Key, value: &[u8]) -> bool {
         let Some(inner) = self.inner.as_ref() else { return false };
-        let stored = admit_and_write(&inner.shared, &inner.policy, &inner.host, key, value);
-        if stored && !inner.worker().offer(Event::Inserted(*key)) {
-            Stats::bump(&inner.shared.stats.events_dropped);
+        let stored = inner.namespace.admit_and_write(&*inner.policy, &inner.host, key, value);
+        if stored && !inner.worker().inserted(*key) {
+            Stats::bump(&inner.namespace.stats.events_dropped);
         }
         stored
     }
@@ -568,13 +521,14 @@ impl Cache {
     /// [`Cache::flush`] waits for it; dropping the cache does too.
     pub fn insert_deferred(&self, key: &Key, produce: impl FnOnce() -> Option<Vec<u8>> + Send + 'static) {
         let Some(inner) = self.inner.as_ref() else { return };
-        if inner.shared.read_only {
+        if inner.namespace.read_only {
             return;
         }
-        if let Err(Event::Store(key, produce)) = inner.worker().offer_or_return(Event::Store(*key, Box::new(produce)))
-            && let Some(value) = produce() {
-                self.insert_by_key(&key, &value);
-            }
+        if let Err(produce) = inner.worker().store_deferred(*key, Box::new(produce))
+            && let Some(value) = produce()
+        {
+            self.insert_by_key(key, &value);
+        }
     }
 
     /// The value for `key`: from the cache, or from `compute` (then offered to
@@ -596,10 +550,7 @@ impl Cache {
     /// What is stored for `key`, without counting a use.
     pub fn entry_info(&self, key: &[u8]) -> Option<EntryInfo> {
         let inner = self.inner.as_ref()?;
-        let shared = &inner.shared;
-        let mut usage = shared.usage.lock();
-        let _ = usage.refresh(shared.store.namespace_dir());
-        view::entry_meta(&shared.store, &usage, &Key::of(key).name()).ok().map(EntryInfo::from)
+        inner.namespace.entry_meta(&Key::of(key).name()).ok().map(EntryInfo::from)
     }
 
     /// The file that holds (or would hold) the entry for `key`.
@@ -610,7 +561,7 @@ impl Cache {
     /// Waits until the worker has handled every event queued so far.
     pub fn flush(&self) {
         if let Some(inner) = &self.inner {
-            inner.worker().request(Event::Flush);
+            inner.worker().flush();
         }
     }
 
@@ -623,8 +574,7 @@ impl Cache {
         let inner = self.inner.as_ref()?;
         let key = Key::of(key);
         let meta = {
-            let usage = inner.shared.usage.lock();
-            view::entry_meta(&inner.shared.store, &usage, &key.name()).ok()?
+            inner.namespace.entry_meta(&key.name()).ok()?
         };
         let candidate = Candidate { name: key.name(), raw_size: meta.raw_size };
         let mut policy = inner.policy.lock();
@@ -642,33 +592,33 @@ impl Cache {
     /// Runs the policy's maintenance pass now (after queued events) and
     /// returns its report; `None` if disabled or the policy failed.
     pub fn maintain(&self) -> Option<MaintainReport> {
-        self.inner.as_ref()?.worker().request(Event::Maintain).flatten().map(MaintainReport::from)
+        self.inner.as_ref()?.worker().maintain().map(MaintainReport::from)
     }
 
     /// This process's counters since the cache was opened.
     pub fn stats(&self) -> StatsSnapshot {
-        self.inner.as_ref().map(|i| i.shared.stats.snapshot()).unwrap_or_default()
+        self.inner.as_ref().map(|i| i.namespace.stats.snapshot()).unwrap_or_default()
     }
 
     /// The counters of every process that used this namespace (as recorded
     /// when each closed its cache), plus this one's so far.
     pub fn lifetime_stats(&self) -> StatsSnapshot {
         let Some(inner) = &self.inner else { return StatsSnapshot::default() };
-        let mut total = StatsSnapshot::load(inner.shared.store.namespace_dir()).unwrap_or_else(|e| {
+        let mut total = StatsSnapshot::load(inner.namespace.store.namespace_dir()).unwrap_or_else(|e| {
             tracing::warn!("cannot read statistics: {e}");
             StatsSnapshot::default()
         });
-        total.add(&inner.shared.stats.snapshot());
+        total.add(&inner.namespace.stats.snapshot());
         total
     }
 
     /// Forgets the recorded counters (this process's too).
     pub fn zero_stats(&self) -> std::io::Result<()> {
         let Some(inner) = &self.inner else { return Ok(()) };
-        for counter in inner.shared.stats.all() {
+        for counter in inner.namespace.stats.all() {
             counter.store(0, std::sync::atomic::Ordering::Relaxed);
         }
-        match inner.shared.store.namespace_dir().remove_file(crate::stats::STATS_LOG) {
+        match inner.namespace.store.namespace_dir().remove_file(crate::stats::STATS_LOG) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
@@ -678,23 +628,25 @@ impl Cache {
     /// fails is an error, never an empty cache.
     pub fn entries(&self) -> std::io::Result<Vec<EntryInfo>> {
         let Some(inner) = &self.inner else { return Ok(Vec::new()) };
-        let shared = &inner.shared;
-        let mut usage = shared.usage.lock();
-        usage.refresh(shared.store.namespace_dir())?;
-        let names = shared.store.list_names(Area::Entries)?;
+        let namespace = &inner.namespace;
+        let mut usage = namespace.usage.lock();
+        usage.refresh(namespace.store.namespace_dir())?;
+        let names = namespace.store.list_names(Area::Entries)?;
         Ok(names
             .iter()
-            .filter_map(|name| view::entry_meta(&shared.store, &usage, name).ok())
+            .filter_map(|name| namespace.entry_meta_with(&usage, name).ok())
             .map(EntryInfo::from)
             .collect())
     }
 
-    /// Reads and checks every file in the entries area; with `fix`, removes
-    /// the bad ones. `progress(done, total)` is called after each.
-    pub fn verify(&self, fix: bool, mut progress: impl FnMut(u64, u64)) -> std::io::Result<VerifyReport> {
+    /// Reads and checks every file in the entries area; with
+    /// [`VerifyMode::RemoveBad`], removes the bad ones. `progress(done, total)`
+    /// is called after each.
+    pub fn verify(&self, mode: VerifyMode, mut progress: impl FnMut(u64, u64)) -> std::io::Result<VerifyReport> {
+        let fix = mode == VerifyMode::RemoveBad;
         let mut report = VerifyReport::default();
         let Some(inner) = &self.inner else { return Ok(report) };
-        let store = &inner.shared.store;
+        let store = &inner.namespace.store;
         let names = store.list_names(Area::Entries)?;
         let total = names.len() as u64;
         for name in names {
@@ -730,8 +682,8 @@ impl Cache {
     /// error says how many were).
     pub fn clear(&self) -> std::io::Result<u64> {
         let Some(inner) = &self.inner else { return Ok(0) };
-        let store = &inner.shared.store;
-        if inner.shared.read_only {
+        let store = &inner.namespace.store;
+        if inner.namespace.read_only {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::ReadOnlyFilesystem,
                 format!("{} cannot be written (read-only): nothing removed", store.path().display()),
@@ -763,7 +715,7 @@ impl Cache {
 
     /// Whether the cache serves hits only (asked for, or found unwritable).
     pub fn is_read_only(&self) -> bool {
-        self.inner.as_ref().is_some_and(|i| i.shared.read_only)
+        self.inner.as_ref().is_some_and(|i| i.namespace.read_only)
     }
 
     /// The policy's name (the embedded default, or the path it was loaded from).

@@ -43,6 +43,7 @@ pub mod incremental;
 mod input;
 mod key;
 mod mapped;
+mod namespace;
 mod policy;
 mod settings;
 mod stats;
@@ -53,7 +54,9 @@ mod view;
 pub mod wasmtime;
 mod worker;
 
-pub use cache::{Cache, CacheBuilder, Cached, EntryInfo, MaintainReport, Source, VerifyReport, default_directory, namespaces};
+pub use cache::{
+    Cache, CacheBuilder, Cached, EntryInfo, MaintainReport, Source, VerifyMode, VerifyReport, default_directory, namespaces,
+};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::Config;
 pub use entry::StoredCodec;

@@ -15,7 +15,8 @@ use crate::store::{Area, OpenOutcome, Store as EntryStore};
 use std::hash::Hash;
 use crate::settings::HostSettings;
 use crate::stats::Stats;
-use crate::view::{PolicyView, Shared};
+use crate::namespace::{Admit, Namespace};
+use crate::view::PolicyView;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::path::Path;
@@ -194,7 +195,7 @@ const POLICY_CODE_KEPT: usize = 8;
 /// The compiled policy under `key`, if stored and whole (checked as every
 /// entry is; it is raw, so it is mapped rather than read).
 fn load_compiled(code: &EntryStore, key: &Key) -> Option<Component> {
-    let loaded = match code.open_entry(key, u64::MAX, true) {
+    let loaded = match code.open_entry(key, u64::MAX, crate::store::RawEntryAs::File) {
         // SAFETY: the key covers the policy engine's compatibility hash, and
         // the entry was checked whole and is its owner's, as for every
         // artifact capcache loads.
@@ -351,7 +352,7 @@ pub(crate) struct PolicyRuntime {
     name: String,
     pre: PolicyWorldPre<PolicyState>,
     settings: Vec<Setting>,
-    shared: Arc<Shared>,
+    namespace: Arc<Namespace>,
     host: HostSettings,
     live: Option<Live>,
 }
@@ -362,7 +363,7 @@ impl PolicyRuntime {
     pub(crate) fn start(
         policy: &Policy,
         settings: &[(String, String)],
-        shared: Arc<Shared>,
+        namespace: Arc<Namespace>,
         host: HostSettings,
         code: Option<&EntryStore>,
     ) -> Result<PolicyRuntime, Error> {
@@ -370,7 +371,7 @@ impl PolicyRuntime {
             name: policy.name.clone(),
             pre: policy.prepare(code)?,
             settings: settings.iter().map(|(key, value)| Setting { key: key.clone(), value: value.clone() }).collect(),
-            shared,
+            namespace,
             host,
             live: None,
         };
@@ -393,7 +394,7 @@ impl PolicyRuntime {
 
     fn instantiate(&self) -> Result<Live, StartError> {
         let limits = InstanceLimits::new(self.host.policy_memory_limit);
-        let view = PolicyView::new(self.shared.clone(), self.name.clone());
+        let view = PolicyView::new(self.namespace.clone(), self.name.clone());
         let mut store = Store::new(engine(), PolicyState { view, limits });
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(ticks(self.host.configure_deadline));
@@ -441,7 +442,7 @@ impl PolicyRuntime {
     }
 
     fn fault(&self, what: &str, started: Instant, reason: &str) {
-        Stats::bump(&self.shared.stats.policy_faults);
+        Stats::bump(&self.namespace.stats.policy_faults);
         tracing::warn!(
             policy = %self.name,
             call = what,
@@ -482,6 +483,18 @@ impl PolicyRuntime {
             report.summary.push_str(" [truncated]");
         }
         Some(report)
+    }
+}
+
+impl Admit for Mutex<PolicyRuntime> {
+    fn admit(&self, candidate: &Candidate, wait: Duration) -> Option<Admission> {
+        match self.try_lock_for(wait) {
+            Some(mut policy) => policy.admit(candidate),
+            None => {
+                tracing::debug!("policy busy; storing {} with the default decision", candidate.name);
+                None
+            }
+        }
     }
 }
 

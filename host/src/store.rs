@@ -76,6 +76,16 @@ pub enum ReadOutcome {
     Untrusted(String),
 }
 
+/// How [`Store::open_entry`] hands back a raw entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawEntryAs {
+    /// As its open file, which holds the artifact from offset 0 (for
+    /// wasmtime to map rather than copy).
+    File,
+    /// As its value, read (like a compressed entry's, decoded).
+    Value,
+}
+
 /// What opening an entry found.
 #[derive(Debug)]
 pub enum OpenOutcome {
@@ -105,6 +115,17 @@ fn untrusted_because(metadata: &std::fs::Metadata) -> Option<String> {
     } else {
         None
     }
+}
+
+/// What an entry's file says of it without reading its payload.
+#[derive(Debug, Clone)]
+pub struct EntryFacts {
+    /// The entry's header, from the file's trailer.
+    pub header: Header,
+    /// The file's size.
+    pub stored_size: u64,
+    /// Its modification time: the entry's last use.
+    pub last_used_ms: u64,
 }
 
 /// A listed file.
@@ -560,7 +581,7 @@ impl Store {
 
     /// Reads just the header of entry `name` (from the end of its file), and
     /// its file's size and modification time (which is the entry's last use).
-    pub fn entry_header(&self, name: &str) -> io::Result<(Header, u64, u64)> {
+    pub fn entry_header(&self, name: &str) -> io::Result<EntryFacts> {
         let key = Key::from_name(name)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an entry name"))?;
         // A file seen before: one statx tells whether it is unchanged.
@@ -569,7 +590,7 @@ impl Store {
             let metadata = self.entries.symlink_metadata(name)?;
             if metadata.is_file() && FileIdentity::of_cap(&metadata) == known.identity {
                 let modified = metadata.modified().map(|t| system_time_to_ms(t.into_std())).unwrap_or(0);
-                return Ok((known.header, metadata.len(), modified));
+                return Ok(EntryFacts { header: known.header, stored_size: metadata.len(), last_used_ms: modified });
             }
         }
         // A symbolic link is never followed, wherever it points.
@@ -584,7 +605,7 @@ impl Store {
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         let modified = metadata.modified().map(system_time_to_ms).unwrap_or(0);
         self.remember(&key, Known { identity: FileIdentity::of(&metadata), header: trailer.header.clone(), checked: false });
-        Ok((trailer.header, len, modified))
+        Ok(EntryFacts { header: trailer.header, stored_size: len, last_used_ms: modified })
     }
 
     fn remember(&self, key: &Key, known: Known) {
@@ -600,7 +621,7 @@ impl Store {
     /// to map), hashed as it streams from the file on its first hit in this
     /// process and not again while the file keeps its identity; a compressed
     /// one as its decoded value.
-    pub fn open_entry(&self, key: &Key, max_raw_size: u64, raw_as_file: bool) -> io::Result<OpenOutcome> {
+    pub fn open_entry(&self, key: &Key, max_raw_size: u64, raw: RawEntryAs) -> io::Result<OpenOutcome> {
         let mut file = match self.open_file(Area::Entries, &key.name()) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(OpenOutcome::Missing),
@@ -610,7 +631,7 @@ impl Store {
         if let Some(why) = untrusted_because(&metadata) {
             return Ok(OpenOutcome::Untrusted(why));
         }
-        if raw_as_file {
+        if raw == RawEntryAs::File {
             let identity = FileIdentity::of(&metadata);
             let checked = self.known.lock().get(key).is_some_and(|k| k.checked && k.identity == identity);
             if checked {

@@ -4,15 +4,13 @@
 //! cap-std inside its area, which refuses `..`, absolute paths and symlinks
 //! that lead out by construction.
 
-use crate::bindings::capcache::policy::types::{self, Codec, EntryMeta, EntryPage, Error, FileMeta, FilePage, LogLevel};
+use crate::bindings::capcache::policy::types::{self, EntryMeta, EntryPage, Error, FileMeta, FilePage, LogLevel};
 use crate::bindings::capcache::policy::view;
-use crate::entry::StoredCodec;
 use crate::key::Key;
+use crate::namespace::{Namespace, invalid_entry_name, io_error};
 use crate::stats::Stats;
 use crate::store::{Area, Store};
-use crate::usage::{self, Usage};
-use parking_lot::Mutex;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom};
 use std::sync::Arc;
 
 /// The most bytes one `read-entry` returns.
@@ -24,18 +22,9 @@ pub const MAX_PAGE: u32 = 4096;
 /// The longest name accepted for a state or temporary file.
 pub const MAX_NAME: usize = 128;
 
-/// What the view needs from the cache: shared with the cache and the worker.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) store: Store,
-    pub(crate) usage: Mutex<Usage>,
-    pub(crate) stats: Stats,
-    pub(crate) read_only: bool,
-}
-
 /// One policy instance's view of the cache.
 pub struct PolicyView {
-    shared: Arc<Shared>,
+    namespace: Arc<Namespace>,
     /// Who is speaking, in log lines.
     policy_name: String,
     /// A listing taken at a listing's first page, so that later pages continue
@@ -44,8 +33,8 @@ pub struct PolicyView {
 }
 
 impl PolicyView {
-    pub(crate) fn new(shared: Arc<Shared>, policy_name: String) -> Self {
-        PolicyView { shared, policy_name, listing: None }
+    pub(crate) fn new(namespace: Arc<Namespace>, policy_name: String) -> Self {
+        PolicyView { namespace, policy_name, listing: None }
     }
 
     /// Forgets per-call state; called before each call into the policy.
@@ -54,7 +43,7 @@ impl PolicyView {
     }
 
     fn store(&self) -> &Store {
-        &self.shared.store
+        &self.namespace.store
     }
 
     /// The page of `area` after `cursor`, continuing the snapshot if one was
@@ -78,55 +67,8 @@ impl PolicyView {
     }
 
     fn writable(&self) -> Result<(), Error> {
-        if self.shared.read_only { Err(Error::Denied) } else { Ok(()) }
+        if self.namespace.read_only { Err(Error::Denied) } else { Ok(()) }
     }
-}
-
-/// Metadata of entry `name`, with its usage count.
-pub(crate) fn entry_meta(store: &Store, usage: &Usage, name: &str) -> Result<EntryMeta, Error> {
-    let key = Key::from_name(name).ok_or_else(|| invalid_entry_name(name))?;
-    let (header, stored_size, last_used) = store.entry_header(name).map_err(io_error)?;
-    Ok(EntryMeta {
-        name: name.to_string(),
-        stored_size,
-        raw_size: header.raw_size,
-        codec: codec_to_wit(header.codec),
-        created: header.created_ms,
-        last_used,
-        hits: usage.hits(&usage::id_of(&key)),
-    })
-}
-
-pub fn codec_to_wit(codec: StoredCodec) -> Codec {
-    match codec {
-        StoredCodec::Raw => Codec::Raw,
-        StoredCodec::Zstd { level } => Codec::Zstd(level),
-    }
-}
-
-/// The host never trusts a level: it is clamped to zstd's range.
-pub fn codec_from_wit(codec: Codec) -> StoredCodec {
-    match codec {
-        Codec::Raw => StoredCodec::Raw,
-        Codec::Zstd(level) => StoredCodec::Zstd { level: level.clamp(1, crate::entry::MAX_ZSTD_LEVEL) },
-    }
-}
-
-/// Maps a filesystem error to the WIT error classes. cap-std reports a path
-/// that leads outside its directory as PermissionDenied: `denied`.
-pub fn io_error(e: io::Error) -> Error {
-    match e.kind() {
-        io::ErrorKind::NotFound => Error::NotFound,
-        io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => Error::Denied,
-        io::ErrorKind::AlreadyExists => Error::AlreadyExists,
-        io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput => Error::Io(format!("not a valid entry: {e}")),
-        _ => Error::Io(e.to_string()),
-    }
-}
-
-fn invalid_entry_name(name: &str) -> Error {
-    let shown: String = name.chars().take(64).collect();
-    Error::InvalidName(format!("{shown:?} is not an entry name (43 base64url characters of a SHA-256)"))
 }
 
 /// Checks a state or temporary file name: 1 to 128 characters from
@@ -178,12 +120,12 @@ impl view::Host for PolicyView {
 
     fn list_entries(&mut self, cursor: Option<String>, limit: u32) -> Result<EntryPage, Error> {
         let (names, next) = self.page(Area::Entries, cursor, limit)?;
-        let mut usage = self.shared.usage.lock();
+        let mut usage = self.namespace.usage.lock();
         usage.refresh(self.store().namespace_dir()).map_err(io_error)?;
         let mut entries = Vec::with_capacity(names.len());
         for name in names {
             // Foreign files and vanished entries are not entries: skip them.
-            if let Ok(meta) = entry_meta(self.store(), &usage, &name) {
+            if let Ok(meta) = self.namespace.entry_meta_with(&usage, &name) {
                 entries.push(meta);
             }
         }
@@ -192,9 +134,9 @@ impl view::Host for PolicyView {
 
     fn stat_entry(&mut self, name: String) -> Result<EntryMeta, Error> {
         check_entry_name(&name)?;
-        let mut usage = self.shared.usage.lock();
+        let mut usage = self.namespace.usage.lock();
         usage.refresh(self.store().namespace_dir()).map_err(io_error)?;
-        entry_meta(self.store(), &usage, &name)
+        self.namespace.entry_meta_with(&usage, &name)
     }
 
     fn read_entry(&mut self, name: String, offset: u64, length: u32) -> Result<Vec<u8>, Error> {
@@ -212,12 +154,8 @@ impl view::Host for PolicyView {
     fn remove_entry(&mut self, name: String) -> Result<(), Error> {
         let key = check_entry_name(&name)?;
         self.writable()?;
-        self.store().remove(Area::Entries, &name).map_err(io_error)?;
-        Stats::bump(&self.shared.stats.removed);
-        // The entry's usage goes with it.
-        if let Err(e) = Usage::append(self.store().namespace_dir(), &[(usage::id_of(&key), None)]) {
-            tracing::warn!("cannot record the removal of {name} in the usage journal: {e}");
-        }
+        self.namespace.remove_entry(&key).map_err(io_error)?;
+        Stats::bump(&self.namespace.stats.removed);
         Ok(())
     }
 

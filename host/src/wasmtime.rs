@@ -159,7 +159,7 @@ impl Artifact for Component {
 /// The artifact stored under `key`, if there is one wasmtime accepts; a hit
 /// it refuses is counted as a miss.
 fn load_cached<T: Artifact>(cache: &Cache, engine: &Engine, key: &Key) -> Option<T> {
-    let found = cache.fetch(key, true)?;
+    let found = cache.fetch(key, crate::store::RawEntryAs::File)?;
     let loaded = match found {
         // SAFETY: see the module's safety contract: the key covers the
         // engine's compatibility hash, the entry was checked whole and is its
@@ -171,7 +171,7 @@ fn load_cached<T: Artifact>(cache: &Cache, engine: &Engine, key: &Key) -> Option
     match loaded {
         Ok(artifact) => Some(artifact),
         Err(e) => {
-            cache.unhit();
+            cache.count_unusable_hit();
             tracing::warn!("cached artifact {} does not load ({e:#})", key.name());
             None
         }

@@ -3,64 +3,103 @@
 //! wasmtime's worker does, so the caller never waits); the worker records
 //! usage, asks the policy what to do and does it: recode, remove, maintain.
 
+use crate::bindings::codec_from_wit;
 use crate::bindings::exports::capcache::policy::policy::{Action, MaintainReport};
-use crate::cache::{admit_and_write, remove_entry_and_usage};
-use crate::settings::HostSettings;
 use crate::key::Key;
+use crate::namespace::Namespace;
 use crate::policy::PolicyRuntime;
+use crate::settings::HostSettings;
 use crate::stats::Stats;
 use crate::store::Area;
 use crate::usage::{self, Usage};
-use crate::view::{self, Shared, codec_from_wit};
 use parking_lot::Mutex;
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 
-pub(crate) enum Event {
+/// A value to make, admit and store on the worker; `None` if there is nothing
+/// to store after all.
+pub(crate) type Produce = Box<dyn FnOnce() -> Option<Vec<u8>> + Send>;
+
+/// What the worker is asked to do.
+enum Message {
     Hit(Key),
     Inserted(Key),
     /// Make a value, then admit and store it (a miss's store, off the
     /// caller's path).
-    Store(Key, Box<dyn FnOnce() -> Option<Vec<u8>> + Send>),
-    /// Answer once every earlier event is handled.
+    Store(Key, Produce),
+    /// Answer once every earlier message is handled.
     Flush(SyncSender<()>),
     /// Run `maintain` now and answer with its report.
     Maintain(SyncSender<Option<MaintainReport>>),
 }
 
+/// Which event of an entry the policy hears of.
+#[derive(Clone, Copy)]
+enum EntryEvent {
+    Hit,
+    Inserted,
+}
+
 pub(crate) struct Worker {
-    sender: Option<SyncSender<Event>>,
+    sender: Option<SyncSender<Message>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Worker {
-    pub(crate) fn start(shared: Arc<Shared>, policy: Arc<Mutex<PolicyRuntime>>, host: HostSettings) -> Worker {
+    pub(crate) fn start(namespace: Arc<Namespace>, policy: Arc<Mutex<PolicyRuntime>>, host: HostSettings) -> Worker {
         let (sender, receiver) = mpsc::sync_channel(host.event_queue_size.max(1));
         let thread = std::thread::Builder::new()
             .name("capcache-worker".into())
-            .spawn(move || run(receiver, &shared, &policy, &host))
+            .spawn(move || run(receiver, &namespace, &policy, &host))
             .expect("cannot start the cache worker thread");
         Worker { sender: Some(sender), thread: Some(thread) }
     }
 
-    /// Queues an event without waiting; `false` if it was dropped.
-    pub(crate) fn offer(&self, event: Event) -> bool {
-        self.offer_or_return(event).is_ok()
+    /// Tells the policy of a hit, without waiting; `false` if the queue was
+    /// full and the event dropped.
+    pub(crate) fn hit(&self, key: Key) -> bool {
+        self.offer(Message::Hit(key)).is_ok()
     }
 
-    /// Queues an event without waiting, or hands it back.
-    pub(crate) fn offer_or_return(&self, event: Event) -> Result<(), Event> {
+    /// Tells the policy of an insert, without waiting; `false` if dropped.
+    pub(crate) fn inserted(&self, key: Key) -> bool {
+        self.offer(Message::Inserted(key)).is_ok()
+    }
+
+    /// Queues a value to make and store; hands `produce` back if the queue is
+    /// full, for the caller to run itself (a miss's artifact is never lost).
+    pub(crate) fn store_deferred(&self, key: Key, produce: Produce) -> Result<(), Produce> {
+        match self.offer(Message::Store(key, produce)) {
+            Ok(()) => Ok(()),
+            Err(Message::Store(_, produce)) => Err(produce),
+            Err(_) => unreachable!("offer hands back what it was given"),
+        }
+    }
+
+    /// Waits until every message queued so far is handled.
+    pub(crate) fn flush(&self) {
+        self.request(Message::Flush);
+    }
+
+    /// Runs the maintenance pass after what is queued, and waits for its
+    /// report; `None` if it did not run or the policy failed.
+    pub(crate) fn maintain(&self) -> Option<MaintainReport> {
+        self.request(Message::Maintain).flatten()
+    }
+
+    /// Queues a message without waiting, or hands it back.
+    fn offer(&self, message: Message) -> Result<(), Message> {
         match &self.sender {
-            Some(sender) => sender.try_send(event).map_err(|e| match e {
-                TrySendError::Full(event) | TrySendError::Disconnected(event) => event,
+            Some(sender) => sender.try_send(message).map_err(|e| match e {
+                TrySendError::Full(message) | TrySendError::Disconnected(message) => message,
             }),
-            None => Err(event),
+            None => Err(message),
         }
     }
 
     /// Queues a request and waits for its answer.
-    pub(crate) fn request<R>(&self, make: impl FnOnce(SyncSender<R>) -> Event) -> Option<R> {
+    fn request<R>(&self, make: impl FnOnce(SyncSender<R>) -> Message) -> Option<R> {
         let (tx, rx) = mpsc::sync_channel(1);
         self.sender.as_ref()?.send(make(tx)).ok()?;
         rx.recv().ok()
@@ -86,7 +125,7 @@ impl Drop for Worker {
     }
 }
 
-fn run(receiver: Receiver<Event>, shared: &Shared, policy: &Mutex<PolicyRuntime>, host: &HostSettings) {
+fn run(receiver: Receiver<Message>, namespace: &Namespace, policy: &Mutex<PolicyRuntime>, host: &HostSettings) {
     while let Ok(first) = receiver.recv() {
         let mut batch = vec![first];
         batch.extend(receiver.try_iter());
@@ -94,69 +133,64 @@ fn run(receiver: Receiver<Event>, shared: &Shared, policy: &Mutex<PolicyRuntime>
         let hits: Vec<_> = batch
             .iter()
             .filter_map(|e| match e {
-                Event::Hit(key) => Some((usage::id_of(key), Some(1))),
+                Message::Hit(key) => Some((usage::id_of(key), Some(1))),
                 _ => None,
             })
             .collect();
-        if !shared.read_only
-            && let Err(e) = Usage::append(shared.store.namespace_dir(), &hits) {
-                tracing::warn!("cannot record usage in {}: {e}", shared.store.path().display());
-            }
-        for event in batch {
-            match event {
-                Event::Hit(key) => {
-                    if !shared.read_only {
-                        let _ = shared.store.touch_entry(&key);
+        if !namespace.read_only
+            && let Err(e) = Usage::append(namespace.store.namespace_dir(), &hits)
+        {
+            tracing::warn!("cannot record usage in {}: {e}", namespace.store.path().display());
+        }
+        for message in batch {
+            match message {
+                Message::Hit(key) => {
+                    if !namespace.read_only {
+                        let _ = namespace.store.touch_entry(&key);
                     }
-                    handle_entry_event(shared, policy, &key, true);
+                    handle_entry_event(namespace, policy, &key, EntryEvent::Hit);
                 }
-                Event::Inserted(key) => handle_entry_event(shared, policy, &key, false),
-                Event::Store(key, produce) => {
+                Message::Inserted(key) => handle_entry_event(namespace, policy, &key, EntryEvent::Inserted),
+                Message::Store(key, produce) => {
                     if let Some(value) = produce()
-                        && admit_and_write(shared, policy, host, &key, &value) {
-                            drop(value);
-                            handle_entry_event(shared, policy, &key, false);
-                        }
+                        && namespace.admit_and_write(policy, host, &key, &value)
+                    {
+                        drop(value);
+                        handle_entry_event(namespace, policy, &key, EntryEvent::Inserted);
+                    }
                 }
-                Event::Flush(reply) => {
+                Message::Flush(reply) => {
                     let _ = reply.send(());
                 }
-                Event::Maintain(reply) => {
-                    let _ = reply.send(maintain(shared, &mut policy.lock()));
+                Message::Maintain(reply) => {
+                    let _ = reply.send(maintain(namespace, &mut policy.lock()));
                 }
             }
         }
     }
 }
 
-fn handle_entry_event(shared: &Shared, policy: &Mutex<PolicyRuntime>, key: &Key, hit: bool) {
-    let name = key.name();
-    let meta = {
-        let mut usage = shared.usage.lock();
-        if let Err(e) = usage.refresh(shared.store.namespace_dir()) {
-            tracing::debug!("cannot read the usage journal: {e}");
-        }
-        match view::entry_meta(&shared.store, &usage, &name) {
-            Ok(meta) => meta,
-            // Gone or replaced meanwhile: nothing to tell the policy.
-            Err(_) => return,
-        }
-    };
+fn handle_entry_event(namespace: &Namespace, policy: &Mutex<PolicyRuntime>, key: &Key, event: EntryEvent) {
+    // Gone or replaced meanwhile: nothing to tell the policy.
+    let Ok(meta) = namespace.entry_meta(&key.name()) else { return };
     let mut policy = policy.lock();
-    let actions = if hit { policy.on_hit(&meta) } else { policy.on_insert(&meta) };
-    if shared.read_only {
+    let actions = match event {
+        EntryEvent::Hit => policy.on_hit(&meta),
+        EntryEvent::Inserted => policy.on_insert(&meta),
+    };
+    if namespace.read_only {
         return;
     }
     for action in actions {
         match action {
-            Action::Recode(codec) => recode(shared, key, codec_from_wit(codec)),
+            Action::Recode(codec) => recode(namespace, key, codec_from_wit(codec)),
             Action::Remove => {
-                if remove_entry_and_usage(shared, key) {
-                    Stats::bump(&shared.stats.removed);
+                if namespace.remove_entry(key).is_ok() {
+                    Stats::bump(&namespace.stats.removed);
                 }
             }
             Action::Maintain => {
-                maintain(shared, &mut policy);
+                maintain(namespace, &mut policy);
             }
         }
     }
@@ -164,9 +198,9 @@ fn handle_entry_event(shared: &Shared, policy: &Mutex<PolicyRuntime>, key: &Key,
 
 /// Re-encodes an entry, atomically; the entry keeps its creation time, and a
 /// newer entry stored meanwhile is kept.
-fn recode(shared: &Shared, key: &Key, codec: crate::entry::StoredCodec) {
-    match shared.store.recode_entry(key, codec) {
-        Ok(true) => Stats::bump(&shared.stats.recoded),
+fn recode(namespace: &Namespace, key: &Key, codec: crate::entry::StoredCodec) {
+    match namespace.store.recode_entry(key, codec) {
+        Ok(true) => Stats::bump(&namespace.stats.recoded),
         Ok(false) => {}
         Err(e) => tracing::warn!("cannot re-encode entry {}: {e}", key.name()),
     }
@@ -174,26 +208,26 @@ fn recode(shared: &Shared, key: &Key, codec: crate::entry::StoredCodec) {
 
 /// Runs the policy's maintenance pass, then compacts the usage journal if it
 /// has grown.
-pub(crate) fn maintain(shared: &Shared, policy: &mut PolicyRuntime) -> Option<MaintainReport> {
-    if shared.read_only {
+pub(crate) fn maintain(namespace: &Namespace, policy: &mut PolicyRuntime) -> Option<MaintainReport> {
+    if namespace.read_only {
         return None;
     }
-    let report = policy.maintain(shared.store.now_ms())?;
+    let report = policy.maintain(namespace.store.now_ms())?;
     if report.ran {
-        Stats::bump(&shared.stats.maintain_runs);
+        Stats::bump(&namespace.stats.maintain_runs);
         tracing::info!(policy = policy.name(), "maintenance: {}", report.summary);
         // Manifests whose artifacts the pass evicted go with them.
-        match shared.store.prune_manifests() {
+        match namespace.store.prune_manifests() {
             Ok(0) => {}
             Ok(n) => tracing::debug!("{n} direct-mode manifests of evicted artifacts removed"),
             Err(e) => tracing::warn!("cannot list direct-mode manifests: {e}"),
         }
-        let dir = shared.store.namespace_dir();
+        let dir = namespace.store.namespace_dir();
         let large = dir.metadata(usage::JOURNAL).map(|m| m.len() > usage::COMPACT_AT).unwrap_or(false);
         if large {
             // Compaction keeps the records of the entries listed: a listing
             // that failed would drop every entry's usage, so it skips instead.
-            match shared.store.list_names(Area::Entries) {
+            match namespace.store.list_names(Area::Entries) {
                 Ok(names) => {
                     let live: std::collections::HashSet<usage::EntryId> =
                         names.iter().filter_map(|n| Key::from_name(n)).map(|k| usage::id_of(&k)).collect();

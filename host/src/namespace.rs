@@ -1,0 +1,135 @@
+//! One namespace of the cache, as the cache, its worker, the policy's view and
+//! the policy runtime share it: the store, the usage journal, the counters,
+//! and the operations that must change several of them together (storing an
+//! admitted value, removing an entry with its usage record, an entry's
+//! metadata with its hits). Those modules depend on this one, not on each
+//! other.
+
+use crate::bindings::capcache::policy::types::{EntryMeta, Error as WitError};
+use crate::bindings::exports::capcache::policy::policy::{Admission, Candidate};
+use crate::bindings::{codec_from_wit, codec_to_wit};
+use crate::entry::StoredCodec;
+use crate::key::Key;
+use crate::settings::HostSettings;
+use crate::stats::Stats;
+use crate::store::{Area, Store};
+use crate::usage::{self, Usage};
+use parking_lot::Mutex;
+use std::io;
+
+/// What a miss stores when the policy cannot be asked (it failed, or is busy):
+/// zstd at wasmtime's baseline level.
+const SAFE_DEFAULT: StoredCodec = StoredCodec::Zstd { level: 3 };
+
+/// Whoever decides whether and how a value is stored: the policy runtime.
+pub(crate) trait Admit {
+    /// The decision for `candidate`, waiting at most `wait` for the decider;
+    /// `None` if it could not be asked in time or failed.
+    fn admit(&self, candidate: &Candidate, wait: std::time::Duration) -> Option<Admission>;
+}
+
+/// One namespace's shared state.
+#[derive(Debug)]
+pub(crate) struct Namespace {
+    pub(crate) store: Store,
+    pub(crate) usage: Mutex<Usage>,
+    pub(crate) stats: Stats,
+    pub(crate) read_only: bool,
+}
+
+impl Namespace {
+    /// Asks `admit` whether and how to store `value` (waiting at most the
+    /// admit wait), then writes it atomically. Never fails: a failure to store
+    /// is logged and counted. Returns whether it was stored.
+    pub(crate) fn admit_and_write(&self, admit: &impl Admit, host: &HostSettings, key: &Key, value: &[u8]) -> bool {
+        if self.read_only {
+            return false;
+        }
+        if value.len() as u64 > host.max_entry_size {
+            Stats::bump(&self.stats.skipped);
+            return false;
+        }
+        let candidate = Candidate { name: key.name(), raw_size: value.len() as u64 };
+        let codec = match admit.admit(&candidate, host.admit_wait) {
+            Some(Admission::Skip) => {
+                Stats::bump(&self.stats.skipped);
+                return false;
+            }
+            Some(Admission::Store(codec)) => codec_from_wit(codec),
+            None => SAFE_DEFAULT,
+        };
+        match self.store.write_entry(key, value, codec, None) {
+            Ok(_) => {
+                Stats::bump(&self.stats.inserts);
+                // A new entry starts with no usage.
+                self.reset_usage(key);
+                true
+            }
+            Err(e) => {
+                Stats::bump(&self.stats.failures);
+                tracing::warn!("cannot store cache entry {} in {}: {e}", key.name(), self.store.path().display());
+                false
+            }
+        }
+    }
+
+    /// Removes the entry for `key` and its usage record, which goes with it.
+    pub(crate) fn remove_entry(&self, key: &Key) -> io::Result<()> {
+        if self.read_only {
+            return Err(io::Error::new(io::ErrorKind::ReadOnlyFilesystem, "the cache is read-only"));
+        }
+        self.store.remove(Area::Entries, &key.name())?;
+        self.reset_usage(key);
+        Ok(())
+    }
+
+    /// Records that `key`'s entry starts over with no usage.
+    fn reset_usage(&self, key: &Key) {
+        if let Err(e) = Usage::append(self.store.namespace_dir(), &[(usage::id_of(key), None)]) {
+            tracing::warn!("cannot reset the usage of {} in the usage journal: {e}", key.name());
+        }
+    }
+
+    /// Metadata of entry `name`, with its hits as the journal (read up to now)
+    /// counts them.
+    pub(crate) fn entry_meta(&self, name: &str) -> Result<EntryMeta, WitError> {
+        let mut usage = self.usage.lock();
+        if let Err(e) = usage.refresh(self.store.namespace_dir()) {
+            tracing::debug!("cannot read the usage journal: {e}");
+        }
+        self.entry_meta_with(&usage, name)
+    }
+
+    /// [`Namespace::entry_meta`], with the journal already locked and read.
+    pub(crate) fn entry_meta_with(&self, usage: &Usage, name: &str) -> Result<EntryMeta, WitError> {
+        let key = Key::from_name(name).ok_or_else(|| invalid_entry_name(name))?;
+        let facts = self.store.entry_header(name).map_err(io_error)?;
+        Ok(EntryMeta {
+            name: name.to_string(),
+            stored_size: facts.stored_size,
+            raw_size: facts.header.raw_size,
+            codec: codec_to_wit(facts.header.codec),
+            created: facts.header.created_ms,
+            last_used: facts.last_used_ms,
+            hits: usage.hits(&usage::id_of(&key)),
+        })
+    }
+}
+
+/// The WIT error for a name that is not an entry's.
+pub(crate) fn invalid_entry_name(name: &str) -> WitError {
+    let shown: String = name.chars().take(64).collect();
+    WitError::InvalidName(format!("{shown:?} is not an entry name (43 base64url characters of a SHA-256)"))
+}
+
+/// Maps a filesystem error to the WIT error classes. cap-std reports a path
+/// that leads outside its directory as PermissionDenied: `denied`.
+pub(crate) fn io_error(e: io::Error) -> WitError {
+    match e.kind() {
+        io::ErrorKind::NotFound => WitError::NotFound,
+        io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => WitError::Denied,
+        io::ErrorKind::AlreadyExists => WitError::AlreadyExists,
+        io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput => WitError::Io(format!("not a valid entry: {e}")),
+        _ => WitError::Io(e.to_string()),
+    }
+}
