@@ -53,17 +53,17 @@ fn check_admit_fault(mode: &str) {
 }
 
 #[test]
-fn infinite_loop_in_admit() {
+fn an_infinite_loop_in_admit_is_stopped_and_the_entry_stored_at_the_default() {
     check_admit_fault("loop-admit");
 }
 
 #[test]
-fn unbounded_allocation_in_admit() {
+fn unbounded_allocation_in_admit_is_stopped_and_the_entry_stored_at_the_default() {
     check_admit_fault("alloc-admit");
 }
 
 #[test]
-fn trap_on_every_call() {
+fn a_policy_that_traps_on_every_call_costs_only_its_decisions() {
     check_admit_fault("trap-all");
     let t = TestCache::new();
     let cache = hostile(&t, "trap-all");
@@ -98,22 +98,22 @@ fn check_hit_fault(mode: &str) {
 }
 
 #[test]
-fn infinite_loop_in_on_insert() {
+fn an_infinite_loop_in_on_insert_is_stopped_and_hits_are_served() {
     check_hit_fault("loop-insert");
 }
 
 #[test]
-fn infinite_loop_in_on_hit() {
+fn an_infinite_loop_in_on_hit_is_stopped_and_hits_are_served() {
     check_hit_fault("loop-hit");
 }
 
 #[test]
-fn unbounded_allocation_in_on_hit() {
+fn unbounded_allocation_in_on_hit_is_stopped_and_hits_are_served() {
     check_hit_fault("alloc-hit");
 }
 
 #[test]
-fn unbounded_allocation_in_on_insert() {
+fn unbounded_allocation_in_on_insert_is_stopped_and_hits_are_served() {
     check_hit_fault("alloc-insert");
 }
 
@@ -145,7 +145,7 @@ fn unbounded_allocation_in_configure_is_a_clear_error_naming_the_limit() {
 }
 
 #[test]
-fn infinite_loop_in_maintain() {
+fn an_infinite_loop_in_maintain_is_stopped_and_hits_are_served() {
     let t = TestCache::new();
     plant_outside(&t);
     let before = outside_view(&t);
@@ -218,7 +218,7 @@ fn hits_never_wait_for_a_stuck_policy_events_are_dropped_and_counted() {
 }
 
 #[test]
-fn huge_report_is_bounded() {
+fn a_huge_report_is_cut_to_64_kib() {
     let t = TestCache::new();
     let cache = hostile(&t, "huge-summary");
     let report = cache.maintain().expect("a 20 MiB report fits the policy's memory");
@@ -227,7 +227,7 @@ fn huge_report_is_bounded() {
 }
 
 #[test]
-fn wasi_is_not_granted() {
+fn wasi_calls_trap_and_touch_nothing() {
     let t = TestCache::new();
     plant_outside(&t);
     let before = outside_view(&t);

@@ -590,14 +590,14 @@ fn clear(location: &Location) -> Result<()> {
 
 fn policy_check(policy: &Path, settings: &[String]) -> Result<()> {
     let policy = Policy::named(policy)?;
-    let (imports, exports) = policy.describe()?;
+    let interface = policy.describe()?;
     out!("policy   {}", policy.name())?;
-    out!("world    capcache:policy/policy-world@0.1.0: matches")?;
-    for name in &imports {
+    out!("world    {}: matches", interface.world)?;
+    for name in &interface.imports {
         let note = if name.starts_with("wasi:") { " (granted nothing: calls trap)" } else { "" };
         out!("import   {name}{note}")?;
     }
-    for name in &exports {
+    for name in &interface.exports {
         out!("export   {name}")?;
     }
     let scratch = tempfile::tempdir()?;

@@ -7,6 +7,14 @@ wasmtime::component::bindgen!({
 });
 
 use crate::entry::StoredCodec;
+
+/// The version of the contract (`wit/policy.wit`) this host speaks.
+pub(crate) const CONTRACT_VERSION: &str = "0.1.0";
+/// The world a policy component implements.
+pub(crate) const POLICY_WORLD: &str = "capcache:policy/policy-world";
+/// The interfaces a policy may import (besides WASI, which is granted
+/// nothing), without their version.
+pub(crate) const POLICY_IMPORTS: [&str; 2] = ["capcache:policy/types", "capcache:policy/view"];
 use self::capcache::policy::types::Codec;
 
 /// A stored codec as the WIT names it.

@@ -55,7 +55,11 @@ pub enum Error {
         reason: String,
     },
     /// The policy was built against another contract.
-    #[error("policy {policy} does not match the WIT world capcache:policy/policy-world@0.1.0: {reason}")]
+    #[error(
+        "policy {policy} does not match the WIT world {world}@{version}: {reason}",
+        world = crate::bindings::POLICY_WORLD,
+        version = crate::bindings::CONTRACT_VERSION
+    )]
     PolicyWorld {
         /// The policy's name or path.
         policy: String,

@@ -62,7 +62,7 @@ pub use config::Config;
 pub use entry::StoredCodec;
 pub use error::Error;
 pub use key::{Key, KeyDomain};
-pub use policy::{MAX_POLICY_INSTANCES, MAX_POLICY_MEMORIES, MAX_POLICY_SIZE, MAX_POLICY_TABLES, Policy};
+pub use policy::{MAX_POLICY_INSTANCES, MAX_POLICY_MEMORIES, MAX_POLICY_SIZE, MAX_POLICY_TABLES, Policy, PolicyInterface};
 pub use settings::HostSettings;
 pub use stats::StatsSnapshot;
 pub use store::IfMissing;

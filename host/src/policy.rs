@@ -30,8 +30,10 @@ use wasmtime::{Config, Engine, ResourceLimiter, Store};
 /// rebuilds it; a test fails when it no longer matches its source).
 static DEFAULT_POLICY: &[u8] = include_bytes!("../policies/default.wasm");
 
-/// The WIT interfaces a policy may import.
-const ALLOWED_IMPORTS: [&str; 2] = ["capcache:policy/types@0.1.0", "capcache:policy/view@0.1.0"];
+/// The WIT interfaces a policy may import, with the contract's version.
+fn allowed_imports() -> Vec<String> {
+    crate::bindings::POLICY_IMPORTS.iter().map(|name| format!("{name}@{}", crate::bindings::CONTRACT_VERSION)).collect()
+}
 
 /// The largest policy component read from a file. The largest policies
 /// written in an interpreted language (a Python runtime inside) are tens of
@@ -43,6 +45,18 @@ const MAX_SUMMARY: usize = 64 << 10;
 
 /// How often the deadline clock ticks.
 const TICK: Duration = Duration::from_millis(2);
+
+/// What a policy component imports and exports, by WIT name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PolicyInterface {
+    /// The WIT world it matches, with the contract's version.
+    pub world: String,
+    /// Its imports (the view, and WASI interfaces that are granted nothing).
+    pub imports: Vec<String>,
+    /// Its exports.
+    pub exports: Vec<String>,
+}
 
 /// A policy component, not yet running.
 #[derive(Clone)]
@@ -124,13 +138,13 @@ impl Policy {
 
     /// What the component imports and exports, by WIT name, checked against
     /// the contract as `prepare` checks it.
-    pub fn describe(&self) -> Result<(Vec<String>, Vec<String>), Error> {
+    pub fn describe(&self) -> Result<PolicyInterface, Error> {
         self.prepare(None)?;
         let component = self.compile()?;
         let ty = component.component_type();
         let imports = ty.imports(engine()).map(|(name, _)| name.to_string()).collect();
         let exports = ty.exports(engine()).map(|(name, _)| name.to_string()).collect();
-        Ok((imports, exports))
+        Ok(PolicyInterface { world: format!("{}@{}", crate::bindings::POLICY_WORLD, crate::bindings::CONTRACT_VERSION), imports, exports })
     }
 
     /// Compiles the component (once per process for the same bytes, and once
@@ -159,11 +173,12 @@ impl Policy {
         // language (WASI), which are granted nothing; anything else means it was
         // built against another contract.
         let ty = component.component_type();
+        let allowed = allowed_imports();
         for (name, _) in ty.imports(engine) {
-            if !ALLOWED_IMPORTS.contains(&name) && !name.starts_with("wasi:") {
+            if !allowed.iter().any(|a| a == name) && !name.starts_with("wasi:") {
                 return Err(world_error(format!(
                     "it imports {name}, and a policy may import only {} (and WASI, which is granted nothing)",
-                    ALLOWED_IMPORTS.join(", ")
+                    allowed.join(", ")
                 )));
             }
         }
