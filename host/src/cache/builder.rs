@@ -1,0 +1,196 @@
+//! Configuring and opening a cache, and finding the caches under a root.
+
+use super::*;
+
+/// Configures and opens a [`Cache`].
+#[derive(Debug, Clone)]
+pub struct CacheBuilder {
+    directory: Option<PathBuf>,
+    namespace: String,
+    policy: Policy,
+    settings: Vec<(String, String)>,
+    host: HostSettings,
+    clock: Arc<dyn Clock>,
+    enabled: bool,
+    open_options: StoreOptions,
+}
+
+impl Default for CacheBuilder {
+    fn default() -> Self {
+        CacheBuilder {
+            directory: None,
+            namespace: "default".into(),
+            policy: Policy::default(),
+            settings: Vec::new(),
+            host: HostSettings::default(),
+            clock: Arc::new(SystemClock),
+            enabled: true,
+            open_options: Default::default(),
+        }
+    }
+}
+
+impl CacheBuilder {
+    /// A builder set up as a configuration file says (see [`crate::config`]).
+    pub fn from_config(config: &crate::Config) -> Result<CacheBuilder, Error> {
+        let c = &config.cache;
+        let mut builder = CacheBuilder::default()
+            .enabled(c.enabled)
+            .read_only(c.read_only)
+            .allow_insecure_directory(c.allow_insecure_directory)
+            .settings(config.policy_settings());
+        if let Some(dir) = &c.directory {
+            builder = builder.directory(dir);
+        }
+        if let crate::config::PolicyChoice::File(path) = &c.policy {
+            builder = builder.policy(Policy::from_file(path)?);
+        }
+        let h = &c.host;
+        let defaults = HostSettings::default();
+        let ms = |v: Option<u64>, d| v.map(std::time::Duration::from_millis).unwrap_or(d);
+        builder.host = HostSettings {
+            event_queue_size: h.event_queue_size.map(|n| n as usize).unwrap_or(defaults.event_queue_size),
+            policy_memory_limit: h.policy_memory_limit.map(|n| n as usize).unwrap_or(defaults.policy_memory_limit),
+            admit_deadline: ms(h.admit_deadline_ms, defaults.admit_deadline),
+            event_deadline: ms(h.event_deadline_ms, defaults.event_deadline),
+            maintain_deadline: ms(h.maintain_deadline_ms, defaults.maintain_deadline),
+            max_module_size: h.max_module_size.unwrap_or(defaults.max_module_size),
+            ..defaults
+        };
+        Ok(builder)
+    }
+
+    /// The cache's root directory; default: the platform's cache directory
+    /// (e.g. `~/.cache/capcache`).
+    pub fn directory(mut self, directory: impl Into<PathBuf>) -> Self {
+        self.directory = Some(directory.into());
+        self
+    }
+
+    /// The namespace under the root. Entries of different namespaces never
+    /// meet; include whatever makes compiled code incompatible (see
+    /// [`crate::wasmtime::engine_namespace`]).
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// The policy component that decides what is kept (default: the embedded
+    /// default policy, wasmtime's cache behaviour).
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The policy's settings, passed to its `configure`.
+    pub fn settings<K: Into<String>, V: Into<String>>(mut self, settings: impl IntoIterator<Item = (K, V)>) -> Self {
+        self.settings.extend(settings.into_iter().map(|(k, v)| (k.into(), v.into())));
+        self
+    }
+
+    /// One setting for the policy's `configure`.
+    pub fn setting(self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.settings([(key.into(), value.into())])
+    }
+
+    /// The bounds the host puts on the cache and its policy.
+    pub fn host_settings(mut self, host: HostSettings) -> Self {
+        self.host = host;
+        self
+    }
+
+    /// The clock the cache and its policy read; tests use a [`crate::ManualClock`].
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Serve hits only: never write, store or clean. (A directory that cannot
+    /// be written is opened this way anyway, with a warning.)
+    pub fn read_only(mut self, read_only: bool) -> Self {
+        self.open_options.read_only = read_only;
+        self
+    }
+
+    /// Open a directory that is writable by others or owned by another user.
+    /// Anyone who can write the cache can plant compiled code that the host
+    /// will load: only for directories protected some other way.
+    pub fn allow_insecure_directory(mut self, allow: bool) -> Self {
+        self.open_options.allow_insecure = allow;
+        self
+    }
+
+    /// What to do if the directory or the namespace does not exist yet:
+    /// create it (the default), or fail with [`Error::NoCache`] and create
+    /// nothing, for tools that only look at a cache.
+    pub fn if_missing(mut self, if_missing: IfMissing) -> Self {
+        self.open_options.if_missing = if_missing;
+        self
+    }
+
+    /// A disabled cache computes every value and stores nothing.
+    pub fn enabled(mut self, enabled: bool) -> Self {
+        self.enabled = enabled;
+        self
+    }
+
+    /// Opens the directory and starts the policy. Errors name what is wrong:
+    /// the directory, the policy component, or a setting.
+    pub fn open(self) -> Result<Cache, Error> {
+        if !self.enabled {
+            return Ok(Cache::disabled());
+        }
+        let root = match self.directory {
+            Some(dir) => dir,
+            None => default_directory()?,
+        };
+        if self.namespace == crate::policy::POLICY_CODE_NAMESPACE {
+            return Err(Error::InvalidNamespace(self.namespace));
+        }
+        let store = Store::open(&root, &self.namespace, self.clock.clone(), self.open_options)?;
+        let read_only = store.read_only();
+        let namespace = Arc::new(Namespace { store, usage: Mutex::new(Usage::default()), stats: Stats::default(), read_only });
+        // Compiled policies are kept beside the namespaces, so a process
+        // starts its policy without compiling it.
+        let code_options = StoreOptions { if_missing: IfMissing::Create, ..self.open_options };
+        let code = Store::open(&root, crate::policy::POLICY_CODE_NAMESPACE, self.clock.clone(), code_options)
+            .map_err(|e| tracing::debug!("no store for compiled policies: {e}"))
+            .ok();
+        let runtime = PolicyRuntime::start(&self.policy, &self.settings, namespace.clone(), self.host.clone(), code.as_ref())?;
+        let policy = Arc::new(Mutex::new(runtime));
+        let worker = Worker::start(namespace.clone(), policy.clone(), self.host.clone());
+        Ok(Cache { inner: Some(Inner { namespace, policy, worker: Some(worker), host: self.host }) })
+    }
+}
+
+/// The namespaces that hold a cache under `root`, sorted (the host's own
+/// store of compiled policies is not one). A missing root is
+/// [`Error::NoCache`]: a mistyped directory is not an empty cache.
+pub fn namespaces(root: &Path) -> Result<Vec<String>, Error> {
+    let listing = match std::fs::read_dir(root) {
+        Ok(listing) => listing,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Error::NoCache { path: root.to_path_buf() }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
+            return Err(Error::NotADirectory { path: root.to_path_buf() });
+        }
+        Err(source) => return Err(Error::Directory { path: root.to_path_buf(), source }),
+    };
+    let mut names = Vec::new();
+    for item in listing {
+        let item = item.map_err(|source| Error::Directory { path: root.to_path_buf(), source })?;
+        let Ok(name) = item.file_name().into_string() else { continue };
+        let is_namespace = crate::store::valid_namespace(&name)
+            && name != crate::policy::POLICY_CODE_NAMESPACE
+            && item.path().join(crate::store::ENTRIES).is_dir();
+        if is_namespace {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// The platform's cache directory, with `capcache` under it.
+pub fn default_directory() -> Result<PathBuf, Error> {
+    dirs::cache_dir().map(|d| d.join("capcache")).ok_or(Error::NoDirectory)
+}

@@ -1,0 +1,378 @@
+//! The cache as a caller sees it: `get`, `insert`, `get_or_insert_with`.
+//!
+//! A hit reads and checks the entry on the caller's thread and queues an event
+//! for the worker: it never waits on the policy. A miss asks the policy whether
+//! and how to store (bounded by a deadline, and by a short wait if the worker
+//! holds the policy), then writes atomically; `insert_deferred` (which the
+//! wasmtime adapter uses) leaves all of that to the worker. Every cache-side
+//! failure degrades to "compute" with a warning: the caller always gets its
+//! value.
+
+use crate::bindings::exports::capcache::policy::policy::Candidate;
+use crate::clock::{Clock, SystemClock};
+use crate::entry::StoredCodec;
+use crate::error::Error;
+use crate::key::Key;
+use crate::policy::{Policy, PolicyRuntime};
+use crate::settings::HostSettings;
+use crate::stats::{Stats, StatsSnapshot};
+use crate::store::{Area, IfMissing, OpenOutcome, RawEntryAs, ReadOutcome, Store, StoreOptions};
+use crate::bindings::codec_from_wit;
+use crate::namespace::Namespace;
+use crate::usage::Usage;
+use crate::worker::Worker;
+use parking_lot::Mutex;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A compiled-module cache. Cheap to share by reference across threads.
+pub struct Cache {
+    inner: Option<Inner>,
+}
+
+struct Inner {
+    namespace: Arc<Namespace>,
+    policy: Arc<Mutex<PolicyRuntime>>,
+    /// Always `Some` until dropped: dropping it drains the queue.
+    worker: Option<Worker>,
+    host: HostSettings,
+}
+
+impl Inner {
+    fn worker(&self) -> &Worker {
+        self.worker.as_ref().expect("the worker lives as long as the cache")
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Let the worker finish what is queued, then record this process's
+        // counters for `capcache stats`.
+        drop(self.worker.take());
+        let namespace = &self.namespace;
+        if !namespace.read_only
+            && let Err(e) = namespace.stats.snapshot().append_to(namespace.store.namespace_dir()) {
+                tracing::debug!("cannot record statistics in {}: {e}", namespace.store.path().display());
+            }
+    }
+}
+
+mod admin;
+mod builder;
+
+pub use builder::{CacheBuilder, default_directory, namespaces};
+
+/// What a maintenance pass did, as the policy reported it (the host's own
+/// type, so that a change to the WIT record is not a change to this API).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MaintainReport {
+    /// Whether the pass ran; `false` when another process holds the cleanup
+    /// lock or the pass was not due.
+    pub ran: bool,
+    /// Entries seen.
+    pub entries_seen: u64,
+    /// Entries evicted to bring the cache under its limits.
+    pub evicted: u64,
+    /// Entries removed because their times lie too far in the future.
+    pub removed_from_future: u64,
+    /// Stale temporary files removed.
+    pub removed_temp_files: u64,
+    /// Bytes freed in all.
+    pub bytes_freed: u64,
+    /// Entries left.
+    pub entries_after: u64,
+    /// Bytes the entries left take on disk.
+    pub bytes_after: u64,
+    /// A line for people, e.g. why the pass did not run (at most 64 KiB).
+    pub summary: String,
+}
+
+impl From<crate::bindings::exports::capcache::policy::policy::MaintainReport> for MaintainReport {
+    fn from(r: crate::bindings::exports::capcache::policy::policy::MaintainReport) -> Self {
+        MaintainReport {
+            ran: r.ran,
+            entries_seen: r.entries_seen,
+            evicted: r.evicted,
+            removed_from_future: r.removed_from_future,
+            removed_temp_files: r.removed_temp_files,
+            bytes_freed: r.bytes_freed,
+            entries_after: r.entries_after,
+            bytes_after: r.bytes_after,
+            summary: r.summary,
+        }
+    }
+}
+
+/// What [`Cache::verify`] does with a bad entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum VerifyMode {
+    /// Report it only.
+    Report,
+    /// Report it and remove it (and a direct-mode manifest left without its
+    /// artifact).
+    RemoveBad,
+}
+
+/// What [`Cache::verify`] found.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyReport {
+    /// Entries checked.
+    pub checked: u64,
+    /// Entries that failed, with why.
+    pub bad: Vec<(String, String)>,
+    /// Bad entries removed (with `fix`).
+    pub removed: u64,
+}
+
+/// An entry as [`Cache::fetch`] found it.
+pub(crate) enum Fetched {
+    RawFile(std::fs::File),
+    Value(Vec<u8>),
+}
+
+/// Where a value (or a loaded module) came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Source {
+    /// From the cache.
+    Hit,
+    /// Computed (compiled), then offered to the cache.
+    Miss,
+    /// Computed with the cache disabled: nothing was looked up or stored.
+    Uncached,
+}
+
+/// A value from [`Cache::get_or_insert_with`].
+#[derive(Debug, Clone)]
+pub struct Cached {
+    /// The value.
+    pub bytes: Vec<u8>,
+    /// Where it came from.
+    pub source: Source,
+}
+
+/// What is stored for a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryInfo {
+    /// The entry's file name: its key in base64url.
+    pub name: String,
+    /// How its value is stored.
+    pub codec: StoredCodec,
+    /// Bytes on disk.
+    pub stored_size: u64,
+    /// Bytes of the value, decoded.
+    pub raw_size: u64,
+    /// When it was first stored, in milliseconds since the Unix epoch.
+    pub created_ms: u64,
+    /// When it was last used, likewise.
+    pub last_used_ms: u64,
+    /// Hits recorded for it, over every process.
+    pub hits: u64,
+}
+
+impl From<crate::bindings::capcache::policy::types::EntryMeta> for EntryInfo {
+    fn from(meta: crate::bindings::capcache::policy::types::EntryMeta) -> Self {
+        EntryInfo {
+            name: meta.name,
+            codec: codec_from_wit(meta.codec),
+            stored_size: meta.stored_size,
+            raw_size: meta.raw_size,
+            created_ms: meta.created,
+            last_used_ms: meta.last_used,
+            hits: meta.hits,
+        }
+    }
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.inner {
+            Some(inner) => f.debug_struct("Cache").field("path", &inner.namespace.store.path()).finish(),
+            None => f.write_str("Cache(disabled)"),
+        }
+    }
+}
+
+impl Cache {
+    /// A builder with the defaults: the platform's cache directory, the
+    /// namespace `default`, the default policy.
+    pub fn builder() -> CacheBuilder {
+        CacheBuilder::default()
+    }
+
+    /// A cache that stores nothing: every lookup misses.
+    pub fn disabled() -> Cache {
+        Cache { inner: None }
+    }
+
+    /// Whether the cache looks anything up (see [`Cache::disabled`]).
+    pub fn is_enabled(&self) -> bool {
+        self.inner.is_some()
+    }
+
+    /// The namespace's directory, if enabled.
+    pub fn path(&self) -> Option<&Path> {
+        self.inner.as_ref().map(|i| i.namespace.store.path())
+    }
+
+    /// The value stored for `key`, if a valid entry exists. A corrupt entry is
+    /// removed, counted, and reported as a miss.
+    pub fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.get_by_key(&Key::of(key))
+    }
+
+    /// [`Cache::get`] for a key already derived.
+    pub fn get_by_key(&self, key: &Key) -> Option<Vec<u8>> {
+        match self.fetch(key, RawEntryAs::Value)? {
+            Fetched::Value(value) => Some(value),
+            Fetched::RawFile(_) => unreachable!("asked for values only"),
+        }
+    }
+
+    /// Looks `key` up, checking the entry whole. With [`RawEntryAs::File`], a raw
+    /// entry comes back as its open file (the artifact from offset 0), for
+    /// wasmtime to map rather than copy.
+    pub(crate) fn fetch(&self, key: &Key, raw: RawEntryAs) -> Option<Fetched> {
+        let inner = self.inner.as_ref()?;
+        let namespace = &inner.namespace;
+        let outcome = namespace.store.open_entry(key, inner.host.max_entry_size, raw);
+        let found = match outcome {
+            Ok(OpenOutcome::RawFile(file)) => Some(Fetched::RawFile(file)),
+            Ok(OpenOutcome::Value(value)) => Some(Fetched::Value(value)),
+            Ok(OpenOutcome::Missing) => None,
+            Ok(OpenOutcome::Corrupt(e)) => {
+                Stats::bump(&namespace.stats.corrupt);
+                tracing::warn!("cache entry {} in {} is corrupt ({e}); removing it", key.name(), namespace.store.path().display());
+                let _ = namespace.remove_entry(key);
+                None
+            }
+            Ok(OpenOutcome::Untrusted(why)) => {
+                Stats::bump(&namespace.stats.untrusted);
+                tracing::warn!(
+                    "cache entry {} in {} is not trusted ({why}); not loading it, removing it",
+                    key.name(),
+                    namespace.store.path().display()
+                );
+                let _ = namespace.remove_entry(key);
+                None
+            }
+            Err(e) => {
+                Stats::bump(&namespace.stats.failures);
+                tracing::warn!("cannot read cache entry {} in {}: {e}", key.name(), namespace.store.path().display());
+                None
+            }
+        };
+        match &found {
+            Some(_) => {
+                Stats::bump(&namespace.stats.hits);
+                if !inner.worker().hit(*key) {
+                    Stats::bump(&namespace.stats.events_dropped);
+                }
+            }
+            None => Stats::bump(&namespace.stats.misses),
+        }
+        found
+    }
+
+    /// The artifact key a direct-mode manifest records, if any.
+    pub(crate) fn read_manifest(&self, manifest: &Key) -> Option<Key> {
+        self.inner.as_ref()?.namespace.store.read_manifest(manifest)
+    }
+
+    /// Records a direct-mode manifest (the host's own: no policy is asked,
+    /// and it is not an entry).
+    pub(crate) fn write_manifest(&self, manifest: &Key, artifact: &Key) {
+        let Some(inner) = self.inner.as_ref() else { return };
+        if inner.namespace.read_only {
+            return;
+        }
+        if let Err(e) = inner.namespace.store.write_manifest(manifest, artifact) {
+            Stats::bump(&inner.namespace.stats.failures);
+            tracing::warn!("cannot record a direct-mode manifest in {}: {e}", inner.namespace.store.path().display());
+        }
+    }
+
+    /// The largest module file the wasmtime adapter reads.
+    pub(crate) fn max_module_size(&self) -> u64 {
+        self.inner.as_ref().map_or(HostSettings::default().max_module_size, |i| i.host.max_module_size)
+    }
+
+    /// Counts a hit that turned out unusable (e.g. an artifact wasmtime
+    /// refused) as a miss instead.
+    pub(crate) fn count_unusable_hit(&self) {
+        if let Some(inner) = &self.inner {
+            inner.namespace.stats.hits.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            Stats::bump(&inner.namespace.stats.misses);
+        }
+    }
+
+    /// Offers `value` for `key` to the cache; the policy decides whether and
+    /// how it is stored. Returns whether it was stored. Never fails: a failure
+    /// to store is logged and counted.
+    pub fn insert(&self, key: &[u8], value: &[u8]) -> bool {
+        self.insert_by_key(&Key::of(key), value)
+    }
+
+    /// [`Cache::insert`] for a key already derived.
+    pub fn insert_by_key(&self, key: &Key, value: &[u8]) -> bool {
+        let Some(inner) = self.inner.as_ref() else { return false };
+        let stored = inner.namespace.admit_and_write(&*inner.policy, &inner.host, key, value);
+        if stored && !inner.worker().inserted(*key) {
+            Stats::bump(&inner.namespace.stats.events_dropped);
+        }
+        stored
+    }
+
+    /// Offers the value that `produce` makes for `key`, to be made, admitted
+    /// and written on the worker, off the caller's path (a miss then costs the
+    /// caller only what computing the value costs). `produce` returns `None`
+    /// if there is nothing to store after all. If the worker's queue is full,
+    /// it runs here instead: the value is never lost to a busy worker.
+    /// [`Cache::flush`] waits for it; dropping the cache does too.
+    pub fn insert_deferred(&self, key: &Key, produce: impl FnOnce() -> Option<Vec<u8>> + Send + 'static) {
+        let Some(inner) = self.inner.as_ref() else { return };
+        if inner.namespace.read_only {
+            return;
+        }
+        if let Err(produce) = inner.worker().store_deferred(*key, Box::new(produce))
+            && let Some(value) = produce()
+        {
+            self.insert_by_key(key, &value);
+        }
+    }
+
+    /// The value for `key`: from the cache, or from `compute` (then offered to
+    /// the cache). An error of `compute` is returned as is; the cache's own
+    /// failures never are.
+    pub fn get_or_insert_with<E>(&self, key: &[u8], compute: impl FnOnce() -> Result<Vec<u8>, E>) -> Result<Cached, E> {
+        if !self.is_enabled() {
+            return Ok(Cached { bytes: compute()?, source: Source::Uncached });
+        }
+        let key = Key::of(key);
+        if let Some(bytes) = self.get_by_key(&key) {
+            return Ok(Cached { bytes, source: Source::Hit });
+        }
+        let bytes = compute()?;
+        self.insert_by_key(&key, &bytes);
+        Ok(Cached { bytes, source: Source::Miss })
+    }
+
+    /// Waits until the worker has handled every event queued so far.
+    pub fn flush(&self) {
+        if let Some(inner) = &self.inner {
+            inner.worker().flush();
+        }
+    }
+
+    /// Whether the cache serves hits only (asked for, or found unwritable).
+    pub fn is_read_only(&self) -> bool {
+        self.inner.as_ref().is_some_and(|i| i.namespace.read_only)
+    }
+
+    /// The policy's name (the embedded default, or the path it was loaded from).
+    pub fn policy_name(&self) -> Option<String> {
+        self.inner.as_ref().map(|i| i.policy.lock().name().to_string())
+    }
+}
