@@ -321,14 +321,19 @@ fn the_compiled_policy_is_kept_and_a_damaged_one_compiled_again() {
     assert_eq!(again.len(), bytes.len());
 }
 
-/// Runs capcache, killing it if it has not finished within `limit`.
-fn capcache_within(args: &[&str], limit: std::time::Duration) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_capcache"))
+/// Starts capcache with its output piped to this test.
+fn spawn_capcache(args: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_capcache"))
         .args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// Runs capcache, killing it if it has not finished within `limit`.
+fn capcache_within(args: &[&str], limit: std::time::Duration) -> Output {
+    let mut child = spawn_capcache(args);
     let started = std::time::Instant::now();
     while child.try_wait().unwrap().is_none() {
         if started.elapsed() > limit {
@@ -377,12 +382,7 @@ fn a_closed_pipe_ends_every_command_quietly() {
         let args = ["ls", "--dir", &root];
         let whole = stdout(&capcache(&args));
         assert!(whole.len() > 256 << 10, "{} bytes: too few to fill the pipe", whole.len());
-        let mut child = Command::new(env!("CARGO_BIN_EXE_capcache"))
-            .args(args)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_capcache(&args);
         // `| head -1`: read one line, then close the pipe.
         let mut first = String::new();
         std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut first).unwrap();

@@ -32,11 +32,7 @@ enum Command {
         #[arg(required = true)]
         modules: Vec<PathBuf>,
         #[command(flatten)]
-        location: Location,
-        #[command(flatten)]
-        policy: PolicyArgs,
-        #[command(flatten)]
-        storing: Storing,
+        options: CompileOptions,
     },
     /// Run a WASI command (a core module exporting `_start`) through the
     /// cache, so that a second run starts without compiling. The command gets
@@ -50,11 +46,7 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
         #[command(flatten)]
-        location: Location,
-        #[command(flatten)]
-        policy: PolicyArgs,
-        #[command(flatten)]
-        storing: Storing,
+        options: CompileOptions,
     },
     /// Run the policy's maintenance pass now, in every namespace of the
     /// directory (or the one named), and print its report.
@@ -157,6 +149,17 @@ struct PolicyArgs {
     /// A policy setting, KEY=VALUE (repeatable), e.g. --set cleanup-interval=30m.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     settings: Vec<String>,
+}
+
+/// Everything `compile` and `run` take about the cache.
+#[derive(clap::Args)]
+struct CompileOptions {
+    #[command(flatten)]
+    location: Location,
+    #[command(flatten)]
+    policy: PolicyArgs,
+    #[command(flatten)]
+    storing: Storing,
 }
 
 /// Whether compiling stores anything.
@@ -323,9 +326,9 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Compile { modules, location, policy, storing } => compile_all(&modules, &location, &policy, &storing),
+        Command::Compile { modules, options } => compile_all(&modules, &options),
         #[cfg(feature = "run")]
-        Command::Run { module, args, location, policy, storing } => run_wasi(&module, &args, &location, &policy, &storing),
+        Command::Run { module, args, options } => run_wasi(&module, &args, &options),
         Command::Gc { location, policy } => gc(&location, &policy),
         Command::Stats { json, zero, location } => stats(&location, json, zero),
         Command::Ls { sort, location } => ls(&location, sort),
@@ -338,7 +341,8 @@ fn run(cli: Cli) -> Result<()> {
 /// Opens the cache to compile through; a directory that cannot be used only
 /// costs the cache (a policy or setting the user named must work, and a bad
 /// one is an error).
-fn open_for_compiling(location: &Location, policy: &PolicyArgs, storing: &Storing) -> Result<Cache> {
+fn open_for_compiling(options: &CompileOptions) -> Result<Cache> {
+    let CompileOptions { location, policy, storing } = options;
     if storing.no_cache {
         return Ok(Cache::disabled());
     }
@@ -359,9 +363,9 @@ fn open_for_compiling(location: &Location, policy: &PolicyArgs, storing: &Storin
     }
 }
 
-fn compile_all(modules: &[PathBuf], location: &Location, policy: &PolicyArgs, storing: &Storing) -> Result<()> {
+fn compile_all(modules: &[PathBuf], options: &CompileOptions) -> Result<()> {
     let engine = wasmtime::Engine::default();
-    let cache = open_for_compiling(location, policy, storing)?;
+    let cache = open_for_compiling(options)?;
     let mut failed = 0;
     let bar = progress_bar(modules.len() as u64, "compiling");
     for path in modules {
@@ -401,9 +405,9 @@ fn compile(engine: &wasmtime::Engine, cache: &Cache, path: &Path) -> Result<(Sou
 }
 
 #[cfg(feature = "run")]
-fn run_wasi(module: &Path, args: &[String], location: &Location, policy: &PolicyArgs, storing: &Storing) -> Result<()> {
+fn run_wasi(module: &Path, args: &[String], options: &CompileOptions) -> Result<()> {
     let engine = wasmtime::Engine::default();
-    let cache = open_for_compiling(location, policy, storing)?;
+    let cache = open_for_compiling(options)?;
     let code = match run_command(&engine, &cache, module, args) {
         Ok(code) => code,
         Err(e) => {
