@@ -56,7 +56,7 @@ fn escapes_are_refused_and_nothing_outside_changes() {
     // Names that are not names: refused before any filesystem call.
     let long = "a".repeat(5000);
     for name in [other_entry.as_str(), "../outside.txt", "../../outside.txt", "/etc/passwd", "/tmp/capcache-escape", "state/../../outside.txt", "nul\0byte", long.as_str(), ".", "..", ""] {
-        for call in ["remove-entry", "read-entry", "stat-entry", "read-state", "write-atomic", "create-state", "remove-temp-file"] {
+        for call in ["remove-entry", "read-entry", "stat-entry", "read-state", "write-state", "create-state", "remove-temp-file", "take-lock"] {
             let got = outcome(&summary, call, name);
             assert!(got.starts_with("Error::InvalidName"), "{call}({name:?}) gave {got}");
         }

@@ -4,12 +4,17 @@ wasmtime::component::bindgen!({
     path: "wit",
     world: "policy-world",
     additional_derives: [PartialEq, Eq],
+    with: {
+        "capcache:policy/view.lock": crate::view::HeldLock,
+    },
 });
 
 use crate::entry::StoredCodec;
 
 /// The version of the contract (`wit/policy.wit`) this host speaks.
-pub(crate) const CONTRACT_VERSION: &str = "0.1.0";
+pub(crate) const CONTRACT_VERSION: &str = "0.2.0";
+/// The contract's package, without its version.
+pub(crate) const CONTRACT_PACKAGE: &str = "capcache:policy";
 /// The world a policy component implements.
 pub(crate) const POLICY_WORLD: &str = "capcache:policy/policy-world";
 /// The interfaces a policy may import (besides WASI, which is granted

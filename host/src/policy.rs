@@ -15,8 +15,8 @@ use crate::store::{Area, OpenOutcome, Store as EntryStore};
 use std::hash::Hash;
 use crate::settings::HostSettings;
 use crate::stats::Stats;
-use crate::namespace::{Admit, Namespace};
-use crate::view::PolicyView;
+use crate::namespace::Admit;
+use crate::view::{PolicyView, ViewBackend};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::path::Path;
@@ -169,6 +169,14 @@ impl Policy {
             }
         };
         let world_error = |reason: String| Error::PolicyWorld { policy: self.name.clone(), reason };
+        if let Some(version) = contract_version_of(&component).filter(|v| v != crate::bindings::CONTRACT_VERSION) {
+            return Err(world_error(format!(
+                "it was built for {package}@{version}; this host speaks {package}@{ours}: rebuild it against \
+                 the WIT of {package}@{ours} (for a Rust policy, the capcache-policy crate of that version)",
+                package = crate::bindings::CONTRACT_PACKAGE,
+                ours = crate::bindings::CONTRACT_VERSION,
+            )));
+        }
         // A policy may import the view and the runtime interfaces of its
         // language (WASI), which are granted nothing; anything else means it was
         // built against another contract.
@@ -198,6 +206,17 @@ impl Policy {
         engine().precompile_compatibility_hash().hash(&mut compatibility);
         Key::derive(KeyDomain::PolicyCode, &[&compatibility.finish_key().0, blake3::hash(&self.bytes).as_bytes()])
     }
+}
+
+/// The version of the contract a component was built for, read from the
+/// names of the contract's interfaces it imports or exports.
+fn contract_version_of(component: &Component) -> Option<String> {
+    let ty = component.component_type();
+    let engine = engine();
+    let prefix = format!("{}/", crate::bindings::CONTRACT_PACKAGE);
+    let names: Vec<String> =
+        ty.imports(engine).map(|(n, _)| n.to_string()).chain(ty.exports(engine).map(|(n, _)| n.to_string())).collect();
+    names.iter().filter(|n| n.starts_with(&prefix)).find_map(|n| n.split_once('@').map(|(_, v)| v.to_string()))
 }
 
 /// The namespace, beside the caches' own, that holds compiled policies.
@@ -367,9 +386,28 @@ pub(crate) struct PolicyRuntime {
     name: String,
     pre: PolicyWorldPre<PolicyState>,
     settings: Vec<Setting>,
-    namespace: Arc<Namespace>,
+    backend: Arc<dyn ViewBackend>,
     host: HostSettings,
     live: Option<Live>,
+    /// What each call cost, when someone asked (the policy simulator).
+    record: Option<CallRecord>,
+}
+
+/// What calls into a policy cost and how they failed, per export.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct CallRecord {
+    /// Wall time of each call, by export.
+    pub(crate) times: std::collections::BTreeMap<&'static str, Vec<Duration>>,
+    /// Calls stopped at their deadline.
+    pub(crate) deadline_hits: u64,
+    /// The first faults' reasons (at most [`CallRecord::KEPT_FAULTS`]), with the export.
+    pub(crate) faults: Vec<(&'static str, String)>,
+    /// Every fault, of any kind.
+    pub(crate) fault_count: u64,
+}
+
+impl CallRecord {
+    const KEPT_FAULTS: usize = 16;
 }
 
 impl PolicyRuntime {
@@ -378,7 +416,7 @@ impl PolicyRuntime {
     pub(crate) fn start(
         policy: &Policy,
         settings: &[(String, String)],
-        namespace: Arc<Namespace>,
+        backend: Arc<dyn ViewBackend>,
         host: HostSettings,
         code: Option<&EntryStore>,
     ) -> Result<PolicyRuntime, Error> {
@@ -386,9 +424,10 @@ impl PolicyRuntime {
             name: policy.name.clone(),
             pre: policy.prepare(code)?,
             settings: settings.iter().map(|(key, value)| Setting { key: key.clone(), value: value.clone() }).collect(),
-            namespace,
+            backend,
             host,
             live: None,
+            record: None,
         };
         match runtime.instantiate() {
             Ok(live) => runtime.live = Some(live),
@@ -409,7 +448,7 @@ impl PolicyRuntime {
 
     fn instantiate(&self) -> Result<Live, StartError> {
         let limits = InstanceLimits::new(self.host.policy_memory_limit);
-        let view = PolicyView::new(self.namespace.clone(), self.name.clone());
+        let view = PolicyView::new(self.backend.clone(), self.name.clone());
         let mut store = Store::new(engine(), PolicyState { view, limits });
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(ticks(self.host.configure_deadline));
@@ -425,7 +464,7 @@ impl PolicyRuntime {
     /// Calls into the policy with a deadline; `None` if it failed in any way.
     fn call<R>(
         &mut self,
-        what: &str,
+        what: &'static str,
         deadline: Duration,
         f: impl FnOnce(&mut Store<PolicyState>, &PolicyWorld) -> wasmtime::Result<R>,
     ) -> Option<R> {
@@ -435,7 +474,7 @@ impl PolicyRuntime {
                 Ok(live) => self.live = Some(live),
                 Err(e) => {
                     let reason = match e {
-                        StartError::Fault(e) => format!("{e:#}"),
+                        StartError::Fault(e) => describe_fault(&e, self.host.configure_deadline),
                         StartError::Settings(e) => format!("settings refused on restart: {e:?}"),
                     };
                     self.fault(what, started, &reason);
@@ -446,18 +485,44 @@ impl PolicyRuntime {
         let live = self.live.as_mut().unwrap();
         live.store.data_mut().view.begin_call();
         live.store.set_epoch_deadline(ticks(deadline));
-        match f(&mut live.store, &live.bindings) {
+        let result = f(&mut live.store, &live.bindings);
+        if let Some(record) = &mut self.record {
+            record.times.entry(what).or_default().push(started.elapsed());
+            if let Err(e) = &result
+                && e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt)
+            {
+                record.deadline_hits += 1;
+            }
+        }
+        match result {
             Ok(result) => Some(result),
             Err(e) => {
                 self.live = None;
-                self.fault(what, started, &format!("{e:#}"));
+                tracing::debug!(policy = %self.name, call = what, "the policy's fault in full: {e:?}");
+                self.fault(what, started, &describe_fault(&e, deadline));
                 None
             }
         }
     }
 
-    fn fault(&self, what: &str, started: Instant, reason: &str) {
-        Stats::bump(&self.namespace.stats.policy_faults);
+    /// Starts keeping a [`CallRecord`] of every call from now on.
+    pub(crate) fn record_calls(&mut self) {
+        self.record = Some(CallRecord::default());
+    }
+
+    /// The calls recorded since [`PolicyRuntime::record_calls`].
+    pub(crate) fn call_record(&self) -> Option<&CallRecord> {
+        self.record.as_ref()
+    }
+
+    fn fault(&mut self, what: &'static str, started: Instant, reason: &str) {
+        if let Some(record) = &mut self.record {
+            record.fault_count += 1;
+            if record.faults.len() < CallRecord::KEPT_FAULTS {
+                record.faults.push((what, reason.to_string()));
+            }
+        }
+        Stats::bump(&self.backend.stats().policy_faults);
         tracing::warn!(
             policy = %self.name,
             call = what,
@@ -485,9 +550,9 @@ impl PolicyRuntime {
         sanitize_actions(actions.unwrap_or_default())
     }
 
-    pub(crate) fn maintain(&mut self, now: u64) -> Option<MaintainReport> {
+    pub(crate) fn maintain(&mut self) -> Option<MaintainReport> {
         let deadline = self.host.maintain_deadline;
-        let mut report = self.call("maintain", deadline, |store, b| b.capcache_policy_policy().call_maintain(store, now))?;
+        let mut report = self.call("maintain", deadline, |store, b| b.capcache_policy_policy().call_maintain(store))?;
         // A policy's words are shown to people: keep them short.
         if report.summary.len() > MAX_SUMMARY {
             let mut end = MAX_SUMMARY;
@@ -510,6 +575,28 @@ impl Admit for Mutex<PolicyRuntime> {
                 None
             }
         }
+    }
+}
+
+/// Why a call into a policy failed, in a line for people: the root cause,
+/// without wasmtime's backtrace of the policy's anonymous functions, and what
+/// to do about the causes a policy author can fix.
+fn describe_fault(e: &wasmtime::Error, deadline: Duration) -> String {
+    if e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {
+        return format!("it ran past its deadline of {} ms", deadline.as_millis());
+    }
+    let root = e.root_cause().to_string();
+    if let Some(import) = root.strip_prefix("unknown import: `").and_then(|rest| rest.split('`').next()) {
+        return format!(
+            "it called {import}, and a policy is granted no WASI: use the view's `now` and `log` instead, and build \
+             without WASI where the toolchain can (componentize-py --stub-wasi, componentize-js -d ...). A Rust panic \
+             calls it too, to read RUST_BACKTRACE, before printing its message: call capcache_policy::log_panics() \
+             in `configure` to have panics logged"
+        );
+    }
+    match e.downcast_ref::<wasmtime::Trap>() {
+        Some(trap) => format!("{trap}: {root}"),
+        None => root,
     }
 }
 

@@ -1,49 +1,165 @@
-//! The capability a policy is granted: one namespace of the cache, seen
-//! through cap-std directory handles. This module implements the WIT `view`
-//! interface; every name is checked here for a clear error, and resolved by
-//! cap-std inside its area, which refuses `..`, absolute paths and symlinks
-//! that lead out by construction.
+//! The capability a policy is granted: one namespace of the cache. This module
+//! implements the WIT `view` interface once, over a [`ViewBackend`]: the cache
+//! on disk (a [`Namespace`], seen through cap-std directory handles that
+//! refuse `..`, absolute paths and symlinks that lead out, by construction),
+//! or the simulated cache of `capcache policy test`. Names are checked here,
+//! for a clear error, before any backend sees them; paging, the shared lock
+//! and logging are here too, so both backends behave alike.
 
 use crate::bindings::capcache::policy::types::{self, EntryMeta, EntryPage, Error, FileMeta, FilePage, LogLevel};
 use crate::bindings::capcache::policy::view;
 use crate::key::Key;
 use crate::namespace::{Namespace, invalid_entry_name, io_error};
 use crate::stats::Stats;
-use crate::store::{Area, Store};
+use crate::store::Area;
 use std::io::{Read, Seek, SeekFrom};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use wasmtime::component::{Resource, ResourceTable};
 
-/// The most bytes one `read-entry` returns.
+/// The most bytes one `read-entry` returns: enough to read any header, small
+/// enough that no call copies a whole artifact into the policy.
 pub const MAX_READ: u32 = 1 << 20;
-/// The largest state file a policy may write.
+/// The largest state file a policy may write: state is counters and
+/// timestamps, not data.
 pub const MAX_STATE_FILE: usize = 1 << 20;
-/// The most items on one page of a listing.
+/// The most items on one page of a listing, so that one call's answer stays
+/// well inside the policy's memory.
 pub const MAX_PAGE: u32 = 4096;
 /// The longest name accepted for a state or temporary file.
 pub const MAX_NAME: usize = 128;
+/// The longest log line kept from a policy.
+const MAX_LOG_LINE: usize = 4096;
+
+/// What a view shows, after its names were checked: the operations of the WIT
+/// `view` on one namespace, real or simulated.
+pub(crate) trait ViewBackend: Send + Sync {
+    /// The host's clock, in ms since the Unix epoch.
+    fn now_ms(&self) -> u64;
+    /// The namespace's name.
+    fn namespace_name(&self) -> String;
+    /// Whether writes are refused.
+    fn read_only(&self) -> bool;
+    /// The counters that policy faults and removals bump.
+    fn stats(&self) -> &Stats;
+    /// The names in an area (`Entries` or `Tmp`), sorted.
+    fn list_names(&self, area: Area) -> Result<Vec<String>, Error>;
+    /// Metadata of these entries, leaving out names that are not (or no
+    /// longer) entries.
+    fn entry_metas(&self, names: &[String]) -> Result<Vec<EntryMeta>, Error>;
+    /// One entry's metadata.
+    fn stat_entry(&self, name: &str) -> Result<EntryMeta, Error>;
+    /// Up to `length` bytes of an entry's file from `offset`.
+    fn read_entry(&self, name: &str, offset: u64, length: u32) -> Result<Vec<u8>, Error>;
+    /// Removes an entry and its usage.
+    fn remove_entry(&self, key: &Key) -> Result<(), Error>;
+    /// A temporary or state file's metadata.
+    fn file_meta(&self, area: Area, name: &str) -> Result<FileMeta, Error>;
+    /// Removes a temporary or state file.
+    fn remove_file(&self, area: Area, name: &str) -> Result<(), Error>;
+    /// A state file's contents; `too-large` beyond [`MAX_STATE_FILE`].
+    fn read_state(&self, name: &str) -> Result<Vec<u8>, Error>;
+    /// Replaces a state file atomically.
+    fn write_state(&self, name: &str, contents: &[u8]) -> Result<(), Error>;
+    /// Creates a state file if it does not exist.
+    fn create_state(&self, name: &str, contents: &[u8]) -> Result<(), Error>;
+}
+
+impl ViewBackend for Namespace {
+    fn now_ms(&self) -> u64 {
+        self.store.now_ms()
+    }
+
+    fn namespace_name(&self) -> String {
+        self.store.path().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    }
+
+    fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    fn list_names(&self, area: Area) -> Result<Vec<String>, Error> {
+        self.store.list_names(area).map_err(io_error)
+    }
+
+    fn entry_metas(&self, names: &[String]) -> Result<Vec<EntryMeta>, Error> {
+        let mut usage = self.usage.lock();
+        usage.refresh(self.store.namespace_dir()).map_err(io_error)?;
+        // Foreign files and vanished entries are not entries: left out.
+        Ok(names.iter().filter_map(|name| self.entry_meta_with(&usage, name).ok()).collect())
+    }
+
+    fn stat_entry(&self, name: &str) -> Result<EntryMeta, Error> {
+        let mut usage = self.usage.lock();
+        usage.refresh(self.store.namespace_dir()).map_err(io_error)?;
+        self.entry_meta_with(&usage, name)
+    }
+
+    fn read_entry(&self, name: &str, offset: u64, length: u32) -> Result<Vec<u8>, Error> {
+        let mut file = self.store.dir(Area::Entries).open(name).map_err(io_error)?;
+        file.seek(SeekFrom::Start(offset)).map_err(io_error)?;
+        let mut bytes = Vec::new();
+        file.take(length as u64).read_to_end(&mut bytes).map_err(io_error)?;
+        Ok(bytes)
+    }
+
+    fn remove_entry(&self, key: &Key) -> Result<(), Error> {
+        Namespace::remove_entry(self, key).map_err(io_error)
+    }
+
+    fn file_meta(&self, area: Area, name: &str) -> Result<FileMeta, Error> {
+        let f = self.store.file_info(area, name).map_err(io_error)?;
+        Ok(FileMeta { name: f.name, size: f.size, modified: f.modified_ms })
+    }
+
+    fn remove_file(&self, area: Area, name: &str) -> Result<(), Error> {
+        self.store.remove(area, name).map_err(io_error)
+    }
+
+    fn read_state(&self, name: &str) -> Result<Vec<u8>, Error> {
+        let file = self.store.dir(Area::State).open(name).map_err(io_error)?;
+        let mut bytes = Vec::new();
+        file.take(MAX_STATE_FILE as u64 + 1).read_to_end(&mut bytes).map_err(io_error)?;
+        if bytes.len() > MAX_STATE_FILE {
+            return Err(Error::TooLarge);
+        }
+        Ok(bytes)
+    }
+
+    fn write_state(&self, name: &str, contents: &[u8]) -> Result<(), Error> {
+        self.store.write_atomic(Area::State, name, contents).map_err(io_error)
+    }
+
+    fn create_state(&self, name: &str, contents: &[u8]) -> Result<(), Error> {
+        self.store.create_exclusive(Area::State, name, contents).map_err(io_error)
+    }
+}
 
 /// One policy instance's view of the cache.
 pub struct PolicyView {
-    namespace: Arc<Namespace>,
+    backend: Arc<dyn ViewBackend>,
     /// Who is speaking, in log lines.
     policy_name: String,
     /// A listing taken at a listing's first page, so that later pages continue
     /// it rather than list the directory again.
     listing: Option<(Area, Vec<String>)>,
+    /// The locks the policy holds. Dropping the instance drops them, and so
+    /// releases them.
+    locks: ResourceTable,
 }
 
 impl PolicyView {
-    pub(crate) fn new(namespace: Arc<Namespace>, policy_name: String) -> Self {
-        PolicyView { namespace, policy_name, listing: None }
+    pub(crate) fn new(backend: Arc<dyn ViewBackend>, policy_name: String) -> Self {
+        PolicyView { backend, policy_name, listing: None, locks: ResourceTable::new() }
     }
 
     /// Forgets per-call state; called before each call into the policy.
     pub fn begin_call(&mut self) {
         self.listing = None;
-    }
-
-    fn store(&self) -> &Store {
-        &self.namespace.store
     }
 
     /// The page of `area` after `cursor`, continuing the snapshot if one was
@@ -52,7 +168,7 @@ impl PolicyView {
         let limit = limit.clamp(1, MAX_PAGE) as usize;
         let fresh = cursor.is_none() || !matches!(&self.listing, Some((a, _)) if *a == area);
         if fresh {
-            let names = self.store().list_names(area).map_err(io_error)?;
+            let names = self.backend.list_names(area)?;
             self.listing = Some((area, names));
         }
         let names = &self.listing.as_ref().unwrap().1;
@@ -67,7 +183,18 @@ impl PolicyView {
     }
 
     fn writable(&self) -> Result<(), Error> {
-        if self.namespace.read_only { Err(Error::Denied) } else { Ok(()) }
+        if self.backend.read_only() { Err(Error::Denied) } else { Ok(()) }
+    }
+
+    fn log_line(&self, level: LogLevel, message: &str) {
+        let message: String = message.chars().take(MAX_LOG_LINE).collect();
+        let policy = &self.policy_name;
+        match level {
+            LogLevel::Debug => tracing::debug!(policy, "{message}"),
+            LogLevel::Info => tracing::info!(policy, "{message}"),
+            LogLevel::Warn => tracing::warn!(policy, "{message}"),
+            LogLevel::Error => tracing::error!(policy, "{message}"),
+        }
     }
 }
 
@@ -100,43 +227,118 @@ fn check_entry_name(name: &str) -> Result<Key, Error> {
     Key::from_name(name).ok_or_else(|| invalid_entry_name(name))
 }
 
+/// A lock a policy holds: its state file, and the token written into it so
+/// that releasing never removes a lock someone else took since.
+pub struct HeldLock {
+    backend: Arc<dyn ViewBackend>,
+    name: String,
+    contents: Vec<u8>,
+    taken_at: u64,
+}
+
+impl Drop for HeldLock {
+    fn drop(&mut self) {
+        if self.backend.read_state(&self.name).is_ok_and(|now| now == self.contents)
+            && let Err(e) = self.backend.remove_file(Area::State, &self.name)
+        {
+            tracing::warn!("cannot release the policy's lock {}: {e:?}", self.name);
+        }
+    }
+}
+
+/// Makes each lock's token unique within the process; the process id makes
+/// it unique between processes.
+static LOCK_TOKENS: AtomicU64 = AtomicU64::new(0);
+
+impl PolicyView {
+    fn take_lock(&mut self, name: &str, stale_after: u64) -> Result<Option<HeldLock>, Error> {
+        check_plain_name(name)?;
+        self.writable()?;
+        for _ in 0..3 {
+            let now = self.backend.now_ms();
+            let token = LOCK_TOKENS.fetch_add(1, Ordering::Relaxed);
+            let contents = format!("{now} {}-{token}\n", std::process::id()).into_bytes();
+            match self.backend.create_state(name, &contents) {
+                Ok(()) => {
+                    return Ok(Some(HeldLock { backend: self.backend.clone(), name: name.into(), contents, taken_at: now }));
+                }
+                Err(Error::AlreadyExists) => {}
+                Err(e) => return Err(e),
+            }
+            let taken_at = match self.backend.read_state(name) {
+                // Released meanwhile: try again. (Treating a vanished lock as
+                // stale would remove the next holder's lock.)
+                Err(Error::NotFound) => continue,
+                Err(e) => return Err(e),
+                Ok(bytes) => match std::str::from_utf8(&bytes).ok().and_then(|s| s.split_whitespace().next()?.parse().ok()) {
+                    Some(t) => t,
+                    // Not written by a host: judge it by the file's age.
+                    None => match self.backend.file_meta(Area::State, name) {
+                        Ok(meta) => meta.modified,
+                        Err(Error::NotFound) => continue,
+                        Err(e) => return Err(e),
+                    },
+                },
+            };
+            let stale = now.saturating_sub(taken_at) >= stale_after || taken_at > now.saturating_add(stale_after);
+            if !stale {
+                return Ok(None);
+            }
+            self.log_line(LogLevel::Info, &format!("breaking the stale lock {name} (taken at {taken_at}, now {now})"));
+            match self.backend.remove_file(Area::State, name) {
+                Ok(()) | Err(Error::NotFound) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        // Changed hands under us three times: someone else has it.
+        Ok(None)
+    }
+}
+
 impl types::Host for PolicyView {}
+
+impl view::HostLock for PolicyView {
+    fn take(&mut self, name: String, stale_after: u64) -> Result<Option<Resource<HeldLock>>, Error> {
+        let Some(lock) = self.take_lock(&name, stale_after)? else { return Ok(None) };
+        match self.locks.push(lock) {
+            Ok(handle) => Ok(Some(handle)),
+            // The lock was dropped with the push's error, and so released.
+            Err(e) => Err(Error::Io(format!("cannot hold the lock: {e}"))),
+        }
+    }
+
+    fn taken_at(&mut self, lock: Resource<HeldLock>) -> u64 {
+        self.locks.get(&lock).map(|lock| lock.taken_at).unwrap_or(0)
+    }
+
+    fn drop(&mut self, lock: Resource<HeldLock>) -> wasmtime::Result<()> {
+        self.locks.delete(lock)?;
+        Ok(())
+    }
+}
 
 impl view::Host for PolicyView {
     fn now(&mut self) -> u64 {
-        self.store().now_ms()
+        self.backend.now_ms()
+    }
+
+    fn namespace(&mut self) -> String {
+        self.backend.namespace_name()
     }
 
     fn log(&mut self, level: LogLevel, message: String) {
-        let message: String = message.chars().take(4096).collect();
-        let policy = &self.policy_name;
-        match level {
-            LogLevel::Debug => tracing::debug!(policy, "{message}"),
-            LogLevel::Info => tracing::info!(policy, "{message}"),
-            LogLevel::Warn => tracing::warn!(policy, "{message}"),
-            LogLevel::Error => tracing::error!(policy, "{message}"),
-        }
+        self.log_line(level, &message);
     }
 
     fn list_entries(&mut self, cursor: Option<String>, limit: u32) -> Result<EntryPage, Error> {
         let (names, next) = self.page(Area::Entries, cursor, limit)?;
-        let mut usage = self.namespace.usage.lock();
-        usage.refresh(self.store().namespace_dir()).map_err(io_error)?;
-        let mut entries = Vec::with_capacity(names.len());
-        for name in names {
-            // Foreign files and vanished entries are not entries: skip them.
-            if let Ok(meta) = self.namespace.entry_meta_with(&usage, &name) {
-                entries.push(meta);
-            }
-        }
+        let entries = self.backend.entry_metas(&names)?;
         Ok(EntryPage { entries, next })
     }
 
     fn stat_entry(&mut self, name: String) -> Result<EntryMeta, Error> {
         check_entry_name(&name)?;
-        let mut usage = self.namespace.usage.lock();
-        usage.refresh(self.store().namespace_dir()).map_err(io_error)?;
-        self.namespace.entry_meta_with(&usage, &name)
+        self.backend.stat_entry(&name)
     }
 
     fn read_entry(&mut self, name: String, offset: u64, length: u32) -> Result<Vec<u8>, Error> {
@@ -144,56 +346,41 @@ impl view::Host for PolicyView {
         if length > MAX_READ {
             return Err(Error::TooLarge);
         }
-        let mut file = self.store().dir(Area::Entries).open(&name).map_err(io_error)?;
-        file.seek(SeekFrom::Start(offset)).map_err(io_error)?;
-        let mut bytes = Vec::new();
-        file.take(length as u64).read_to_end(&mut bytes).map_err(io_error)?;
-        Ok(bytes)
+        self.backend.read_entry(&name, offset, length)
     }
 
     fn remove_entry(&mut self, name: String) -> Result<(), Error> {
         let key = check_entry_name(&name)?;
         self.writable()?;
-        self.namespace.remove_entry(&key).map_err(io_error)?;
-        Stats::bump(&self.namespace.stats.removed);
+        self.backend.remove_entry(&key)?;
+        Stats::bump(&self.backend.stats().removed);
         Ok(())
     }
 
     fn list_temp_files(&mut self, cursor: Option<String>, limit: u32) -> Result<FilePage, Error> {
         let (names, next) = self.page(Area::Tmp, cursor, limit)?;
-        let files = names
-            .iter()
-            .filter_map(|name| self.store().file_info(Area::Tmp, name).ok())
-            .map(|f| FileMeta { name: f.name, size: f.size, modified: f.modified_ms })
-            .collect();
+        let files = names.iter().filter_map(|name| self.backend.file_meta(Area::Tmp, name).ok()).collect();
         Ok(FilePage { files, next })
     }
 
     fn remove_temp_file(&mut self, name: String) -> Result<(), Error> {
         check_plain_name(&name)?;
         self.writable()?;
-        self.store().remove(Area::Tmp, &name).map_err(io_error)
+        self.backend.remove_file(Area::Tmp, &name)
     }
 
     fn read_state(&mut self, name: String) -> Result<Vec<u8>, Error> {
         check_plain_name(&name)?;
-        let dir = self.store().dir(Area::State);
-        let file = dir.open(&name).map_err(io_error)?;
-        let mut bytes = Vec::new();
-        file.take(MAX_STATE_FILE as u64 + 1).read_to_end(&mut bytes).map_err(io_error)?;
-        if bytes.len() > MAX_STATE_FILE {
-            return Err(Error::TooLarge);
-        }
-        Ok(bytes)
+        self.backend.read_state(&name)
     }
 
-    fn write_atomic(&mut self, name: String, contents: Vec<u8>) -> Result<(), Error> {
+    fn write_state(&mut self, name: String, contents: Vec<u8>) -> Result<(), Error> {
         check_plain_name(&name)?;
         self.writable()?;
         if contents.len() > MAX_STATE_FILE {
             return Err(Error::TooLarge);
         }
-        self.store().write_atomic(Area::State, &name, &contents).map_err(io_error)
+        self.backend.write_state(&name, &contents)
     }
 
     fn create_state(&mut self, name: String, contents: Vec<u8>) -> Result<(), Error> {
@@ -202,19 +389,18 @@ impl view::Host for PolicyView {
         if contents.len() > MAX_STATE_FILE {
             return Err(Error::TooLarge);
         }
-        self.store().create_exclusive(Area::State, &name, &contents).map_err(io_error)
+        self.backend.create_state(&name, &contents)
     }
 
     fn remove_state(&mut self, name: String) -> Result<(), Error> {
         check_plain_name(&name)?;
         self.writable()?;
-        self.store().remove(Area::State, &name).map_err(io_error)
+        self.backend.remove_file(Area::State, &name)
     }
 
     fn stat_state(&mut self, name: String) -> Result<FileMeta, Error> {
         check_plain_name(&name)?;
-        let f = self.store().file_info(Area::State, &name).map_err(io_error)?;
-        Ok(FileMeta { name: f.name, size: f.size, modified: f.modified_ms })
+        self.backend.file_meta(Area::State, &name)
     }
 }
 

@@ -212,7 +212,7 @@ pub(crate) fn maintain(namespace: &Namespace, policy: &mut PolicyRuntime) -> Opt
     if namespace.read_only {
         return None;
     }
-    let report = policy.maintain(namespace.store.now_ms())?;
+    let report = policy.maintain()?;
     if report.ran {
         Stats::bump(&namespace.stats.maintain_runs);
         tracing::info!(policy = policy.name(), "maintenance: {}", report.summary);

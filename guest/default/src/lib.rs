@@ -19,27 +19,16 @@
 //! are kept by the host with the entry (no `.stats` file per entry to orphan), and
 //! every decision reads the host's clock, never a clock of its own.
 
-wit_bindgen::generate!({
-    world: "policy-world",
-    path: "../../wit",
-});
-
-use capcache::policy::types::{Codec, EntryMeta, Error, LogLevel};
-use capcache::policy::view;
-use exports::capcache::policy::policy::{
-    Action, Admission, Candidate, Guest, InvalidSetting, MaintainReport, Setting, SettingsError,
+use capcache_policy::{
+    Action, Admission, Candidate, Codec, EntryMeta, LogLevel, Lock, MaintainReport, Policy, Setting, SettingsError, log,
+    view,
 };
 use std::sync::Mutex;
 
-include!("../../common/settings.rs");
-include!("../../common/report.rs");
-
 /// State file holding the time of the last completed cleanup (decimal ms).
 const LAST_CLEANUP: &str = "last-cleanup";
-/// State file that exists while a process cleans; holds its start time.
+/// The lock held while a process cleans (a state file).
 const CLEANUP_LOCK: &str = "cleanup.lock";
-/// Entries requested per page when listing.
-const PAGE: u32 = 1024;
 
 /// The settings, with wasmtime's names and defaults.
 #[derive(Clone, Debug)]
@@ -98,76 +87,32 @@ fn config() -> Config {
     CONFIG.lock().unwrap().clone().unwrap_or_default()
 }
 
-fn invalid(setting: &Setting, expected: &str) -> SettingsError {
-    SettingsError::InvalidValue(InvalidSetting {
-        key: setting.key.clone(),
-        value: setting.value.clone(),
-        expected: expected.to_string(),
-    })
-}
-
 fn parse_config(settings: &[Setting]) -> Result<Config, SettingsError> {
     let mut config = Config::default();
-    const LEVEL: &str = "a zstd level from 1 to 22";
-    const DURATION: &str = "a duration such as \"30s\", \"30m\", \"1h\" or \"1d\"";
-    const SIZE: &str = "a size such as \"512Mi\", \"1Gi\" or a number of bytes";
-    const PERCENT: &str = "a percentage from \"0%\" to \"100%\"";
-    const COUNT: &str = "a whole number";
     for setting in settings {
-        let value = setting.value.as_str();
-        let level = || value.trim().parse::<u8>().ok().filter(|l| (1..=22).contains(l));
         match setting.key.as_str() {
-            "baseline-compression-level" => {
-                config.baseline_compression_level = level().ok_or_else(|| invalid(setting, LEVEL))?
-            }
-            "optimized-compression-level" => {
-                config.optimized_compression_level = level().ok_or_else(|| invalid(setting, LEVEL))?
-            }
+            "baseline-compression-level" => config.baseline_compression_level = setting.zstd_level()?,
+            "optimized-compression-level" => config.optimized_compression_level = setting.zstd_level()?,
             "optimized-compression-usage-counter-threshold" => {
-                config.optimized_compression_usage_counter_threshold =
-                    value.trim().parse().map_err(|_| invalid(setting, COUNT))?
+                config.optimized_compression_usage_counter_threshold = setting.count()?
             }
-            "cleanup-interval" => {
-                config.cleanup_interval_ms =
-                    parse_duration_ms(value).ok_or_else(|| invalid(setting, DURATION))?
-            }
-            "optimizing-compression-task-timeout" => {
-                config.optimizing_compression_task_timeout_ms =
-                    parse_duration_ms(value).ok_or_else(|| invalid(setting, DURATION))?
-            }
+            "cleanup-interval" => config.cleanup_interval_ms = setting.duration_ms()?,
+            "optimizing-compression-task-timeout" => config.optimizing_compression_task_timeout_ms = setting.duration_ms()?,
             "allowed-clock-drift-for-files-from-future" => {
-                config.allowed_clock_drift_for_files_from_future_ms =
-                    parse_duration_ms(value).ok_or_else(|| invalid(setting, DURATION))?
+                config.allowed_clock_drift_for_files_from_future_ms = setting.duration_ms()?
             }
-            "file-count-soft-limit" => {
-                config.file_count_soft_limit =
-                    value.trim().parse().map_err(|_| invalid(setting, COUNT))?
-            }
-            "files-total-size-soft-limit" => {
-                config.files_total_size_soft_limit =
-                    parse_size(value).ok_or_else(|| invalid(setting, SIZE))?
-            }
-            "file-count-limit-percent-if-deleting" => {
-                config.file_count_limit_percent_if_deleting =
-                    parse_percent(value).ok_or_else(|| invalid(setting, PERCENT))?
-            }
+            "file-count-soft-limit" => config.file_count_soft_limit = setting.count()?,
+            "files-total-size-soft-limit" => config.files_total_size_soft_limit = setting.size()?,
+            "file-count-limit-percent-if-deleting" => config.file_count_limit_percent_if_deleting = setting.percent()?,
             "files-total-size-limit-percent-if-deleting" => {
-                config.files_total_size_limit_percent_if_deleting =
-                    parse_percent(value).ok_or_else(|| invalid(setting, PERCENT))?
+                config.files_total_size_limit_percent_if_deleting = setting.percent()?
             }
             "raw-entries" => {
-                config.raw_entries = match value.trim() {
-                    "never" => RawEntries::Never,
-                    "hot" => RawEntries::Hot,
-                    "always" => RawEntries::Always,
-                    _ => return Err(invalid(setting, "\"never\", \"hot\" or \"always\"")),
-                }
+                config.raw_entries =
+                    setting.one_of(&[("never", RawEntries::Never), ("hot", RawEntries::Hot), ("always", RawEntries::Always)])?
             }
-            "raw-entries-usage-threshold" => {
-                config.raw_entries_usage_threshold =
-                    value.trim().parse().map_err(|_| invalid(setting, COUNT))?
-            }
-            other => return Err(SettingsError::UnknownKey(other.to_string())),
+            "raw-entries-usage-threshold" => config.raw_entries_usage_threshold = setting.count()?,
+            _ => return Err(setting.unknown()),
         }
     }
     if config.baseline_compression_level > config.optimized_compression_level {
@@ -177,16 +122,9 @@ fn parse_config(settings: &[Setting]) -> Result<Config, SettingsError> {
             .find(|s| s.key == "baseline-compression-level")
             .or_else(|| settings.iter().rev().find(|s| s.key == "optimized-compression-level"))
             .expect("one of the levels was set");
-        return Err(invalid(
-            setting,
-            "baseline-compression-level no greater than optimized-compression-level",
-        ));
+        return Err(setting.invalid("baseline-compression-level no greater than optimized-compression-level"));
     }
     Ok(config)
-}
-
-fn log(level: LogLevel, message: &str) {
-    view::log(level, message);
 }
 
 /// Reads a state file holding a decimal timestamp.
@@ -207,98 +145,36 @@ fn cleanup_due(config: &Config, now: u64) -> bool {
     }
 }
 
-/// Takes the cleanup lock. A lock older than both the cleanup interval and the
-/// task timeout, or dated beyond the allowed clock drift, belongs to a process
-/// that died: it is broken. (wasmtime judges by the interval alone, so with a
-/// short interval a slow pass has its lock broken under it and two processes
-/// clean at once.)
-fn acquire_cleanup_lock(config: &Config, now: u64) -> Result<(), String> {
-    let expiry = config.cleanup_interval_ms.max(config.optimizing_compression_task_timeout_ms);
-    for _ in 0..3 {
-        match view::create_state(CLEANUP_LOCK, now.to_string().as_bytes()) {
-            Ok(()) => return Ok(()),
-            Err(Error::AlreadyExists) => {
-                let expired = match view::read_state(CLEANUP_LOCK) {
-                    // Released meanwhile: try again. (Treating a vanished lock
-                    // as expired would remove the next holder's lock.)
-                    Err(Error::NotFound) => continue,
-                    Err(e) => return Err(format!("cannot read the cleanup lock: {e:?}")),
-                    Ok(bytes) => match std::str::from_utf8(&bytes).ok().and_then(|s| s.trim().parse::<u64>().ok()) {
-                        Some(t) => {
-                            now.saturating_sub(t) >= expiry
-                                || t > now.saturating_add(config.allowed_clock_drift_for_files_from_future_ms)
-                        }
-                        // Unreadable: judge by the file's age.
-                        None => match view::stat_state(CLEANUP_LOCK) {
-                            Ok(meta) => now.saturating_sub(meta.modified) >= expiry,
-                            Err(Error::NotFound) => continue,
-                            Err(e) => return Err(format!("cannot stat the cleanup lock: {e:?}")),
-                        },
-                    },
-                };
-                if !expired {
-                    return Err("another process holds the cleanup lock".into());
-                }
-                log(LogLevel::Info, "breaking an expired cleanup lock");
-                let _ = view::remove_state(CLEANUP_LOCK);
-            }
-            Err(e) => return Err(format!("cannot create the cleanup lock: {e:?}")),
-        }
-    }
-    Err("the cleanup lock changed hands while being taken".into())
+/// How long a cleanup lock is honoured: a lock older than both the cleanup
+/// interval and the task timeout belongs to a process that died. (wasmtime
+/// judges by the interval alone, so with a short interval a slow pass has its
+/// lock broken under it and two processes clean at once.)
+fn lock_stale_after(config: &Config) -> u64 {
+    config.cleanup_interval_ms.max(config.optimizing_compression_task_timeout_ms)
 }
 
-fn list_all_entries() -> Result<Vec<EntryMeta>, Error> {
-    let mut all = Vec::new();
-    let mut cursor = None;
-    loop {
-        let page = view::list_entries(cursor.as_deref(), PAGE)?;
-        all.extend(page.entries);
-        match page.next {
-            Some(next) => cursor = Some(next),
-            None => return Ok(all),
-        }
-    }
-}
-
-fn remove_stale_temp_files(config: &Config, now: u64) -> (u64, u64) {
-    let (mut removed, mut bytes) = (0, 0);
-    let mut cursor = None;
-    loop {
-        let page = match view::list_temp_files(cursor.as_deref(), PAGE) {
-            Ok(page) => page,
+fn remove_stale_temp_files(config: &Config, now: u64, report: &mut MaintainReport) {
+    for file in capcache_policy::temp_files() {
+        let file = match file {
+            Ok(file) => file,
             Err(e) => {
-                log(LogLevel::Warn, &format!("cannot list temporary files: {e:?}"));
+                log(LogLevel::Warn, format!("cannot list temporary files: {e:?}"));
                 break;
             }
         };
-        for file in page.files {
-            let age = now.saturating_sub(file.modified);
-            let from_future =
-                file.modified > now.saturating_add(config.allowed_clock_drift_for_files_from_future_ms);
-            if (age >= config.optimizing_compression_task_timeout_ms || from_future)
-                && view::remove_temp_file(&file.name).is_ok()
-            {
-                removed += 1;
-                bytes += file.size;
-            }
-        }
-        match page.next {
-            Some(next) => cursor = Some(next),
-            None => break,
+        let age = now.saturating_sub(file.modified);
+        let from_future = file.modified > now.saturating_add(config.allowed_clock_drift_for_files_from_future_ms);
+        if age >= config.optimizing_compression_task_timeout_ms || from_future {
+            report.remove_temp_file(&file);
         }
     }
-    (removed, bytes)
 }
 
 /// The cleanup pass proper, run under the lock.
 fn clean(config: &Config, now: u64) -> MaintainReport {
-    let mut report = empty_report(true, String::new());
-    let (temp_removed, temp_bytes) = remove_stale_temp_files(config, now);
-    report.removed_temp_files = temp_removed;
-    report.bytes_freed += temp_bytes;
-
-    let mut entries = match list_all_entries() {
+    let mut report = MaintainReport::started();
+    remove_stale_temp_files(config, now, &mut report);
+    let mut entries = match capcache_policy::all_entries() {
         Ok(entries) => entries,
         Err(e) => {
             report.summary = format!("cannot list entries: {e:?}");
@@ -334,42 +210,24 @@ fn clean(config: &Config, now: u64) -> MaintainReport {
     }
     let keep = cut.unwrap_or(entries.len());
     for entry in &entries[..keep] {
-        report.entries_after += 1;
-        report.bytes_after += entry.stored_size;
+        report.kept(entry);
     }
     for entry in &entries[keep..] {
-        match view::remove_entry(&entry.name) {
-            Ok(()) | Err(Error::NotFound) => {
-                if entry.last_used > future_tolerance {
-                    report.removed_from_future += 1;
-                } else {
-                    report.evicted += 1;
-                }
-                report.bytes_freed += entry.stored_size;
-            }
-            Err(e) => {
-                log(LogLevel::Warn, &format!("cannot evict {}: {e:?}", entry.name));
-                report.entries_after += 1;
-                report.bytes_after += entry.stored_size;
-            }
+        if entry.last_used > future_tolerance {
+            report.evict_from_future(entry);
+        } else {
+            report.evict(entry);
         }
     }
-    report.summary = format!(
-        "cleaned: {} entries seen, {} evicted, {} from the future, {} stale temporary files; {} entries ({} bytes) left",
-        report.entries_seen,
-        report.evicted,
-        report.removed_from_future,
-        report.removed_temp_files,
-        report.entries_after,
-        report.bytes_after
-    );
+    report.summary = format!("cleaned: {}", report.clone().finish().summary);
     report
 }
 
 struct DefaultPolicy;
 
-impl Guest for DefaultPolicy {
+impl Policy for DefaultPolicy {
     fn configure(settings: Vec<Setting>) -> Result<(), SettingsError> {
+        capcache_policy::log_panics();
         let config = parse_config(&settings)?;
         *CONFIG.lock().unwrap() = Some(config);
         Ok(())
@@ -409,26 +267,27 @@ impl Guest for DefaultPolicy {
         }
     }
 
-    fn maintain(now: u64) -> MaintainReport {
+    fn maintain() -> MaintainReport {
         let config = config();
-        if let Err(reason) = acquire_cleanup_lock(&config, now) {
-            return empty_report(false, reason);
-        }
+        let now = view::now();
+        let lock = match Lock::take(CLEANUP_LOCK, lock_stale_after(&config)) {
+            Ok(Some(lock)) => lock,
+            Ok(None) => return MaintainReport::skipped("another process holds the cleanup lock"),
+            Err(e) => return MaintainReport::skipped(format!("cannot take the cleanup lock: {e:?}")),
+        };
         // These two lines bracket the time the lock is held; the concurrency
         // test reads them to prove two processes never clean at once.
         log(LogLevel::Debug, "cleanup started");
         let report = clean(&config, now);
-        if let Err(e) = view::write_atomic(LAST_CLEANUP, now.to_string().as_bytes()) {
-            log(LogLevel::Warn, &format!("cannot record the cleanup time: {e:?}"));
+        if let Err(e) = view::write_state(LAST_CLEANUP, now.to_string().as_bytes()) {
+            log(LogLevel::Warn, format!("cannot record the cleanup time: {e:?}"));
         }
         log(LogLevel::Debug, "cleanup finished");
         // Released after every pass: wasmtime never removes its own lock, so a
         // long-running process of wasmtime cleans only once.
-        if let Err(e) = view::remove_state(CLEANUP_LOCK) {
-            log(LogLevel::Warn, &format!("cannot release the cleanup lock: {e:?}"));
-        }
+        drop(lock);
         report
     }
 }
 
-export!(DefaultPolicy);
+capcache_policy::export_policy!(DefaultPolicy);

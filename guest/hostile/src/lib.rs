@@ -9,18 +9,11 @@
 //! (reach for files, environment and clocks through WASI, which is not
 //! granted, during `maintain`), `escape` (try to name things outside its view during
 //! `maintain`, and report each attempt's outcome in the summary, one
-//! `call(name)=outcome` a line; the setting `targets` adds names to try).
+//! `call(name)=outcome` a line; the setting `targets` adds names to try),
+//! `namespace` (report the view's namespace as the summary), `lock-then-trap`
+//! (take the cleanup lock in `maintain`, then trap while holding it).
 
-wit_bindgen::generate!({
-    world: "policy-world",
-    path: "../../wit",
-});
-
-use capcache::policy::types::{Codec, EntryMeta};
-use capcache::policy::view;
-use exports::capcache::policy::policy::{
-    Action, Admission, Candidate, Guest, MaintainReport, Setting, SettingsError,
-};
+use capcache_policy::{Action, Admission, Candidate, Codec, EntryMeta, Lock, MaintainReport, Policy, Setting, SettingsError, view};
 use std::sync::Mutex;
 
 static MODE: Mutex<String> = Mutex::new(String::new());
@@ -65,8 +58,6 @@ fn misbehave(export: &str) {
     }
 }
 
-include!("../../common/report.rs");
-
 /// Every way out of the view this policy can think of. Each outcome is written
 /// as `what=ok` or `what=<error>` into the report, for the test to read.
 fn try_escapes() -> String {
@@ -87,7 +78,7 @@ fn try_escapes() -> String {
     let targets = TARGETS.lock().unwrap().clone();
     let names = names.iter().copied().chain(targets.iter().map(String::as_str));
     let mut outcomes = Vec::new();
-    let mut record = |what: String, result: Result<(), capcache::policy::types::Error>| {
+    let mut record = |what: String, result: Result<(), capcache_policy::Error>| {
         let outcome = match result {
             Ok(()) => "ok".to_string(),
             Err(e) => format!("{e:?}"),
@@ -100,25 +91,27 @@ fn try_escapes() -> String {
         record(format!("read-entry({shown:?})"), view::read_entry(name, 0, 16).map(|_| ()));
         record(format!("stat-entry({shown:?})"), view::stat_entry(name).map(|_| ()));
         record(format!("read-state({shown:?})"), view::read_state(name).map(|_| ()));
-        record(format!("write-atomic({shown:?})"), view::write_atomic(name, b"escaped"));
+        record(format!("write-state({shown:?})"), view::write_state(name, b"escaped"));
         record(format!("create-state({shown:?})"), view::create_state(name, b"escaped"));
         record(format!("remove-temp-file({shown:?})"), view::remove_temp_file(name));
         record(format!("remove-entry({shown:?})"), view::remove_entry(name));
+        record(format!("take-lock({shown:?})"), Lock::take(name, 1).map(|_| ()));
     }
     outcomes.join("\n")
 }
 
 struct Hostile;
 
-impl Guest for Hostile {
+impl Policy for Hostile {
     fn configure(settings: Vec<Setting>) -> Result<(), SettingsError> {
+        capcache_policy::log_panics();
         for setting in settings {
             match setting.key.as_str() {
                 "mode" => *MODE.lock().unwrap() = setting.value,
                 "targets" => {
                     *TARGETS.lock().unwrap() = setting.value.split(',').map(str::to_string).collect()
                 }
-                _ => return Err(SettingsError::UnknownKey(setting.key)),
+                _ => return Err(setting.unknown()),
             }
         }
         if mode() == "loop-configure" {
@@ -154,22 +147,33 @@ impl Guest for Hostile {
         Vec::new()
     }
 
-    fn maintain(_now: u64) -> MaintainReport {
+    fn maintain() -> MaintainReport {
         misbehave("maintain");
         match mode().as_str() {
-            "escape" => return empty_report(true, try_escapes()),
-            "huge-summary" => return empty_report(true, "x".repeat(20 << 20)),
+            "escape" => return report(try_escapes()),
+            "namespace" => return report(capcache_policy::namespace()),
+            "lock-then-trap" => {
+                let lock = Lock::take("cleanup.lock", 3_600_000);
+                assert!(matches!(lock, Ok(Some(_))), "the lock was not free: {lock:?}");
+                panic!("lock-then-trap: trapping while holding the lock");
+            }
+            "huge-summary" => return report("x".repeat(20 << 20)),
             "wasi" => {
                 // Each of these needs WASI, which the host links to traps.
                 let _ = std::fs::write("/tmp/capcache-wasi-escape", b"escaped");
                 let listing = std::fs::read_dir("/").map(|d| d.count()).unwrap_or(0);
                 let home = std::env::var("HOME").unwrap_or_default();
-                return empty_report(true, format!("wasi worked: {listing} entries in /, HOME={home}"));
+                return report(format!("wasi worked: {listing} entries in /, HOME={home}"));
             }
             _ => {}
         }
-        empty_report(true, format!("hostile policy in mode {:?}: nothing done", mode()))
+        report(format!("hostile policy in mode {:?}: nothing done", mode()))
     }
 }
 
-export!(Hostile);
+/// A report of a pass that "ran", saying `summary`.
+fn report(summary: String) -> MaintainReport {
+    MaintainReport { summary, ..MaintainReport::started() }
+}
+
+capcache_policy::export_policy!(Hostile);

@@ -1,28 +1,18 @@
 //! A policy that keeps nothing: every miss is computed and not stored, and a
 //! maintenance pass removes whatever an earlier policy left. It exists to show
 //! that swapping the policy changes the cache's behaviour with no change to the
-//! host, and as a template for writing a policy.
+//! host.
 
-wit_bindgen::generate!({
-    world: "policy-world",
-    path: "../../wit",
-});
-
-use capcache::policy::types::EntryMeta;
-use capcache::policy::view;
-use exports::capcache::policy::policy::{
-    Action, Admission, Candidate, Guest, MaintainReport, Setting, SettingsError,
-};
-
-include!("../../common/report.rs");
+use capcache_policy::{Action, Admission, Candidate, EntryMeta, MaintainReport, Policy, Setting, SettingsError, view};
 
 struct KeepNothing;
 
-impl Guest for KeepNothing {
+impl Policy for KeepNothing {
     fn configure(settings: Vec<Setting>) -> Result<(), SettingsError> {
+        capcache_policy::log_panics();
         // It has no settings: any key is unknown.
-        match settings.into_iter().next() {
-            Some(setting) => Err(SettingsError::UnknownKey(setting.key)),
+        match settings.first() {
+            Some(setting) => Err(setting.unknown()),
             None => Ok(()),
         }
     }
@@ -39,28 +29,18 @@ impl Guest for KeepNothing {
         vec![Action::Remove]
     }
 
-    fn maintain(_now: u64) -> MaintainReport {
-        let mut report = empty_report(true, String::new());
+    fn maintain() -> MaintainReport {
+        let mut report = MaintainReport::started();
         loop {
             // Always the first page: what it lists is removed.
             let page = match view::list_entries(None, 1024) {
                 Ok(page) => page,
-                Err(e) => {
-                    report.summary = format!("cannot list entries: {e:?}");
-                    return report;
-                }
+                Err(e) => return MaintainReport::skipped(format!("cannot list entries: {e:?}")),
             };
             let mut removed_any = false;
             for entry in &page.entries {
-                report.entries_seen += 1;
-                if view::remove_entry(&entry.name).is_ok() {
-                    removed_any = true;
-                    report.evicted += 1;
-                    report.bytes_freed += entry.stored_size;
-                } else {
-                    report.entries_after += 1;
-                    report.bytes_after += entry.stored_size;
-                }
+                report.saw(entry);
+                removed_any |= report.evict(entry);
             }
             if page.next.is_none() || !removed_any {
                 break;
@@ -71,4 +51,4 @@ impl Guest for KeepNothing {
     }
 }
 
-export!(KeepNothing);
+capcache_policy::export_policy!(KeepNothing);
