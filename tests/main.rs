@@ -6,6 +6,7 @@
 mod support;
 
 mod adapter;
+mod authoring;
 mod cache;
 mod cli;
 mod config;

@@ -1,5 +1,7 @@
 //! The `capcache` command.
 
+mod policy;
+
 use anyhow::{Context, Result, bail};
 use capcache::{Cache, CacheBuilder, EntryInfo, IfMissing, Policy, Source};
 use clap::{Parser, Subcommand};
@@ -108,6 +110,46 @@ enum PolicyCommand {
         /// A setting to pass to `configure`, KEY=VALUE (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         settings: Vec<String>,
+    },
+    /// Dry-run a policy before deploying it: replay a simulated workload
+    /// (misses, skewed hits, sizes of real artifacts, crashes leaving
+    /// temporary files) against a simulated cache on a simulated clock, and
+    /// print what the policy decided and what its calls cost. No cache is
+    /// touched. Fails on any policy fault, or an unmet --expect.
+    Test {
+        /// The component (.wasm); "default" for the embedded default policy.
+        policy: PathBuf,
+        /// A setting to pass to `configure`, KEY=VALUE (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        settings: Vec<String>,
+        /// The workload, as KEY=VALUE pairs separated by commas: ops (100000),
+        /// modules (2000), skew (1.0: Zipf), step (1s between loads),
+        /// crash-every (5000 loads), sizes (of the three real artifacts, e.g.
+        /// 2Mi/30Mi), seed (1).
+        #[arg(long, value_name = "SPEC", default_value = "")]
+        workload: String,
+        /// A condition the run must meet (repeatable): max-bytes=SIZE (after
+        /// every pass), max-entries=N, min-hit-rate=P%, max-temp-files=N (at
+        /// the end).
+        #[arg(long = "expect", value_name = "KEY=VALUE")]
+        expectations: Vec<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a new policy crate, ready to build for wasm32-wasip2: Cargo.toml,
+    /// the contract's WIT, src/lib.rs with every export written out and
+    /// commented, and a README with the commands to build, check and test it.
+    New {
+        /// The crate's name (lowercase letters, digits, '-', '_').
+        name: String,
+        /// Where to create it [default: the current directory].
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The capcache-policy SDK to depend on (guest/sdk of a capcache
+        /// checkout) [default: the one in the source tree capcache was built from].
+        #[arg(long)]
+        sdk: Option<PathBuf>,
     },
 }
 
@@ -278,6 +320,7 @@ macro_rules! out {
         writeln!(std::io::stdout().lock(), $($arg)*)
     };
 }
+pub(crate) use out;
 
 fn progress_bar(total: u64, what: &str) -> indicatif::ProgressBar {
     // Hidden when stderr is not a terminal, and for a handful of items.
@@ -334,7 +377,11 @@ fn run(cli: Cli) -> Result<()> {
         Command::Ls { sort, location } => ls(&location, sort),
         Command::Verify { fix, location } => verify(&location, fix),
         Command::Clear { location } => clear(&location),
-        Command::Policy(PolicyCommand::Check { policy, settings }) => policy_check(&policy, &settings),
+        Command::Policy(PolicyCommand::Check { policy, settings }) => policy::check(&policy, &settings),
+        Command::Policy(PolicyCommand::Test { policy, settings, workload, expectations, json }) => {
+            policy::test(&policy, &settings, &workload, &expectations, json)
+        }
+        Command::Policy(PolicyCommand::New { name, dir, sdk }) => policy::new(&name, dir.as_deref(), sdk.as_deref()),
     }
 }
 
@@ -589,24 +636,6 @@ fn clear(location: &Location) -> Result<()> {
         removed += cache.clear().with_context(|| format!("namespace {namespace}: cannot clear"))?;
     }
     out!("{removed} entries removed")?;
-    Ok(())
-}
-
-fn policy_check(policy: &Path, settings: &[String]) -> Result<()> {
-    let policy = Policy::named(policy)?;
-    let interface = policy.describe()?;
-    out!("policy   {}", policy.name())?;
-    out!("world    {}: matches", interface.world)?;
-    for name in &interface.imports {
-        let note = if name.starts_with("wasi:") { " (granted nothing: calls trap)" } else { "" };
-        out!("import   {name}{note}")?;
-    }
-    for name in &interface.exports {
-        out!("export   {name}")?;
-    }
-    let scratch = tempfile::tempdir()?;
-    Cache::builder().directory(scratch.path()).policy(policy).settings(parse_settings(settings)?).open()?;
-    out!("configure: ok ({} settings)", settings.len())?;
     Ok(())
 }
 

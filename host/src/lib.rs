@@ -46,6 +46,7 @@ mod mapped;
 mod namespace;
 mod policy;
 mod settings;
+mod simulate;
 mod stats;
 mod store;
 mod usage;
@@ -64,6 +65,9 @@ pub use error::Error;
 pub use key::{Key, KeyDomain};
 pub use policy::{MAX_POLICY_INSTANCES, MAX_POLICY_MEMORIES, MAX_POLICY_SIZE, MAX_POLICY_TABLES, Policy, PolicyInterface};
 pub use settings::HostSettings;
+pub use simulate::{
+    CallTimes, Expectation, Lookup, REAL_ARTIFACT_SIZES, Simulation, SimulationReport, Workload, modelled_stored_size,
+};
 pub use stats::StatsSnapshot;
 pub use store::IfMissing;
 

@@ -1,0 +1,207 @@
+//! `capcache policy`: check a policy component, dry-run it against a simulated
+//! cache, and start a new one.
+
+use crate::{out, parse_settings};
+use anyhow::{Context, Result, bail};
+use capcache::{Cache, Expectation, Policy, Simulation, SimulationReport, Workload};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// `capcache policy check`: the component's world, imports and exports, and
+/// its `configure` with these settings, in a scratch directory.
+pub(crate) fn check(policy: &Path, settings: &[String]) -> Result<()> {
+    let policy = Policy::named(policy)?;
+    let interface = policy.describe()?;
+    out!("policy   {}", policy.name())?;
+    out!("world    {}: matches", interface.world)?;
+    for name in &interface.imports {
+        let note = if name.starts_with("wasi:") { " (granted nothing: calls trap)" } else { "" };
+        out!("import   {name}{note}")?;
+    }
+    for name in &interface.exports {
+        out!("export   {name}")?;
+    }
+    let scratch = tempfile::tempdir()?;
+    Cache::builder().directory(scratch.path()).policy(policy).settings(parse_settings(settings)?).open()?;
+    out!("configure: ok ({} settings)", settings.len())?;
+    Ok(())
+}
+
+/// A byte count for people, as the simulation's expectations show them.
+fn bytes(n: u64) -> String {
+    if n >= 1 << 20 { format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64) } else { format!("{n} B") }
+}
+
+/// `capcache policy test`: replays a workload against the policy on a
+/// simulated cache, prints what it decided, and fails on a fault or an unmet
+/// expectation.
+pub(crate) fn test(policy: &Path, settings: &[String], workload: &str, expectations: &[String], json: bool) -> Result<()> {
+    let workload: Workload = workload.parse().map_err(|e: String| anyhow::anyhow!("--workload: {e}"))?;
+    let expectations: Vec<Expectation> =
+        expectations.iter().map(|e| e.parse()).collect::<Result<_, String>>().map_err(anyhow::Error::msg)?;
+    let policy = Policy::named(policy)?;
+    let started = std::time::Instant::now();
+    let mut simulation = Simulation::new(&policy, parse_settings(settings)?)?;
+    simulation.run(&workload);
+    let report = simulation.report();
+    let took = started.elapsed();
+    let verdicts: Vec<(bool, String)> = expectations
+        .iter()
+        .map(|e| match report.meets(e) {
+            Ok(seen) => (true, seen),
+            Err(seen) => (false, seen),
+        })
+        .collect();
+
+    if json {
+        let value = serde_json::json!({
+            "policy": policy.name(),
+            "report": report,
+            "expectations": verdicts.iter().map(|(ok, what)| serde_json::json!({"ok": ok, "seen": what})).collect::<Vec<_>>(),
+            "seconds": took.as_secs_f64(),
+        });
+        out!("{}", serde_json::to_string_pretty(&value)?)?;
+    } else {
+        print_report(&policy, &workload, &report, &verdicts, took)?;
+    }
+
+    let mut failures = Vec::new();
+    if report.faults > 0 {
+        failures.push(format!("{} policy faults ({} at a deadline)", report.faults, report.deadline_hits));
+    }
+    failures.extend(verdicts.iter().filter(|(ok, _)| !ok).map(|(_, what)| format!("expectation not met: {what}")));
+    if !failures.is_empty() {
+        bail!("policy test of {} failed: {}", policy.name(), failures.join("; "));
+    }
+    Ok(())
+}
+
+fn print_report(
+    policy: &Policy,
+    workload: &Workload,
+    report: &SimulationReport,
+    verdicts: &[(bool, String)],
+    took: std::time::Duration,
+) -> Result<()> {
+    let labelled = |map: &std::collections::BTreeMap<String, u64>| {
+        if map.is_empty() { "none".to_string() } else { map.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ") }
+    };
+    out!("policy        {}", policy.name())?;
+    out!(
+        "workload      {} loads of {} modules, skew {}, one every {:?} ({:.1} h simulated), a crash every {} loads",
+        workload.operations,
+        workload.modules,
+        workload.skew,
+        workload.step,
+        report.simulated_ms as f64 / 3_600_000.0,
+        workload.crash_every
+    )?;
+    out!(
+        "loads         {} hits ({:.1}%), {} misses",
+        report.hits,
+        report.hit_rate() * 100.0,
+        report.misses
+    )?;
+    out!("admitted      {}", labelled(&report.admitted))?;
+    out!("skipped       {}", report.skipped)?;
+    out!("recoded       {}", labelled(&report.recoded))?;
+    out!("removed       {} (evictions and remove actions)", report.removed)?;
+    out!("maintenance   {} passes ran, {} did not", report.passes, report.passes_skipped)?;
+    if let Some(summary) = &report.last_summary {
+        let summary: String = summary.chars().take(200).collect();
+        out!("last pass     {summary}")?;
+    }
+    if let Some(max) = report.bytes_after_passes.iter().max() {
+        out!("after passes  at most {}", bytes(*max))?;
+    }
+    out!(
+        "at the end    {} entries, {}; peak {} entries, {}",
+        report.entries_at_end,
+        bytes(report.bytes_at_end),
+        report.peak_entries,
+        bytes(report.peak_bytes)
+    )?;
+    out!("temporary     {} left by crashes, {} at the end", report.temp_files_left_by_crashes, report.temp_files_at_end)?;
+    out!("faults        {} ({} at a deadline)", report.faults, report.deadline_hits)?;
+    for (export, why) in &report.fault_reasons {
+        let why: String = why.chars().take(300).collect();
+        out!("  {export}: {why}")?;
+    }
+    out!("calls         {:<10} {:>8} {:>10} {:>10} {:>10}", "export", "calls", "p50 µs", "p99 µs", "max µs")?;
+    for (export, times) in &report.call_times {
+        out!(
+            "              {:<10} {:>8} {:>10.1} {:>10.1} {:>10.1}",
+            export,
+            times.calls,
+            times.p50_us,
+            times.p99_us,
+            times.max_us
+        )?;
+    }
+    for (ok, what) in verdicts {
+        out!("expect        {what}: {}", if *ok { "ok" } else { "NOT MET" })?;
+    }
+    out!("took          {:.2} s", took.as_secs_f64())?;
+    Ok(())
+}
+
+/// The files of a new policy project.
+const CARGO_TOML: &str = include_str!("../templates/policy/Cargo.toml.in");
+const LIB_RS: &str = include_str!("../templates/policy/lib.rs.in");
+const README: &str = include_str!("../templates/policy/README.md.in");
+const CONTRACT: &str = include_str!("../../wit/policy.wit");
+
+/// Where the SDK is in the source tree this binary was built from.
+const SDK_IN_SOURCE_TREE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../guest/sdk");
+
+/// `capcache policy new`: writes a self-contained policy crate.
+pub(crate) fn new(name: &str, dir: Option<&Path>, sdk: Option<&Path>) -> Result<()> {
+    let valid = name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && name.len() <= 64;
+    if !valid {
+        bail!("{name:?} is not a usable crate name: use lowercase letters, digits, '-' and '_', starting with a letter");
+    }
+    let sdk = match sdk {
+        Some(path) => path.to_path_buf(),
+        None => PathBuf::from(SDK_IN_SOURCE_TREE),
+    };
+    let sdk = sdk
+        .canonicalize()
+        .ok()
+        .filter(|p| p.join("Cargo.toml").is_file())
+        .with_context(|| {
+            format!(
+                "cannot find the capcache-policy SDK at {}: pass --sdk PATH, the guest/sdk directory of a capcache checkout",
+                sdk.display()
+            )
+        })?;
+    let root = dir.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".")).join(name);
+    if root.exists() {
+        bail!("{} exists already: choose another name or --dir, or remove it", root.display());
+    }
+    let crate_name = name.replace('-', "_");
+    let fill = |template: &str| {
+        template
+            .replace("{{name}}", name)
+            .replace("{{crate}}", &crate_name)
+            .replace("{{sdk}}", &format!("capcache-policy = {{ path = {:?} }}", sdk.display().to_string()))
+    };
+    std::fs::create_dir_all(root.join("src")).with_context(|| format!("cannot create {}", root.display()))?;
+    std::fs::create_dir_all(root.join("wit"))?;
+    let files = [
+        ("Cargo.toml", fill(CARGO_TOML)),
+        ("src/lib.rs", fill(LIB_RS)),
+        ("README.md", fill(README)),
+        ("wit/policy.wit", CONTRACT.to_string()),
+        (".gitignore", "/target\n".to_string()),
+    ];
+    for (file, contents) in files {
+        let path = root.join(file);
+        std::fs::write(&path, contents).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    out!("created {} (policy {name}, SDK at {})", root.display(), sdk.display())?;
+    out!("next:   cd {} && cargo build --release --target wasm32-wasip2", root.display())?;
+    out!("        capcache policy test target/wasm32-wasip2/release/{crate_name}.wasm")?;
+    Ok(())
+}
