@@ -196,3 +196,28 @@ fn a_policy_that_calls_wasi_is_told_which_import_and_what_to_do_instead() {
     assert!(reason.contains("a policy is granted no WASI") && reason.contains("--stub-wasi"), "{reason}");
     assert!(!reason.contains("backtrace"), "{reason}");
 }
+
+#[test]
+fn the_guides_worked_example_is_the_fewest_hits_policy_verbatim() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let guide = std::fs::read_to_string(format!("{root}/docs/writing-a-policy.md")).unwrap();
+    let source = std::fs::read_to_string(format!("{root}/guest/fewest-hits/src/lib.rs")).unwrap();
+    let code: String = source.lines().skip_while(|l| l.starts_with("//!") || l.is_empty()).map(|l| format!("{l}\n")).collect();
+    assert!(guide.contains(&format!("```rust\n{code}```")), "docs/writing-a-policy.md no longer shows guest/fewest-hits/src/lib.rs");
+}
+
+#[test]
+fn the_fewest_hits_policy_keeps_the_most_served_entries() {
+    let mut sim = Simulation::new(&guest_policy("fewest-hits"), [("max-entries", "2"), ("hot-hits", "3")]).unwrap();
+    for (module, extra_hits) in [(b"a", 3), (b"b", 0), (b"c", 1)] {
+        sim.load(module, 1 << 20);
+        for _ in 0..extra_hits {
+            sim.load(module, 1 << 20);
+        }
+    }
+    let report = sim.maintain().unwrap();
+    assert_eq!((report.evicted, report.entries_after), (1, 2), "{}", report.summary);
+    assert_eq!(sim.load(b"b", 1 << 20), Lookup::Miss { stored: true }, "the least served entry was kept");
+    let hot = sim.entries().into_iter().find(|e| e.hits == 3).unwrap();
+    assert_eq!(hot.codec, StoredCodec::Raw, "an entry served 3 times is not raw");
+}
