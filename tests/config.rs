@@ -95,3 +95,24 @@ fn a_component_of_another_contract_is_refused_by_name() {
     assert!(matches!(err, Error::PolicyWorld { .. }), "{err:?}");
     assert!(err.to_string().contains("capcache:policy/policy"), "{err}");
 }
+
+#[test]
+fn a_remote_section_is_read_and_a_bad_mode_or_key_file_is_named() {
+    let config = capcache::Config::parse(
+        "[cache.remote]\nurl = \"redis://127.0.0.1:1\"\nmode = \"read-only\"\ntimeout-ms = 500\n",
+        "test",
+    )
+    .unwrap();
+    let remote = config.cache.remote.as_ref().unwrap();
+    assert_eq!((remote.mode.as_deref(), remote.timeout_ms), (Some("read-only"), Some(500)));
+    let err = capcache::Config::parse("[cache.remote]\nurl = \"redis://h:1\"\nmode = \"sometimes\"\n", "test").unwrap_err();
+    assert!(err.to_string().contains("cache.remote.mode = \"sometimes\""), "{err}");
+    let t = TestCache::new();
+    let key_file = t.dir.path().join("short.key");
+    std::fs::write(&key_file, "short").unwrap();
+    let text = format!("[cache.remote]\nurl = \"redis://h:1\"\nhmac-key-file = {:?}\n", key_file.display().to_string());
+    let err = capcache::CacheBuilder::from_config(&capcache::Config::parse(&text, "test").unwrap()).unwrap_err();
+    assert!(err.to_string().contains("use at least 16 random bytes"), "{err}");
+    let err = t.builder().remote(capcache::RemoteSettings::new("http://not-redis")).open().unwrap_err();
+    assert!(err.to_string().contains("not a usable Redis URL"), "{err}");
+}

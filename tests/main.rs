@@ -17,6 +17,7 @@ mod hostile;
 mod incremental;
 mod model;
 mod recompression;
+mod remote;
 mod sandbox;
 mod swap;
 mod trust;

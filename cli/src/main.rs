@@ -97,6 +97,9 @@ enum Command {
     /// Work with policy components.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Work with the shared tier (a Redis server behind the local cache).
+    #[command(subcommand)]
+    Remote(RemoteCommand),
 }
 
 #[derive(Subcommand)]
@@ -153,6 +156,61 @@ enum PolicyCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum RemoteCommand {
+    /// Probe the shared tier: can it be reached, read and written, and will
+    /// it evict when full. Exits 1 if anything is wrong.
+    Check {
+        #[command(flatten)]
+        location: Location,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Upload every local entry the tier lacks.
+    Push {
+        #[command(flatten)]
+        location: Location,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Fetch every entry the tier holds and the local cache lacks (each
+    /// checked as a lookup checks it).
+    Pull {
+        #[command(flatten)]
+        location: Location,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+}
+
+/// The shared tier, beside (and over) `[cache.remote]` in the configuration.
+#[derive(clap::Args)]
+struct RemoteArgs {
+    /// A shared tier: redis://[user:password@]host:port[/db]. Local misses look
+    /// there; what is stored locally is uploaded.
+    #[arg(long, value_name = "URL")]
+    remote: Option<String>,
+    /// Only read the shared tier: never upload or delete.
+    #[arg(long)]
+    remote_read_only: bool,
+}
+
+impl RemoteArgs {
+    fn apply(&self, builder: CacheBuilder) -> CacheBuilder {
+        let Some(url) = &self.remote else {
+            return builder;
+        };
+        let mut settings = capcache::RemoteSettings::new(url);
+        if self.remote_read_only {
+            settings = settings.mode(capcache::RemoteMode::ReadOnly);
+        }
+        if let Some(key) = std::env::var_os("CAPCACHE_REMOTE_HMAC_KEY") {
+            settings = settings.hmac_key(key.into_encoded_bytes());
+        }
+        builder.remote(settings)
+    }
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum SortBy {
     Name,
@@ -202,6 +260,8 @@ struct CompileOptions {
     policy: PolicyArgs,
     #[command(flatten)]
     storing: Storing,
+    #[command(flatten)]
+    remote: RemoteArgs,
 }
 
 /// Whether compiling stores anything.
@@ -378,6 +438,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Verify { fix, location } => verify(&location, fix),
         Command::Clear { location } => clear(&location),
         Command::Policy(PolicyCommand::Check { policy, settings }) => policy::check(&policy, &settings),
+        Command::Remote(command) => remote(command),
         Command::Policy(PolicyCommand::Test { policy, settings, workload, expectations, json }) => {
             policy::test(&policy, &settings, &workload, &expectations, json)
         }
@@ -389,12 +450,12 @@ fn run(cli: Cli) -> Result<()> {
 /// costs the cache (a policy or setting the user named must work, and a bad
 /// one is an error).
 fn open_for_compiling(options: &CompileOptions) -> Result<Cache> {
-    let CompileOptions { location, policy, storing } = options;
+    let CompileOptions { location, policy, storing, remote } = options;
     if storing.no_cache {
         return Ok(Cache::disabled());
     }
     let namespace = location.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
-    let builder = policy.apply(location.builder(namespace)?)?;
+    let builder = remote.apply(policy.apply(location.builder(namespace)?)?);
     let builder = if storing.read_only { builder.read_only(true) } else { builder };
     match builder.open() {
         Ok(cache) => Ok(cache),
@@ -420,10 +481,11 @@ fn compile_all(modules: &[PathBuf], options: &CompileOptions) -> Result<()> {
             Ok((source, elapsed)) => {
                 let what = match source {
                     Source::Hit => "hit",
+                    Source::RemoteHit => "remote",
                     Source::Miss => "miss",
                     _ => "uncached",
                 };
-                let line = format!("{what:4}  {:9.2} ms  {}", elapsed.as_secs_f64() * 1e3, path.display());
+                let line = format!("{what:6}  {:9.2} ms  {}", elapsed.as_secs_f64() * 1e3, path.display());
                 bar.suspend(|| out!("{line}"))?;
             }
             Err(e) => {
@@ -564,6 +626,52 @@ fn stats(location: &Location, json: bool, zero: bool) -> Result<()> {
         out!("failures        {}", stats.failures)?;
         out!("policy faults   {}", stats.policy_faults)?;
         out!("events dropped  {}", stats.events_dropped)?;
+        let remote_lookups = stats.remote_hits + stats.remote_misses + stats.remote_errors + stats.remote_rejected + stats.remote_skipped;
+        if remote_lookups + stats.remote_uploads + stats.remote_upload_failures > 0 {
+            out!(
+                "shared tier     {} hits, {} misses, {} errors, {} refused values, {} skipped while cooling off",
+                stats.remote_hits,
+                stats.remote_misses,
+                stats.remote_errors,
+                stats.remote_rejected,
+                stats.remote_skipped
+            )?;
+            out!("  uploads       {} ({} failed)", stats.remote_uploads, stats.remote_upload_failures)?;
+            out!("  bytes         {} in, {} out", stats.remote_bytes_in, stats.remote_bytes_out)?;
+            out!("  time waited   {:.1} ms", stats.remote_us as f64 / 1e3)?;
+        }
+    }
+    Ok(())
+}
+
+/// `capcache remote check|push|pull`, on the namespace `compile` uses (or
+/// `--namespace`).
+fn remote(command: RemoteCommand) -> Result<()> {
+    let (location, remote_args) = match &command {
+        RemoteCommand::Check { location, remote } | RemoteCommand::Push { location, remote } | RemoteCommand::Pull { location, remote } => {
+            (location, remote)
+        }
+    };
+    let namespace = location.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
+    let cache = remote_args.apply(location.builder(namespace)?).open()?;
+    match command {
+        RemoteCommand::Check { .. } => {
+            let checks = cache.check_remote().ok_or(capcache::Error::NoRemote)?;
+            for check in &checks {
+                out!("{}  {}", if check.ok { "ok  " } else { "FAIL" }, check.finding)?;
+            }
+            if checks.iter().any(|c| !c.ok) {
+                bail!("the shared tier is not usable as it is (see above)");
+            }
+        }
+        RemoteCommand::Push { .. } => {
+            let moved = cache.push_to_remote()?;
+            out!("{} entries uploaded, {} there already, {} failed", moved.copied, moved.present, moved.failed)?;
+        }
+        RemoteCommand::Pull { .. } => {
+            let moved = cache.pull_from_remote()?;
+            out!("{} entries fetched, {} here already, {} failed", moved.copied, moved.present, moved.failed)?;
+        }
     }
     Ok(())
 }

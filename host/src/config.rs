@@ -19,6 +19,16 @@
 //! event-deadline-ms = 250
 //! maintain-deadline-ms = 30000
 //! max-module-size = 1073741824        # bytes: the largest module file read
+//!
+//! [cache.remote]                      # a shared tier on Redis (off without it)
+//! url = "redis://cache.internal:6379" # redis://[user:password@]host:port[/db]
+//! prefix = "capcache"                 # keys are <prefix>:<namespace>:<entry>
+//! mode = "read-write"                 # or "read-only": never write
+//! connect-timeout-ms = 100
+//! timeout-ms = 3000                   # one command
+//! cool-off-ms = 30000                 # skip the tier this long after a failure
+//! hmac-key-file = "/etc/capcache/hmac.key"  # or the env CAPCACHE_REMOTE_HMAC_KEY
+//! ttl-seconds = 604800                # an expiry for values written (default none)
 //! ```
 //!
 //! Every key has a default. Unknown keys and bad values are errors that name
@@ -61,6 +71,31 @@ pub struct CacheSection {
     /// `[cache.host]`: the host's limits.
     #[serde(default)]
     pub host: HostSection,
+    /// `[cache.remote]`: the shared tier, if any.
+    #[serde(default)]
+    pub remote: Option<RemoteSection>,
+}
+
+/// `[cache.remote]`: a shared tier on Redis (see [`crate::RemoteSettings`]).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RemoteSection {
+    /// `url`: `redis://[user:password@]host:port[/db]`.
+    pub url: String,
+    /// `prefix` of every key (default `capcache`).
+    pub prefix: Option<String>,
+    /// `mode`: `read-write` (default) or `read-only`.
+    pub mode: Option<String>,
+    /// `connect-timeout-ms` (default 100).
+    pub connect_timeout_ms: Option<u64>,
+    /// `timeout-ms` of one command (default 3000).
+    pub timeout_ms: Option<u64>,
+    /// `cool-off-ms` after a failure (default 30000).
+    pub cool_off_ms: Option<u64>,
+    /// `hmac-key-file`: a file holding the HMAC key.
+    pub hmac_key_file: Option<PathBuf>,
+    /// `ttl-seconds`: an expiry for every value written.
+    pub ttl_seconds: Option<u64>,
 }
 
 impl Default for CacheSection {
@@ -73,6 +108,7 @@ impl Default for CacheSection {
             allow_insecure_directory: false,
             policy_settings: BTreeMap::new(),
             host: HostSection::default(),
+            remote: None,
         }
     }
 }
@@ -198,6 +234,14 @@ impl Config {
                     message: format!("cache.host.{key} = {value}: expected a number from {min} to {max}"),
                 });
             }
+        }
+        if let Some(remote) = &config.cache.remote
+            && let Some(mode) = remote.mode.as_deref().filter(|m| !["read-write", "read-only"].contains(m))
+        {
+            return Err(ConfigError::Invalid {
+                origin: origin.to_string(),
+                message: format!("cache.remote.mode = {mode:?}: expected \"read-write\" or \"read-only\""),
+            });
         }
         Ok(config)
     }

@@ -66,6 +66,17 @@ pub enum Error {
         /// What does not match.
         reason: String,
     },
+    /// The shared tier's settings cannot be used.
+    #[error("shared tier {url}: {reason}")]
+    Remote {
+        /// The server's URL, password hidden.
+        url: String,
+        /// What is wrong, and what to do.
+        reason: String,
+    },
+    /// A shared-tier operation was asked of a cache without one.
+    #[error("no shared tier is configured: set [cache.remote] url in the configuration file, or pass --remote redis://HOST:PORT")]
+    NoRemote,
     /// The policy does not know a setting it was given.
     #[error("policy {policy} refused setting {key:?}: it has no such setting")]
     UnknownSetting {

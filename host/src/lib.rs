@@ -45,6 +45,7 @@ mod key;
 mod mapped;
 mod namespace;
 mod policy;
+mod remote;
 mod settings;
 mod simulate;
 mod stats;
@@ -56,7 +57,8 @@ pub mod wasmtime;
 mod worker;
 
 pub use cache::{
-    Cache, CacheBuilder, Cached, EntryInfo, MaintainReport, Source, VerifyMode, VerifyReport, default_directory, namespaces,
+    Cache, CacheBuilder, Cached, EntryInfo, MaintainReport, RemoteCheck, RemoteTransfer, Source, VerifyMode, VerifyReport,
+    default_directory, namespaces,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::Config;
@@ -64,6 +66,7 @@ pub use entry::StoredCodec;
 pub use error::Error;
 pub use key::{Key, KeyDomain};
 pub use policy::{MAX_POLICY_INSTANCES, MAX_POLICY_MEMORIES, MAX_POLICY_SIZE, MAX_POLICY_TABLES, Policy, PolicyInterface};
+pub use remote::{RemoteMode, RemoteSettings};
 pub use settings::HostSettings;
 pub use simulate::{
     CallTimes, Expectation, Lookup, REAL_ARTIFACT_SIZES, Simulation, SimulationReport, Workload, modelled_stored_size,

@@ -35,6 +35,8 @@ pub(crate) struct Namespace {
     pub(crate) usage: Mutex<Usage>,
     pub(crate) stats: Stats,
     pub(crate) read_only: bool,
+    /// The shared tier behind this namespace, if any.
+    pub(crate) remote: Option<crate::remote::RemoteTier>,
 }
 
 impl Namespace {
@@ -83,8 +85,21 @@ impl Namespace {
         Ok(())
     }
 
+    /// Uploads `key`'s local entry to the shared tier, if there is one and
+    /// this host writes to it. Runs on the worker.
+    pub(crate) fn upload(&self, key: &Key) {
+        let Some(remote) = &self.remote else { return };
+        if remote.settings().mode == crate::remote::RemoteMode::ReadOnly {
+            return;
+        }
+        match self.store.dir(Area::Entries).read(key.name()) {
+            Ok(entry_bytes) => remote.upload(key, &entry_bytes, &self.stats),
+            Err(e) => tracing::debug!("entry {} gone before its upload: {e}", key.name()),
+        }
+    }
+
     /// Records that `key`'s entry starts over with no usage.
-    fn reset_usage(&self, key: &Key) {
+    pub(crate) fn reset_usage(&self, key: &Key) {
         if let Err(e) = Usage::append(self.store.namespace_dir(), &[(usage::id_of(key), None)]) {
             tracing::warn!("cannot reset the usage of {} in the usage journal: {e}", key.name());
         }

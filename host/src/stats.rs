@@ -8,7 +8,7 @@ use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 pub const STATS_LOG: &str = "stats.log";
-const RECORD_MAGIC: &[u8; 8] = b"CCSTATS2";
+const RECORD_MAGIC: &[u8; 8] = b"CCSTATS3";
 
 macro_rules! counters {
     ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
@@ -69,6 +69,27 @@ counters! {
     removed,
     /// Maintenance passes that ran.
     maintain_runs,
+    /// Local misses served by the shared tier.
+    remote_hits,
+    /// Local misses the shared tier did not have either.
+    remote_misses,
+    /// Failures to talk to the shared tier (each a miss, then a cool-off).
+    remote_errors,
+    /// Shared-tier values refused: not a whole entry of their key, or a bad
+    /// HMAC tag.
+    remote_rejected,
+    /// Lookups and uploads skipped while the tier cooled off after a failure.
+    remote_skipped,
+    /// Entries uploaded to the shared tier.
+    remote_uploads,
+    /// Uploads the server refused or that failed.
+    remote_upload_failures,
+    /// Bytes fetched from the shared tier.
+    remote_bytes_in,
+    /// Bytes uploaded to it.
+    remote_bytes_out,
+    /// Microseconds spent waiting on the shared tier.
+    remote_us,
 }
 
 impl Stats {

@@ -158,8 +158,8 @@ impl Artifact for Component {
 
 /// The artifact stored under `key`, if there is one wasmtime accepts; a hit
 /// it refuses is counted as a miss.
-fn load_cached<T: Artifact>(cache: &Cache, engine: &Engine, key: &Key) -> Option<T> {
-    let found = cache.fetch(key, crate::store::RawEntryAs::File)?;
+fn load_cached<T: Artifact>(cache: &Cache, engine: &Engine, key: &Key) -> Option<(T, Source)> {
+    let (found, source) = cache.fetch(key, crate::store::RawEntryAs::File)?;
     let loaded = match found {
         // SAFETY: see the module's safety contract: the key covers the
         // engine's compatibility hash, the entry was checked whole and is its
@@ -169,7 +169,7 @@ fn load_cached<T: Artifact>(cache: &Cache, engine: &Engine, key: &Key) -> Option
         Fetched::Value(bytes) => unsafe { T::from_bytes(engine, &bytes) },
     };
     match loaded {
-        Ok(artifact) => Some(artifact),
+        Ok(artifact) => Some((artifact, source)),
         Err(e) => {
             cache.count_unusable_hit();
             tracing::warn!("cached artifact {} does not load ({e:#})", key.name());
@@ -185,8 +185,8 @@ fn load<T: Artifact>(cache: &Cache, engine: &Engine, key: &Key, wasm: &[u8]) -> 
     if !cache.is_enabled() {
         return Ok((T::compile(engine, wasm)?, Source::Uncached));
     }
-    if let Some(artifact) = load_cached(cache, engine, key) {
-        return Ok((artifact, Source::Hit));
+    if let Some(found) = load_cached(cache, engine, key) {
+        return Ok(found);
     }
     let artifact = T::compile(engine, wasm)?;
     let compiled = artifact.clone();
@@ -302,8 +302,8 @@ fn load_file<T: Artifact>(cache: &Cache, engine: &Engine, path: &Path) -> Result
     if let Some(artifact) = manifest_key.and_then(|manifest| cache.read_manifest(&manifest)) {
         // The artifact's own lookup still checks it whole; its wasm is needed
         // only if it is gone, and then it is read.
-        if let Some(artifact) = load_cached(cache, engine, &artifact) {
-            return Ok((artifact, Source::Hit));
+        if let Some(found) = load_cached(cache, engine, &artifact) {
+            return Ok(found);
         }
     }
     let mut file = file;

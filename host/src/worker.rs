@@ -173,6 +173,10 @@ fn run(receiver: Receiver<Message>, namespace: &Namespace, policy: &Mutex<Policy
 fn handle_entry_event(namespace: &Namespace, policy: &Mutex<PolicyRuntime>, key: &Key, event: EntryEvent) {
     // Gone or replaced meanwhile: nothing to tell the policy.
     let Ok(meta) = namespace.entry_meta(&key.name()) else { return };
+    // A value the policy admitted locally goes to the shared tier too.
+    if matches!(event, EntryEvent::Inserted) {
+        namespace.upload(key);
+    }
     let mut policy = policy.lock();
     let actions = match event {
         EntryEvent::Hit => policy.on_hit(&meta),

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod redis_server;
+
 use capcache::{Cache, CacheBuilder, ManualClock, Policy};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

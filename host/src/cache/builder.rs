@@ -13,6 +13,7 @@ pub struct CacheBuilder {
     clock: Arc<dyn Clock>,
     enabled: bool,
     open_options: StoreOptions,
+    remote: Option<crate::remote::RemoteSettings>,
 }
 
 impl Default for CacheBuilder {
@@ -25,6 +26,7 @@ impl Default for CacheBuilder {
             host: HostSettings::default(),
             clock: Arc::new(SystemClock),
             enabled: true,
+            remote: None,
             open_options: Default::default(),
         }
     }
@@ -44,6 +46,9 @@ impl CacheBuilder {
         }
         if let crate::config::PolicyChoice::File(path) = &c.policy {
             builder = builder.policy(Policy::from_file(path)?);
+        }
+        if let Some(remote) = &c.remote {
+            builder = builder.remote(remote_settings(remote)?);
         }
         let h = &c.host;
         let defaults = HostSettings::default();
@@ -134,6 +139,14 @@ impl CacheBuilder {
         self
     }
 
+    /// A shared tier on Redis behind the local cache (see
+    /// [`crate::RemoteSettings`]): local misses look there, and values stored
+    /// locally are uploaded.
+    pub fn remote(mut self, remote: crate::remote::RemoteSettings) -> Self {
+        self.remote = Some(remote);
+        self
+    }
+
     /// Opens the directory and starts the policy. Errors name what is wrong:
     /// the directory, the policy component, or a setting.
     pub fn open(self) -> Result<Cache, Error> {
@@ -149,7 +162,9 @@ impl CacheBuilder {
         }
         let store = Store::open(&root, &self.namespace, self.clock.clone(), self.open_options)?;
         let read_only = store.read_only();
-        let namespace = Arc::new(Namespace { store, usage: Mutex::new(Usage::default()), stats: Stats::default(), read_only });
+        let remote = self.remote.map(|r| crate::remote::RemoteTier::new(r, &self.namespace)).transpose()?;
+        let namespace =
+            Arc::new(Namespace { store, usage: Mutex::new(Usage::default()), stats: Stats::default(), read_only, remote });
         // Compiled policies are kept beside the namespaces, so a process
         // starts its policy without compiling it.
         let code_options = StoreOptions { if_missing: IfMissing::Create, ..self.open_options };
@@ -161,6 +176,41 @@ impl CacheBuilder {
         let worker = Worker::start(namespace.clone(), policy.clone(), self.host.clone());
         Ok(Cache { inner: Some(Inner { namespace, policy, worker: Some(worker), host: self.host }) })
     }
+}
+
+/// The tier a `[cache.remote]` section describes; the HMAC key comes from
+/// `hmac-key-file`, else the environment's `CAPCACHE_REMOTE_HMAC_KEY`.
+fn remote_settings(section: &crate::config::RemoteSection) -> Result<crate::remote::RemoteSettings, Error> {
+    let mut settings = crate::remote::RemoteSettings::new(&section.url);
+    if let Some(prefix) = &section.prefix {
+        settings.prefix = prefix.clone();
+    }
+    if section.mode.as_deref() == Some("read-only") {
+        settings.mode = crate::remote::RemoteMode::ReadOnly;
+    }
+    let ms = |v: Option<u64>, d| v.map(std::time::Duration::from_millis).unwrap_or(d);
+    settings.connect_timeout = ms(section.connect_timeout_ms, settings.connect_timeout);
+    settings.timeout = ms(section.timeout_ms, settings.timeout);
+    settings.cool_off = ms(section.cool_off_ms, settings.cool_off);
+    settings.ttl = section.ttl_seconds.map(std::time::Duration::from_secs);
+    settings.hmac_key = match &section.hmac_key_file {
+        Some(path) => {
+            let key = std::fs::read(path).map_err(|e| Error::Remote {
+                url: section.url.clone(),
+                reason: format!("cannot read hmac-key-file {}: {e}", path.display()),
+            })?;
+            let key = key.trim_ascii().to_vec();
+            if key.len() < 16 {
+                return Err(Error::Remote {
+                    url: section.url.clone(),
+                    reason: format!("hmac-key-file {} holds {} bytes: use at least 16 random bytes", path.display(), key.len()),
+                });
+            }
+            Some(key)
+        }
+        None => std::env::var_os("CAPCACHE_REMOTE_HMAC_KEY").map(|k| k.into_encoded_bytes()),
+    };
+    Ok(settings)
 }
 
 /// The namespaces that hold a cache under `root`, sorted (the host's own

@@ -21,6 +21,7 @@ use crate::bindings::codec_from_wit;
 use crate::namespace::Namespace;
 use crate::usage::Usage;
 use crate::worker::Worker;
+use crate::remote::Fetch;
 use parking_lot::Mutex;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -60,6 +61,7 @@ impl Drop for Inner {
 mod admin;
 mod builder;
 
+pub use admin::{RemoteCheck, RemoteTransfer};
 pub use builder::{CacheBuilder, default_directory, namespaces};
 
 /// What a maintenance pass did, as the policy reported it (the host's own
@@ -138,6 +140,8 @@ pub(crate) enum Fetched {
 pub enum Source {
     /// From the cache.
     Hit,
+    /// From the shared tier (a local miss), checked and now kept locally too.
+    RemoteHit,
     /// Computed (compiled), then offered to the cache.
     Miss,
     /// Computed with the cache disabled: nothing was looked up or stored.
@@ -225,20 +229,72 @@ impl Cache {
 
     /// [`Cache::get`] for a key already derived.
     pub fn get_by_key(&self, key: &Key) -> Option<Vec<u8>> {
-        match self.fetch(key, RawEntryAs::Value)? {
+        match self.fetch(key, RawEntryAs::Value)?.0 {
             Fetched::Value(value) => Some(value),
             Fetched::RawFile(_) => unreachable!("asked for values only"),
         }
     }
 
-    /// Looks `key` up, checking the entry whole. With [`RawEntryAs::File`], a raw
-    /// entry comes back as its open file (the artifact from offset 0), for
-    /// wasmtime to map rather than copy.
-    pub(crate) fn fetch(&self, key: &Key, raw: RawEntryAs) -> Option<Fetched> {
+    /// Looks `key` up, checking the entry whole; on a local miss, in the
+    /// shared tier if there is one. With [`RawEntryAs::File`], a raw entry
+    /// comes back as its open file (the artifact from offset 0), for wasmtime
+    /// to map rather than copy.
+    pub(crate) fn fetch(&self, key: &Key, raw: RawEntryAs) -> Option<(Fetched, Source)> {
+        let inner = self.inner.as_ref()?;
+        let namespace = &inner.namespace;
+        let mut source = Source::Hit;
+        let found = self.open_local(key, raw).or_else(|| {
+            let found = self.fetch_remote(key, raw);
+            source = Source::RemoteHit;
+            found
+        });
+        match &found {
+            Some(_) => {
+                Stats::bump(&namespace.stats.hits);
+                if !inner.worker().hit(*key) {
+                    Stats::bump(&namespace.stats.events_dropped);
+                }
+            }
+            None => Stats::bump(&namespace.stats.misses),
+        }
+        found.map(|found| (found, source))
+    }
+
+    /// The shared tier's entry for `key`, written into the local cache and
+    /// opened from there (a raw one is then mapped, as any local hit); served
+    /// from memory when the local cache cannot be written.
+    fn fetch_remote(&self, key: &Key, raw: RawEntryAs) -> Option<Fetched> {
+        let inner = self.inner.as_ref()?;
+        let namespace = &inner.namespace;
+        let remote = namespace.remote.as_ref()?;
+        let Fetch::Entry(entry_bytes) = remote.fetch(key, &namespace.stats) else { return None };
+        if !namespace.read_only {
+            match namespace.store.write_entry_file(key, &entry_bytes) {
+                Ok(()) => {
+                    namespace.reset_usage(key);
+                    if let Some(found) = self.open_local(key, raw) {
+                        return Some(found);
+                    }
+                }
+                Err(e) => tracing::warn!("cannot keep a shared-tier entry in {}: {e}", namespace.store.path().display()),
+            }
+        }
+        match crate::entry::decode(&entry_bytes, key, inner.host.max_entry_size) {
+            Ok((_, value)) => Some(Fetched::Value(value)),
+            Err(e) => {
+                tracing::warn!("shared-tier entry {} does not decode ({e})", key.name());
+                None
+            }
+        }
+    }
+
+    /// The local entry for `key`, checked whole; a corrupt or untrusted one is
+    /// removed and counted.
+    fn open_local(&self, key: &Key, raw: RawEntryAs) -> Option<Fetched> {
         let inner = self.inner.as_ref()?;
         let namespace = &inner.namespace;
         let outcome = namespace.store.open_entry(key, inner.host.max_entry_size, raw);
-        let found = match outcome {
+        match outcome {
             Ok(OpenOutcome::RawFile(file)) => Some(Fetched::RawFile(file)),
             Ok(OpenOutcome::Value(value)) => Some(Fetched::Value(value)),
             Ok(OpenOutcome::Missing) => None,
@@ -263,17 +319,7 @@ impl Cache {
                 tracing::warn!("cannot read cache entry {} in {}: {e}", key.name(), namespace.store.path().display());
                 None
             }
-        };
-        match &found {
-            Some(_) => {
-                Stats::bump(&namespace.stats.hits);
-                if !inner.worker().hit(*key) {
-                    Stats::bump(&namespace.stats.events_dropped);
-                }
-            }
-            None => Stats::bump(&namespace.stats.misses),
         }
-        found
     }
 
     /// The artifact key a direct-mode manifest records, if any.
@@ -351,8 +397,8 @@ impl Cache {
             return Ok(Cached { bytes: compute()?, source: Source::Uncached });
         }
         let key = Key::of(key);
-        if let Some(bytes) = self.get_by_key(&key) {
-            return Ok(Cached { bytes, source: Source::Hit });
+        if let Some((Fetched::Value(bytes), source)) = self.fetch(&key, RawEntryAs::Value) {
+            return Ok(Cached { bytes, source });
         }
         let bytes = compute()?;
         self.insert_by_key(&key, &bytes);

@@ -68,6 +68,17 @@ impl Store {
         self.write_encoded(Area::Entries, key, value, codec, created_ms)
     }
 
+    /// Stores an entry file made elsewhere (fetched from the shared tier and
+    /// checked whole by the caller) under `key`, atomically.
+    pub(crate) fn write_entry_file(&self, key: &Key, entry_bytes: &[u8]) -> io::Result<()> {
+        let now = self.clock.now_ms();
+        let name = key.name();
+        self.write_then(entry_bytes, now, |temp| {
+            let _publishing = self.publishing.lock();
+            self.tmp.rename(temp, &self.entries, &name)
+        })
+    }
+
     /// Encodes `value` as an entry of `key` and renames it into `area`.
     pub(super) fn write_encoded(&self, area: Area, key: &Key, value: &[u8], codec: StoredCodec, created_ms: Option<u64>) -> io::Result<u64> {
         let now = self.clock.now_ms();
