@@ -12,7 +12,9 @@
 //! miss are interleaved, their order rotated round by round; each row shows
 //! its median and its spread (fastest and slowest run). "First in process"
 //! runs in fresh processes, one hit each, with the policy's start (its
-//! compiled code kept) reported apart.
+//! compiled code kept) reported apart. With `redis-server` installed, it
+//! starts its own server on 127.0.0.1 and adds the shared tier: a host with
+//! an empty disk loading what another host uploaded.
 
 use capcache::Cache;
 use std::path::{Path, PathBuf};
@@ -140,6 +142,39 @@ fn capcache(dir: &Path, compressed: bool) -> Cache {
     builder.open().unwrap()
 }
 
+/// A Redis server of the benchmark's own (127.0.0.1, a port the kernel chose,
+/// its own directory), killed when dropped; `None` without `redis-server`.
+struct Redis(std::process::Child, String, tempfile::TempDir);
+
+impl Redis {
+    fn start() -> Option<Redis> {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        let url = format!("redis://127.0.0.1:{port}");
+        for _ in 0..500 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(Redis(child, url, dir));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -150,6 +185,10 @@ fn main() {
     }
     let args = parse_args();
     let scratch = tempfile::tempdir().unwrap();
+    let redis = Redis::start();
+    if redis.is_none() {
+        println!("redis-server not found: no shared-tier case");
+    }
     let engine = Engine::default();
     let mut report = Vec::new();
     let mut summary = Vec::new();
@@ -247,6 +286,31 @@ fn main() {
         rows.push(("capcache hit (raw, first in a new process)", first_hit));
         rows.push(("policy start in a new process (code kept)", policy_start));
 
+        // The shared tier: host A compiled and uploaded (zstd, as the
+        // default policy first stores it); each run is a host with an empty
+        // disk: GET, check, local write, load.
+        if let Some(redis) = &redis {
+            let remote = || capcache::RemoteSettings::new(&redis.1).prefix(format!("bench-{name}"));
+            let a = Cache::builder().directory(fresh("remote-a")).remote(remote()).open().unwrap();
+            capcache::wasmtime::load_module(&a, &engine, &wasm).unwrap();
+            a.flush();
+            assert_eq!(a.stats().remote_uploads, 1, "the artifact was not uploaded: {:?}", a.stats());
+            let (mut times, mut bytes) = (Vec::new(), 0);
+            for _ in 0..args.runs {
+                let dir = fresh("remote-b");
+                let b = Cache::builder().directory(&dir).remote(remote()).open().unwrap();
+                let t = Instant::now();
+                let (module, source) = capcache::wasmtime::load_module_with_source(&b, &engine, &wasm).unwrap();
+                times.push(t.elapsed());
+                assert_eq!(source, capcache::Source::RemoteHit);
+                bytes = b.stats().remote_bytes_in;
+                drop((module, b));
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            println!("  ({name}: a remote hit moves {bytes} bytes)");
+            rows.push(("capcache remote hit (empty disk)", spread(times)));
+        }
+
         let artifact = fresh("limit").join("module.cwasm");
         std::fs::write(&artifact, engine.precompile_module(&wasm).unwrap()).unwrap();
         rows.push(("limit: deserialize_file", measure(args.runs, || {
@@ -280,6 +344,13 @@ fn main() {
             of("capcache direct-mode hit (raw)") / limit.as_secs_f64(),
             of("capcache miss") / compile.as_secs_f64(),
         ));
+        if rows.iter().any(|r| r.0 == "capcache remote hit (empty disk)") {
+            summary.push(format!(
+                "{name}: remote hit {:.2}x local zstd hit [target <= 2]; {:.3}x compile [< 0.05]",
+                of("capcache remote hit (empty disk)") / of("capcache hit (zstd; raw-entries = never)"),
+                of("capcache remote hit (empty disk)") / compile.as_secs_f64(),
+            ));
+        }
     }
     println!("\ntargets:");
     for line in &summary {
