@@ -15,6 +15,7 @@ mod eviction;
 mod faults;
 mod hostile;
 mod incremental;
+mod languages;
 mod model;
 mod recompression;
 mod remote;

@@ -282,3 +282,32 @@ fn eight_processes_sharing_a_server_and_a_directory_all_get_the_right_artifact()
     }
     assert_eq!(server.keys().len(), 6, "{:?}", server.keys());
 }
+
+#[test]
+fn a_server_killed_during_a_get_costs_only_a_miss() {
+    let Some(server) = RedisServer::start("remote::killed", &[]) else { return };
+    let dirs = tempfile::tempdir().unwrap();
+    let engine = wasmtime::Engine::default();
+    compile_on_a(&dirs.path().join("a"), RemoteSettings::new(server.url()), &engine, &tiny_module(41));
+    // A long operation timeout: the load must end because the server died,
+    // not because it waited its time out.
+    let patient = RemoteSettings::new(server.url()).timeouts(Duration::from_millis(200), Duration::from_secs(30), Duration::from_secs(30));
+    let b = host(&dirs.path().join("b"), patient);
+    // Frozen, so that B's GET is sent and waits for its answer; then killed.
+    server.signal(Signal::STOP);
+    let killer = std::thread::spawn({
+        let pid = server.pid();
+        move || {
+            std::thread::sleep(Duration::from_millis(300));
+            rustix::process::kill_process(pid, Signal::KILL).unwrap();
+        }
+    });
+    let started = Instant::now();
+    assert_eq!(load(&b, &engine, &tiny_module(41)), Source::Miss);
+    assert!(started.elapsed() < Duration::from_secs(15), "the load outlived its server by {:?}", started.elapsed());
+    killer.join().unwrap();
+    assert_eq!(b.stats().remote_errors, 1, "{:?}", b.stats());
+    // The compiled module is kept locally all the same.
+    b.flush();
+    assert_eq!(load(&b, &engine, &tiny_module(41)), Source::Hit);
+}

@@ -153,6 +153,10 @@ enum PolicyCommand {
         /// checkout) [default: the one in the source tree capcache was built from].
         #[arg(long)]
         sdk: Option<PathBuf>,
+        /// The policy's language: rust (with the SDK), python
+        /// (componentize-py) or js (componentize-qjs).
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: policy::Language,
     },
 }
 
@@ -442,7 +446,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Policy(PolicyCommand::Test { policy, settings, workload, expectations, json }) => {
             policy::test(&policy, &settings, &workload, &expectations, json)
         }
-        Command::Policy(PolicyCommand::New { name, dir, sdk }) => policy::new(&name, dir.as_deref(), sdk.as_deref()),
+        Command::Policy(PolicyCommand::New { name, dir, sdk, lang }) => policy::new(&name, dir.as_deref(), sdk.as_deref(), lang),
     }
 }
 

@@ -22,8 +22,17 @@ pub(crate) fn check(policy: &Path, settings: &[String]) -> Result<()> {
         out!("export   {name}")?;
     }
     let scratch = tempfile::tempdir()?;
-    Cache::builder().directory(scratch.path()).policy(policy).settings(parse_settings(settings)?).open()?;
+    Cache::builder().directory(scratch.path()).policy(policy.clone()).settings(parse_settings(settings)?).open()?;
     out!("configure: ok ({} settings)", settings.len())?;
+    // A short dry run: the first calls of every export, where a policy that
+    // reaches for WASI or panics shows it.
+    let mut simulation = Simulation::new(&policy, parse_settings(settings)?)?;
+    simulation.run(&Workload { operations: 2_000, modules: 200, step: std::time::Duration::from_secs(60), ..Workload::default() });
+    let report = simulation.report();
+    out!("dry run:  {} loads, {} maintenance passes, {} faults (capcache policy test for more)", report.operations, report.passes, report.faults)?;
+    if let Some((export, why)) = report.fault_reasons.first() {
+        bail!("the policy faulted in {export}: {why}");
+    }
     Ok(())
 }
 
@@ -151,16 +160,42 @@ const LIB_RS: &str = include_str!("../templates/policy/lib.rs.in");
 const README: &str = include_str!("../templates/policy/README.md.in");
 const CONTRACT: &str = include_str!("../../wit/policy.wit");
 
+/// A Python policy project: the helper module, a starting policy, how to build.
+const PYTHON_HELPERS: &str = include_str!("../../guest/python/capcache_policy.py");
+const PYTHON_APP: &str = include_str!("../templates/policy/app.py.in");
+const PYTHON_README: &str = include_str!("../templates/policy/README-python.md.in");
+const PYTHON_REQUIREMENTS: &str = include_str!("../../guest/python/requirements.txt");
+/// A JavaScript policy project, likewise.
+const JS_HELPERS: &str = include_str!("../../guest/js/capcache-policy.js");
+const JS_POLICY: &str = include_str!("../templates/policy/policy.js.in");
+const JS_README: &str = include_str!("../templates/policy/README-js.md.in");
+const JS_PACKAGE: &str = include_str!("../../guest/js/package.json");
+const JS_LOCK: &str = include_str!("../../guest/js/package-lock.json");
+
+/// The language of a new policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Language {
+    /// Rust, with the capcache-policy SDK.
+    Rust,
+    /// Python, built with componentize-py.
+    Python,
+    /// JavaScript, built with componentize-qjs (QuickJS).
+    Js,
+}
+
 /// Where the SDK is in the source tree this binary was built from.
 const SDK_IN_SOURCE_TREE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../guest/sdk");
 
 /// `capcache policy new`: writes a self-contained policy crate.
-pub(crate) fn new(name: &str, dir: Option<&Path>, sdk: Option<&Path>) -> Result<()> {
+pub(crate) fn new(name: &str, dir: Option<&Path>, sdk: Option<&Path>, language: Language) -> Result<()> {
     let valid = name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
         && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
         && name.len() <= 64;
     if !valid {
         bail!("{name:?} is not a usable crate name: use lowercase letters, digits, '-' and '_', starting with a letter");
+    }
+    if language != Language::Rust {
+        return new_in_language(name, dir, language);
     }
     let sdk = match sdk {
         Some(path) => path.to_path_buf(),
@@ -203,5 +238,39 @@ pub(crate) fn new(name: &str, dir: Option<&Path>, sdk: Option<&Path>) -> Result<
     out!("created {} (policy {name}, SDK at {})", root.display(), sdk.display())?;
     out!("next:   cd {} && cargo build --release --target wasm32-wasip2", root.display())?;
     out!("        capcache policy test target/wasm32-wasip2/release/{crate_name}.wasm")?;
+    Ok(())
+}
+
+/// `policy new --lang python|js`: the policy, the helper module, the WIT,
+/// the pinned toolchain and a README with the commands.
+fn new_in_language(name: &str, dir: Option<&Path>, language: Language) -> Result<()> {
+    let root = dir.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".")).join(name);
+    if root.exists() {
+        bail!("{} exists already: choose another name or --dir, or remove it", root.display());
+    }
+    let fill = |template: &str| template.replace("{{name}}", name);
+    let files: Vec<(&str, String)> = match language {
+        Language::Python => vec![
+            ("app.py", fill(PYTHON_APP)),
+            ("capcache_policy.py", PYTHON_HELPERS.to_string()),
+            ("requirements.txt", PYTHON_REQUIREMENTS.to_string()),
+            ("README.md", fill(PYTHON_README)),
+        ],
+        Language::Js => vec![
+            ("policy.js", fill(JS_POLICY)),
+            ("capcache-policy.js", JS_HELPERS.to_string()),
+            ("package.json", JS_PACKAGE.to_string()),
+            ("package-lock.json", JS_LOCK.to_string()),
+            ("README.md", fill(JS_README)),
+        ],
+        Language::Rust => unreachable!("written by `new`"),
+    };
+    std::fs::create_dir_all(root.join("wit")).with_context(|| format!("cannot create {}", root.display()))?;
+    std::fs::write(root.join("wit/policy.wit"), CONTRACT)?;
+    for (file, contents) in files {
+        let path = root.join(file);
+        std::fs::write(&path, contents).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    out!("created {} (policy {name}, {language:?}); its README says how to build it", root.display())?;
     Ok(())
 }

@@ -437,7 +437,10 @@ impl PolicyRuntime {
             Err(StartError::Settings(SettingsError::InvalidValue(s))) => {
                 return Err(Error::InvalidSetting { policy: runtime.name, key: s.key, value: s.value, expected: s.expected });
             }
-            Err(StartError::Fault(e)) => return Err(Error::PolicyFault { policy: runtime.name, reason: format!("{e:#}") }),
+            Err(StartError::Fault(e)) => {
+                let reason = describe_fault(&e, runtime.host.configure_deadline);
+                return Err(Error::PolicyFault { policy: runtime.name, reason });
+            }
         }
         Ok(runtime)
     }

@@ -1,0 +1,176 @@
+// Helpers for capcache policies written in JavaScript (componentize-qjs,
+// QuickJS): settings parsed in the formats of wasmtime's cache configuration
+// ("1h", "512Mi", "70%") and refused in the host's shape, whole listings with
+// the paging hidden, the shared lock, a maintenance report builder. The
+// contract is wit/policy.wit. Build with --stub-wasi --sync: a policy has no
+// WASI, and Date.now() and console.log trap; use now() and log() here.
+
+import view from "capcache:policy/view@0.2.0";
+
+export const now = () => view.now();
+export const namespace = () => view.namespace();
+export const log = (level, message) => view.log(level, String(message));
+
+const PAGE = 1024;
+
+// A refusal of a setting's value, as `configure` throws it: the host shows
+// the key, the value and what is expected.
+export function invalid(setting, expected) {
+  return { tag: "invalid-value", val: { key: setting.key, value: setting.value, expected } };
+}
+
+// A refusal of a key the policy does not have.
+export function unknown(setting) {
+  return { tag: "unknown-key", val: setting.key };
+}
+
+const DURATIONS = { ms: 1, s: 1000, m: 60000, h: 3600000, d: 86400000 };
+const SIZES = { "": 1, K: 1e3, Ki: 1024, M: 1e6, Mi: 1048576, G: 1e9, Gi: 1073741824, T: 1e12, Ti: 1099511627776 };
+
+function split(value) {
+  const m = /^\s*(\d+)\s*(\S*)\s*$/.exec(value);
+  return m ? [Number(m[1]), m[2]] : [null, null];
+}
+
+export function durationMs(setting) {
+  const [n, unit] = split(setting.value);
+  if (n === null || !(unit in DURATIONS)) throw invalid(setting, 'a duration such as "30s", "30m", "1h" or "1d"');
+  return n * DURATIONS[unit];
+}
+
+export function size(setting) {
+  const [n, unit] = split(setting.value);
+  if (n === null || !(unit in SIZES)) throw invalid(setting, 'a size such as "512Mi", "1Gi" or a number of bytes');
+  return n * SIZES[unit];
+}
+
+export function percent(setting) {
+  const [n, unit] = split(setting.value);
+  if (n === null || unit !== "%" || n > 100) throw invalid(setting, 'a percentage from "0%" to "100%"');
+  return n;
+}
+
+export function count(setting) {
+  const [n, unit] = split(setting.value);
+  if (n === null || unit !== "") throw invalid(setting, "a whole number");
+  return n;
+}
+
+export function zstdLevel(setting) {
+  const [n, unit] = split(setting.value);
+  if (n === null || unit !== "" || n < 1 || n > 22) throw invalid(setting, "a zstd level from 1 to 22");
+  return n;
+}
+
+export function oneOf(setting, choices) {
+  const value = setting.value.trim();
+  if (!(value in choices)) {
+    const words = Object.keys(choices).map((w) => `"${w}"`);
+    throw invalid(setting, words.length > 1 ? `${words.slice(0, -1).join(", ")} or ${words.at(-1)}` : words[0]);
+  }
+  return choices[value];
+}
+
+// A state file as text, or null if absent (QuickJS has no TextDecoder: state
+// files hold ASCII, such as decimal timestamps).
+export function readStateText(name) {
+  try {
+    return String.fromCharCode(...view.readState(name));
+  } catch (e) {
+    return null;
+  }
+}
+
+// Replaces a state file with ASCII text.
+export function writeStateText(name, text) {
+  view.writeState(name, Uint8Array.from(String(text), (c) => c.charCodeAt(0) & 0xff));
+}
+
+// The error case a view call threw ("not-found", "denied", ...).
+export function errorTag(e) {
+  return e?.tag ?? e?.payload?.tag ?? String(e);
+}
+
+export function* entries() {
+  let cursor = null;
+  for (;;) {
+    const page = view.listEntries(cursor, PAGE);
+    yield* page.entries;
+    if (page.next == null) return;
+    cursor = page.next;
+  }
+}
+
+export function* tempFiles() {
+  let cursor = null;
+  for (;;) {
+    const page = view.listTempFiles(cursor, PAGE);
+    yield* page.files;
+    if (page.next == null) return;
+    cursor = page.next;
+  }
+}
+
+// The lock `name`, shared by every process, or null if another holds it.
+// Release it with lock[Symbol.dispose]() (or let a fault release it).
+export function takeLock(name, staleAfterMs) {
+  return view.Lock.take(name, staleAfterMs) ?? null;
+}
+
+export class Report {
+  constructor() {
+    this.r = {
+      ran: true, entriesSeen: 0, evicted: 0, removedFromFuture: 0, removedTempFiles: 0,
+      bytesFreed: 0, entriesAfter: 0, bytesAfter: 0, summary: "",
+    };
+  }
+
+  static skipped(reason) {
+    const report = new Report();
+    report.r.ran = false;
+    report.r.summary = reason;
+    return report.r;
+  }
+
+  kept(entry) {
+    this.r.entriesAfter += 1;
+    this.r.bytesAfter += entry.storedSize;
+  }
+
+  // Removes an entry and counts it; counted as kept if it cannot be.
+  evict(entry, fromFuture = false) {
+    try {
+      view.removeEntry(entry.name);
+    } catch (e) {
+      if (errorTag(e) !== "not-found") {
+        log("warn", `cannot remove entry ${entry.name}: ${errorTag(e)}`);
+        this.kept(entry);
+        return false;
+      }
+    }
+    if (fromFuture) this.r.removedFromFuture += 1;
+    else this.r.evicted += 1;
+    this.r.bytesFreed += entry.storedSize;
+    return true;
+  }
+
+  removeTempFilesOlderThan(olderThanMs, at) {
+    for (const file of tempFiles()) {
+      if (at - file.modified < olderThanMs) continue;
+      try {
+        view.removeTempFile(file.name);
+        this.r.removedTempFiles += 1;
+        this.r.bytesFreed += file.size;
+      } catch (e) {}
+    }
+  }
+
+  finish(prefix = "") {
+    const r = this.r;
+    if (!r.summary) {
+      r.summary = `${prefix}${r.entriesSeen} entries seen, ${r.evicted} evicted, ${r.removedFromFuture} from the future, ` +
+        `${r.removedTempFiles} stale temporary files; ${r.entriesAfter} entries (${r.bytesAfter} bytes) left`;
+    }
+    return r;
+  }
+}
