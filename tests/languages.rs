@@ -77,3 +77,37 @@ fn a_policy_built_with_wasi_is_refused_naming_the_import_and_the_flag() {
     assert!(err.contains("it called wasi:") && err.contains("--stub-wasi"), "{err}");
     assert!(!err.contains("backtrace"), "{err}");
 }
+
+/// A policy in `file` that spins, then one that hoards memory, in `on-hit`:
+/// each call stops at its deadline or the memory cap, costs a fault, and the
+/// policy is made anew for the next call.
+fn misbehaviour_is_stopped(test: &str, file: &str) {
+    let Some(policy) = language_policy(test, file) else { return };
+    let host = capcache::HostSettings { event_deadline: std::time::Duration::from_millis(100), ..Default::default() };
+    for (mode, expected) in [("loop", "past its deadline"), ("alloc", "policy-memory-limit")] {
+        let mut sim = Simulation::with_host_settings(&policy, [("mode", mode)], host.clone()).unwrap();
+        for _ in 0..3 {
+            sim.load(b"module", 1 << 20);
+        }
+        let report = sim.report();
+        assert_eq!((report.hits, report.faults), (2, 2), "{file} {mode}: {report:?}");
+        if mode == "loop" {
+            assert_eq!(report.deadline_hits, 2);
+        }
+        let (export, reason) = &report.fault_reasons[0];
+        assert!(export == "on-hit" && reason.contains(expected), "{file} {mode}: {reason}");
+        // Made anew: the next miss is admitted by the policy, not the default.
+        sim.load(b"another", 1 << 20);
+        assert_eq!(sim.report().admitted.get("zstd-1"), Some(&2), "{file} {mode}: {:?}", sim.report().admitted);
+    }
+}
+
+#[test]
+fn a_python_policy_that_spins_or_hoards_is_stopped() {
+    misbehaviour_is_stopped("languages::python_hostile", "python-hostile.wasm");
+}
+
+#[test]
+fn a_javascript_policy_that_spins_or_hoards_is_stopped() {
+    misbehaviour_is_stopped("languages::js_hostile", "js-hostile.wasm");
+}

@@ -6,10 +6,15 @@
 //! dropped.
 //!
 //! ```sh
-//! cargo bench -p capcache --bench policy [-- --entries 10000,100000]
+//! cargo bench -p capcache --bench policy [-- --entries 10000,100000 --policy default --policy P.wasm ...]
 //! ```
+//!
+//! Each `--policy` (default: the embedded default policy) is measured in turn,
+//! in the same run; a policy other than the default must take the default
+//! policy's `file-count-soft-limit` setting (the LRU policies in
+//! `guest/python` and `guest/js` do).
 
-use capcache::Cache;
+use capcache::{Cache, Policy};
 use std::time::{Duration, Instant};
 
 /// A field of /proc/self/status, in KiB.
@@ -29,8 +34,9 @@ fn reset_peak_rss() {
 /// In a child process: the time to open a cache (which starts its policy),
 /// the first open of the process, in microseconds.
 fn child_open(dir: &str) {
+    let policy = Policy::named(std::env::var("CAPCACHE_BENCH_POLICY").unwrap_or("default".into())).unwrap();
     let t = Instant::now();
-    let cache = Cache::builder().directory(dir).open().unwrap();
+    let cache = Cache::builder().directory(dir).policy(policy).open().unwrap();
     let elapsed = t.elapsed();
     drop(cache);
     println!("{}", elapsed.as_micros());
@@ -38,7 +44,7 @@ fn child_open(dir: &str) {
 
 /// Median over `runs` fresh processes of the first open; `cold` removes the
 /// stored compiled policy before each.
-fn policy_start(dir: &std::path::Path, runs: usize, cold: bool) -> Duration {
+fn policy_start(name: &str, dir: &std::path::Path, runs: usize, cold: bool) -> Duration {
     let mut times: Vec<Duration> = (0..runs)
         .map(|_| {
             if cold {
@@ -46,6 +52,7 @@ fn policy_start(dir: &std::path::Path, runs: usize, cold: bool) -> Duration {
             }
             let out = std::process::Command::new(std::env::current_exe().unwrap())
                 .env("CAPCACHE_BENCH_CHILD_OPEN", dir)
+                .env("CAPCACHE_BENCH_POLICY", name)
                 .output()
                 .unwrap();
             assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -61,22 +68,37 @@ fn main() {
         return child_open(&dir);
     }
     let mut sizes = vec![10_000usize, 100_000];
+    let mut policies = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         if arg == "--entries" {
             sizes = args.next().expect("--entries N,M").split(',').map(|n| n.parse().unwrap()).collect();
         }
+        if arg == "--policy" {
+            policies.push(args.next().expect("--policy PATH (or default)"));
+        }
     }
+    if policies.is_empty() {
+        policies.push("default".into());
+    }
+    for name in policies {
+        let policy = Policy::named(&name).unwrap();
+        println!("== policy {name} ({} bytes)", policy.bytes().len());
+        bench(&name, &policy, &sizes);
+    }
+}
+
+fn bench(name: &str, policy: &Policy, sizes: &[usize]) {
     let scratch = tempfile::tempdir().unwrap();
 
     let start_dir = scratch.path().join("start");
-    let cold = policy_start(&start_dir, 5, true);
-    let cached = policy_start(&start_dir, 11, false);
+    let cold = policy_start(name, &start_dir, 5, true);
+    let cached = policy_start(name, &start_dir, 11, false);
     println!("policy start, compiled:          {:>9.2} ms (first open in a fresh process, median of 5)", cold.as_secs_f64() * 1e3);
     println!("policy start, compiled code kept:{:>9.2} ms (median of 11; ratio {:.3})", cached.as_secs_f64() * 1e3, cached.as_secs_f64() / cold.as_secs_f64());
 
     // A miss of a 100-byte value: admit (a policy call) + encode + atomic write.
-    let cache = Cache::builder().directory(scratch.path().join("small")).open().unwrap();
+    let cache = Cache::builder().directory(scratch.path().join("small")).policy(policy.clone()).open().unwrap();
     let n = 2000u32;
     let mut inserts: Vec<Duration> = (0..n)
         .map(|i| {
@@ -136,11 +158,12 @@ fn main() {
     println!("policy crossing, admit:          {:>9.2} µs", admit.as_secs_f64() * 1e6);
     drop(cache);
 
-    for entries in sizes {
+    for &entries in sizes {
         let dir = scratch.path().join(format!("n{entries}"));
         let open = || {
             Cache::builder()
                 .directory(&dir)
+                .policy(policy.clone())
                 .settings([("file-count-soft-limit", (entries * 2).to_string())])
                 .open()
                 .unwrap()
