@@ -144,7 +144,11 @@ fn capcache(dir: &Path, compressed: bool) -> Cache {
 
 /// A Redis server of the benchmark's own (127.0.0.1, a port the kernel chose,
 /// its own directory), killed when dropped; `None` without `redis-server`.
-struct Redis(std::process::Child, String, tempfile::TempDir);
+struct Redis {
+    child: std::process::Child,
+    url: String,
+    _data: tempfile::TempDir,
+}
 
 impl Redis {
     fn start() -> Option<Redis> {
@@ -160,7 +164,7 @@ impl Redis {
         let url = format!("redis://127.0.0.1:{port}");
         for _ in 0..500 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(Redis(child, url, dir));
+                return Some(Redis { child, url, _data: dir });
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -170,8 +174,8 @@ impl Redis {
 
 impl Drop for Redis {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -290,7 +294,7 @@ fn main() {
         // default policy first stores it); each run is a host with an empty
         // disk: GET, check, local write, load.
         if let Some(redis) = &redis {
-            let remote = || capcache::RemoteSettings::new(&redis.1).prefix(format!("bench-{name}"));
+            let remote = || capcache::RemoteSettings::new(&redis.url).prefix(format!("bench-{name}"));
             let a = Cache::builder().directory(fresh("remote-a")).remote(remote()).open().unwrap();
             capcache::wasmtime::load_module(&a, &engine, &wasm).unwrap();
             a.flush();
