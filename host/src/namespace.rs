@@ -86,15 +86,19 @@ impl Namespace {
     }
 
     /// Uploads `key`'s local entry to the shared tier, if there is one and
-    /// this host writes to it. Runs on the worker.
-    pub(crate) fn upload(&self, key: &Key) {
-        let Some(remote) = &self.remote else { return };
+    /// this host writes to it; returns whether it was stored there. Runs on
+    /// the worker.
+    pub(crate) fn upload(&self, key: &Key) -> bool {
+        let Some(remote) = &self.remote else { return false };
         if remote.settings().mode == crate::remote::RemoteMode::ReadOnly {
-            return;
+            return false;
         }
         match self.store.dir(Area::Entries).read(key.name()) {
             Ok(entry_bytes) => remote.upload(key, &entry_bytes, &self.stats),
-            Err(e) => tracing::debug!("entry {} gone before its upload: {e}", key.name()),
+            Err(e) => {
+                tracing::debug!("entry {} gone before its upload: {e}", key.name());
+                false
+            }
         }
     }
 

@@ -290,15 +290,15 @@ impl RemoteTier {
     }
 
     /// Uploads a local entry file, unless this host only reads or the tier is
-    /// cooling off. Never fails: a refusal (`maxmemory`, ACL) or an error is
-    /// counted and logged.
-    pub(crate) fn upload(&self, key: &Key, entry_bytes: &[u8], stats: &Stats) {
+    /// cooling off; returns whether it was stored. Never fails: a refusal
+    /// (`maxmemory`, ACL) or an error is counted and logged.
+    pub(crate) fn upload(&self, key: &Key, entry_bytes: &[u8], stats: &Stats) -> bool {
         if self.settings.mode == RemoteMode::ReadOnly {
-            return;
+            return false;
         }
         if self.cooling_off() {
             Stats::bump(&stats.remote_skipped);
-            return;
+            return false;
         }
         let redis_key = self.redis_key(key);
         let value = self.seal(&redis_key, entry_bytes);
@@ -316,6 +316,7 @@ impl RemoteTier {
             Ok(()) => {
                 Stats::bump(&stats.remote_uploads);
                 stats.remote_bytes_out.fetch_add(value.len() as u64, Relaxed);
+                true
             }
             Err(e) => {
                 if e.code() == Some("OOM") {
@@ -326,6 +327,7 @@ impl RemoteTier {
                 }
                 Stats::bump(&stats.remote_upload_failures);
                 tracing::warn!("shared tier {} refused SET {redis_key} ({})", redact(&self.settings.url), describe(&e));
+                false
             }
         }
     }

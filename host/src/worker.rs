@@ -175,7 +175,7 @@ fn handle_entry_event(namespace: &Namespace, policy: &Mutex<PolicyRuntime>, key:
     let Ok(meta) = namespace.entry_meta(&key.name()) else { return };
     // A value the policy admitted locally goes to the shared tier too.
     if matches!(event, EntryEvent::Inserted) {
-        namespace.upload(key);
+        let _ = namespace.upload(key);
     }
     let mut policy = policy.lock();
     let actions = match event {

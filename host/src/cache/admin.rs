@@ -210,9 +210,7 @@ impl Cache {
                 transfer.present += 1;
                 continue;
             }
-            let uploads = namespace.stats.remote_uploads.load(std::sync::atomic::Ordering::Relaxed);
-            namespace.upload(&key);
-            if namespace.stats.remote_uploads.load(std::sync::atomic::Ordering::Relaxed) > uploads {
+            if namespace.upload(&key) {
                 transfer.copied += 1;
             } else {
                 transfer.failed += 1;
