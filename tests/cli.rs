@@ -321,6 +321,25 @@ fn the_compiled_policy_is_kept_and_a_damaged_one_compiled_again() {
     assert_eq!(again.len(), bytes.len());
 }
 
+#[test]
+fn policy_install_keeps_the_optimized_code_once_and_the_next_process_loads_it() {
+    let t = TestCache::new();
+    let root = t.root().display().to_string();
+    let first = stdout(&capcache(&["policy", "install", "default", "--dir", &root]));
+    assert!(first.contains("installed default: optimized code") && first.contains("policy-code"), "{first}");
+    let code = t.root().join("policy-code/entries");
+    let files: Vec<_> = std::fs::read_dir(&code).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let second = stdout(&capcache(&["policy", "install", "default", "--dir", &root]));
+    assert!(second.contains("kept already"), "{second}");
+    // A host process starting the policy there loads that code: nothing is
+    // compiled or stored beside it.
+    let modules = modules(t.dir.path());
+    stdout(&capcache(&["compile", "--dir", &root, &modules[0]]));
+    let after: Vec<_> = std::fs::read_dir(&code).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(after, files);
+}
+
 /// Starts capcache with its output piped to this test.
 fn spawn_capcache(args: &[&str]) -> std::process::Child {
     Command::new(env!("CARGO_BIN_EXE_capcache"))

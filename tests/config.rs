@@ -68,6 +68,66 @@ fn missing_policy_file() {
     assert!(err.to_string().contains("/nonexistent/policy.wasm"), "{err}");
 }
 
+/// `component` with a custom section appended: the same policy, other bytes.
+fn with_custom_section(component: &[u8], payload: &[u8]) -> Vec<u8> {
+    let name = b"capcache-test";
+    let size = 1 + name.len() + payload.len();
+    assert!(size < 128, "one byte of LEB128 size");
+    let mut bytes = component.to_vec();
+    bytes.extend_from_slice(&[0, size as u8, name.len() as u8]);
+    bytes.extend_from_slice(name);
+    bytes.extend_from_slice(payload);
+    bytes
+}
+
+#[test]
+fn a_policy_file_changed_after_it_was_read_is_refused_rather_than_compiled_under_the_old_hash() {
+    let t = TestCache::new();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.wasm");
+    let default = Policy::default().bytes().unwrap();
+    std::fs::write(&path, with_custom_section(&default, b"changed-file test, as read")).unwrap();
+    let policy = Policy::from_file(&path).unwrap();
+    std::fs::write(&path, with_custom_section(&default, b"changed-file test, as changed")).unwrap();
+    let err = t.builder().policy(policy).open().unwrap_err();
+    assert!(matches!(err, Error::PolicyFile { .. }), "{err:?}");
+    let why = std::error::Error::source(&err).map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.to_string().contains("policy.wasm") && why.contains("changed after"), "{err}: {why}");
+}
+
+#[test]
+fn a_policy_file_is_read_again_to_compile_it_and_runs() {
+    let t = TestCache::new();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.wasm");
+    std::fs::write(&path, with_custom_section(&Policy::default().bytes().unwrap(), b"read again test")).unwrap();
+    let cache = t.builder().policy(Policy::from_file(&path).unwrap()).open().unwrap();
+    cache.insert(b"k", b"v");
+    assert_eq!(cache.get(b"k").as_deref(), Some(&b"v"[..]));
+}
+
+#[test]
+fn compiled_policies_are_kept_within_their_byte_bound_newest_first() {
+    let t = TestCache::new();
+    let entries = t.root().join("policy-code/entries");
+    std::fs::create_dir_all(&entries).unwrap();
+    // Three older compiled policies of 150 MiB each (sparse), the oldest first.
+    let planted: Vec<_> = (0..3)
+        .map(|n| {
+            let path = entries.join(format!("planted-{n}"));
+            std::fs::File::create(&path).unwrap().set_len(150 << 20).unwrap();
+            set_modified_ago(&path, std::time::Duration::from_secs(3600 * (3 - n)));
+            path
+        })
+        .collect();
+    let installed = Policy::default().install(t.root()).unwrap();
+    assert!(installed.compiled_now && installed.path.exists(), "{installed:?}");
+    // The new code and the newest planted one fit in 256 MiB; the other two go.
+    let left: Vec<bool> = planted.iter().map(|p| p.exists()).collect();
+    assert_eq!(left, [false, false, true]);
+    assert_eq!(capcache::POLICY_CODE_KEPT_BYTES, 256 << 20);
+}
+
 #[test]
 fn a_core_module_is_not_a_policy() {
     let t = TestCache::new();

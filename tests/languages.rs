@@ -111,3 +111,90 @@ fn a_python_policy_that_spins_or_hoards_is_stopped() {
 fn a_javascript_policy_that_spins_or_hoards_is_stopped() {
     misbehaviour_is_stopped("languages::js_hostile", "js-hostile.wasm");
 }
+
+/// `policy` with a custom section naming `test` appended: the same policy
+/// under another digest, so that no other test's compiled code serves it.
+fn variant(policy: &Policy, test: &str) -> Policy {
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            out.push(if n == 0 { byte } else { byte | 0x80 });
+            if n == 0 {
+                break;
+            }
+        }
+    }
+    let name = b"capcache-test";
+    let mut section = Vec::new();
+    leb(name.len(), &mut section);
+    section.extend_from_slice(name);
+    section.extend_from_slice(test.as_bytes());
+    let mut bytes = policy.bytes().unwrap().to_vec();
+    bytes.push(0);
+    leb(section.len(), &mut bytes);
+    bytes.extend_from_slice(&section);
+    Policy::from_bytes(test, bytes)
+}
+
+#[test]
+fn a_large_policy_starts_on_quick_code_and_its_optimized_code_is_kept_for_the_next_start() {
+    let test = "languages::quick_then_optimized";
+    let Some(policy) = language_policy(test, "js-lru.wasm") else { return };
+    let policy = variant(&policy, test);
+    assert!(policy.bytes().unwrap().len() as u64 >= capcache::QUICK_CODE_MIN);
+    let dir = tempfile::tempdir().unwrap();
+    let cache = capcache::Cache::builder().directory(dir.path()).policy(policy.clone()).open().unwrap();
+    assert_eq!(cache.policy_code(), Some(capcache::PolicyCode::Quick));
+    // It decides on quick code.
+    cache.insert(b"k", b"v");
+    assert_eq!(cache.get(b"k").as_deref(), Some(&b"v"[..]));
+    // The optimized code compiles in the background and is kept beside the
+    // quick code (polled: how long it takes is the benchmark's business).
+    let code = dir.path().join("policy-code/entries");
+    let kept = || std::fs::read_dir(&code).unwrap().count();
+    let waited = std::time::Instant::now();
+    while kept() < 2 {
+        assert!(waited.elapsed() < std::time::Duration::from_secs(300), "no optimized code was kept");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // A cache opened from now on runs the optimized code.
+    let again = capcache::Cache::builder().directory(dir.path()).policy(policy).open().unwrap();
+    assert_eq!(again.policy_code(), Some(capcache::PolicyCode::Optimized));
+    again.insert(b"k2", b"v2");
+    assert_eq!(again.get(b"k2").as_deref(), Some(&b"v2"[..]));
+}
+
+#[test]
+fn an_installed_policy_starts_on_optimized_code_and_is_installed_once() {
+    let test = "languages::installed";
+    let Some(policy) = language_policy(test, "js-lru.wasm") else { return };
+    let policy = variant(&policy, test);
+    let dir = tempfile::tempdir().unwrap();
+    let installed = policy.install(dir.path()).unwrap();
+    assert!(installed.compiled_now && installed.stored_bytes > 0, "{installed:?}");
+    assert!(installed.path.starts_with(dir.path().join("policy-code")), "{installed:?}");
+    let cache = capcache::Cache::builder().directory(dir.path()).policy(policy.clone()).open().unwrap();
+    assert_eq!(cache.policy_code(), Some(capcache::PolicyCode::Optimized));
+    let again = policy.install(dir.path()).unwrap();
+    assert!(!again.compiled_now && again.path == installed.path, "{again:?}");
+    assert_eq!(std::fs::read_dir(dir.path().join("policy-code/entries")).unwrap().count(), 1);
+}
+
+#[test]
+fn damaged_kept_code_of_a_large_policy_is_found_and_compiled_again() {
+    let test = "languages::damaged_large_code";
+    let Some(policy) = language_policy(test, "js-lru.wasm") else { return };
+    let policy = variant(&policy, test);
+    let dir = tempfile::tempdir().unwrap();
+    let installed = policy.install(dir.path()).unwrap();
+    let mut bytes = std::fs::read(&installed.path).unwrap();
+    assert!(bytes.len() >= 4 << 20, "large enough to be checked mapped: {}", bytes.len());
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x10;
+    crate::support::set_mode(&installed.path, 0o644);
+    std::fs::write(&installed.path, &bytes).unwrap();
+    let again = policy.install(dir.path()).unwrap();
+    assert!(again.compiled_now, "the damaged code was taken as kept");
+    assert_ne!(std::fs::read(&again.path).unwrap(), bytes);
+}

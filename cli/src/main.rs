@@ -140,6 +140,16 @@ enum PolicyCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Compile a policy with the optimizing compiler and keep its code in the
+    /// cache directory, so that no host starting it from there compiles it
+    /// or runs it on quick code first (a policy in Python or JavaScript takes
+    /// seconds to compile). Run it when deploying a policy.
+    Install {
+        /// The component (.wasm); "default" for the embedded default policy.
+        policy: PathBuf,
+        #[command(flatten)]
+        location: Location,
+    },
     /// Write a new policy crate, ready to build for wasm32-wasip2: Cargo.toml,
     /// the contract's WIT, src/lib.rs with every export written out and
     /// commented, and a README with the commands to build, check and test it.
@@ -446,6 +456,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Policy(PolicyCommand::Test { policy, settings, workload, expectations, json }) => {
             policy::test(&policy, &settings, &workload, &expectations, json)
         }
+        Command::Policy(PolicyCommand::Install { policy, location }) => policy::install(&policy, &location.root()?),
         Command::Policy(PolicyCommand::New { name, dir, sdk, lang }) => policy::new(&name, dir.as_deref(), sdk.as_deref(), lang),
     }
 }

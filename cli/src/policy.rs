@@ -36,6 +36,25 @@ pub(crate) fn check(policy: &Path, settings: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// `capcache policy install`: compiles the policy optimized into the cache
+/// directory's store for compiled policies.
+pub(crate) fn install(policy: &Path, root: &Path) -> Result<()> {
+    let policy = Policy::named(policy)?;
+    let installed = policy.install(root)?;
+    if installed.compiled_now {
+        out!(
+            "installed {}: optimized code, {}, compiled in {:.2} s, kept as {}",
+            policy.name(),
+            bytes(installed.stored_bytes),
+            installed.elapsed.as_secs_f64(),
+            installed.path.display()
+        )?;
+    } else {
+        out!("installed {}: its optimized code was kept already ({})", policy.name(), installed.path.display())?;
+    }
+    Ok(())
+}
+
 /// A byte count for people, as the simulation's expectations show them.
 fn bytes(n: u64) -> String {
     if n >= 1 << 20 { format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64) } else { format!("{n} B") }

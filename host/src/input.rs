@@ -50,10 +50,49 @@ pub(crate) fn open_regular_file(path: &Path, max_size: u64) -> io::Result<(File,
 }
 
 /// Reads the whole of the regular file at `path`, of at most `max_size` bytes.
-pub(crate) fn read_regular_file(path: &Path, max_size: u64) -> io::Result<Vec<u8>> {
-    let (file, metadata) = open_regular_file(path, max_size)?;
-    read_at_most(file, metadata.len(), max_size)
+/// Read straight into shared memory: a policy of tens of megabytes is read at
+/// every host start.
+pub(crate) fn read_regular_file(path: &Path, max_size: u64) -> io::Result<std::sync::Arc<[u8]>> {
+    let (mut file, metadata) = open_regular_file(path, max_size)?;
+    let len = metadata.len();
+    let bytes = std::sync::Arc::<[u8]>::new_zeroed_slice(len as usize);
+    // Safety: zeroed bytes are initialized `u8`s.
+    let mut bytes = unsafe { bytes.assume_init() };
+    let buffer = std::sync::Arc::get_mut(&mut bytes).expect("a new Arc has no other owner");
+    let changed = || io::Error::other("the file changed while it was read; try again");
+    file.read_exact(buffer).map_err(|e| if e.kind() == io::ErrorKind::UnexpectedEof { changed() } else { e })?;
+    if file.read(&mut [0u8])? != 0 {
+        return Err(changed());
+    }
+    Ok(bytes)
 }
+
+/// The BLAKE3 hash of the regular file at `path`, of at most `max_size`
+/// bytes, read through one buffer (the file is never held whole, nor mapped:
+/// a file someone truncates while it is mapped kills the reader).
+pub(crate) fn hash_regular_file(path: &Path, max_size: u64) -> io::Result<[u8; 32]> {
+    let (file, _) = open_regular_file(path, max_size)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buffer = vec![0u8; HASH_BUFFER];
+    let mut file = file.take(max_size + 1);
+    let mut total = 0u64;
+    loop {
+        let read = file.read(&mut buffer)?;
+        if read == 0 {
+            break;
+        }
+        total += read as u64;
+        crate::entry::hash_into(&mut hasher, &buffer[..read]);
+    }
+    if total > max_size {
+        return Err(io::Error::new(io::ErrorKind::FileTooLarge, format!("grew past the limit of {max_size} bytes")));
+    }
+    Ok(hasher.finalize().into())
+}
+
+/// The buffer [`hash_regular_file`] reads through: large enough that BLAKE3
+/// spreads each read over all cores, small enough to stay in cache.
+const HASH_BUFFER: usize = 1 << 20;
 
 /// Reads `file` (expected to be `expected` bytes long) to its end, failing if
 /// it grows past `max_size` meanwhile.

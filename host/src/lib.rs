@@ -65,7 +65,10 @@ pub use config::Config;
 pub use entry::StoredCodec;
 pub use error::Error;
 pub use key::{Key, KeyDomain};
-pub use policy::{MAX_POLICY_INSTANCES, MAX_POLICY_MEMORIES, MAX_POLICY_SIZE, MAX_POLICY_TABLES, Policy, PolicyInterface};
+pub use policy::{
+    InstalledPolicy, MAX_POLICY_INSTANCES, MAX_POLICY_MEMORIES, MAX_POLICY_SIZE, MAX_POLICY_TABLES, POLICY_CODE_KEPT_BYTES, Policy, PolicyCode,
+    PolicyInterface, QUICK_CODE_MIN,
+};
 pub use remote::{RemoteMode, RemoteSettings};
 pub use settings::HostSettings;
 pub use simulate::{

@@ -19,7 +19,7 @@ use crate::namespace::Admit;
 use crate::view::{PolicyView, ViewBackend};
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -62,19 +62,38 @@ pub struct PolicyInterface {
 #[derive(Clone)]
 pub struct Policy {
     name: String,
-    bytes: Arc<[u8]>,
+    source: Source,
+    /// The BLAKE3 hash of the component, once taken: every cache a process
+    /// opens with this policy looks its compiled code up by it.
+    digest: Arc<OnceLock<[u8; 32]>>,
+}
+
+/// Where a policy's bytes are.
+#[derive(Clone)]
+enum Source {
+    Bytes(Arc<[u8]>),
+    /// A file, hashed when the policy was made and read again only to compile
+    /// it: a host that finds the policy's compiled code never holds the
+    /// component (tens of megabytes for a language runtime).
+    File(PathBuf),
 }
 
 impl std::fmt::Debug for Policy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Policy").field("name", &self.name).field("bytes", &self.bytes.len()).finish()
+        let mut debug = f.debug_struct("Policy");
+        debug.field("name", &self.name);
+        match &self.source {
+            Source::Bytes(bytes) => debug.field("bytes", &bytes.len()),
+            Source::File(path) => debug.field("file", path),
+        };
+        debug.finish()
     }
 }
 
 impl Default for Policy {
     /// The default policy, embedded in the host: wasmtime's cache behaviour.
     fn default() -> Self {
-        Policy { name: "default".into(), bytes: DEFAULT_POLICY.into() }
+        Policy::from_bytes("default", DEFAULT_POLICY)
     }
 }
 
@@ -82,11 +101,19 @@ impl Policy {
     /// A policy component from a `.wasm` file (a regular file of at most
     /// [`MAX_POLICY_SIZE`] bytes). `"default"` is not a path here: use
     /// [`Policy::default`], or [`Policy::named`] for user input.
+    ///
+    /// The file is hashed now and read again only if the policy must be
+    /// compiled; if it has changed by then, that start fails (the caller's
+    /// cache degrades as for any policy that cannot start).
     pub fn from_file(path: impl AsRef<Path>) -> Result<Policy, Error> {
         let path = path.as_ref();
         let file_error = |source| Error::PolicyFile { path: path.to_path_buf(), source };
-        let bytes = crate::input::read_regular_file(path, MAX_POLICY_SIZE).map_err(file_error)?;
-        Ok(Policy { name: path.display().to_string(), bytes: bytes.into() })
+        let digest = crate::input::hash_regular_file(path, MAX_POLICY_SIZE).map_err(file_error)?;
+        Ok(Policy {
+            name: path.display().to_string(),
+            source: Source::File(path.to_path_buf()),
+            digest: Arc::new(OnceLock::from(digest)),
+        })
     }
 
     /// The embedded default policy for `"default"`, else the component at
@@ -99,10 +126,10 @@ impl Policy {
     /// Says, before wasmtime's parser does, what a policy file that is not a
     /// component is: wasmtime's own message for a core module or a text file
     /// is a parser dump.
-    fn check_is_component(&self) -> Result<(), Error> {
-        let reason = if !self.bytes.starts_with(b"\0asm") || self.bytes.len() < 8 {
+    fn check_is_component(&self, bytes: &[u8]) -> Result<(), Error> {
+        let reason = if !bytes.starts_with(b"\0asm") || bytes.len() < 8 {
             Some("not a WebAssembly binary (no \\0asm header): a policy must be a component, built for wasm32-wasip2")
-        } else if self.bytes[4..8] == [1, 0, 0, 0] {
+        } else if bytes[4..8] == [1, 0, 0, 0] {
             Some("a core module, not a component: a policy must be a component (build it for wasm32-wasip2)")
         } else {
             None
@@ -113,9 +140,11 @@ impl Policy {
         }
     }
 
-    fn compile(&self) -> Result<Component, Error> {
-        self.check_is_component()?;
-        Component::new(engine(), &self.bytes).map_err(|e| Error::PolicyComponent {
+    fn compile(&self, code: PolicyCode) -> Result<Component, Error> {
+        let bytes = self.bytes()?;
+        self.check_is_component(&bytes)?;
+        let engine = engine(code).unwrap_or_else(|| engine(PolicyCode::Optimized).expect("the optimizing engine"));
+        Component::new(engine, &bytes).map_err(|e| Error::PolicyComponent {
             policy: self.name.clone(),
             reason: format!("not a valid component: {}", crate::input::excerpt(&format!("{e:#}"))),
         })
@@ -123,7 +152,7 @@ impl Policy {
 
     /// A policy component from bytes; `name` appears in messages.
     pub fn from_bytes(name: impl Into<String>, bytes: impl Into<Arc<[u8]>>) -> Policy {
-        Policy { name: name.into(), bytes: bytes.into() }
+        Policy { name: name.into(), source: Source::Bytes(bytes.into()), digest: Default::default() }
     }
 
     /// What messages call it: "default", or the path it was read from.
@@ -131,45 +160,149 @@ impl Policy {
         &self.name
     }
 
-    /// The component's bytes.
-    pub fn bytes(&self) -> &[u8] {
-        &self.bytes
+    /// The component's bytes; for a policy from a file, read again and
+    /// checked to be the bytes it was made from.
+    pub fn bytes(&self) -> Result<Arc<[u8]>, Error> {
+        let path = match &self.source {
+            Source::Bytes(bytes) => return Ok(bytes.clone()),
+            Source::File(path) => path,
+        };
+        let file_error = |source| Error::PolicyFile { path: path.clone(), source };
+        let bytes = crate::input::read_regular_file(path, MAX_POLICY_SIZE).map_err(file_error)?;
+        if Some(&digest_of(&bytes)) != self.digest.get() {
+            return Err(file_error(std::io::Error::other(
+                "it changed after this process first read it: start the host again to use the new policy",
+            )));
+        }
+        Ok(bytes)
     }
 
     /// What the component imports and exports, by WIT name, checked against
     /// the contract as `prepare` checks it.
     pub fn describe(&self) -> Result<PolicyInterface, Error> {
-        self.prepare(None)?;
-        let component = self.compile()?;
+        let (pre, _) = self.prepare(None)?;
+        let component = pre.instance_pre().component();
         let ty = component.component_type();
-        let imports = ty.imports(engine()).map(|(name, _)| name.to_string()).collect();
-        let exports = ty.exports(engine()).map(|(name, _)| name.to_string()).collect();
+        let imports = ty.imports(component.engine()).map(|(name, _)| name.to_string()).collect();
+        let exports = ty.exports(component.engine()).map(|(name, _)| name.to_string()).collect();
         Ok(PolicyInterface { world: format!("{}@{}", crate::bindings::POLICY_WORLD, crate::bindings::CONTRACT_VERSION), imports, exports })
     }
 
-    /// Compiles the component (once per process for the same bytes, and once
-    /// per cache directory when `code` is that directory's store for compiled
-    /// policies) and checks that it fits the WIT world.
-    pub(crate) fn prepare(&self, code: Option<&EntryStore>) -> Result<PolicyWorldPre<PolicyState>, Error> {
-        static COMPILED: OnceLock<Mutex<HashMap<Key, PolicyWorldPre<PolicyState>>>> = OnceLock::new();
-        let key = self.code_key();
-        let compiled = COMPILED.get_or_init(Default::default);
-        if let Some(pre) = compiled.lock().get(&key) {
-            return Ok(pre.clone());
+    /// Compiles the policy with the optimizing compiler and keeps its code
+    /// in the cache directory `directory` (created if missing), unless it is
+    /// kept there already: the next host that starts this policy from that
+    /// directory neither compiles it nor runs quick code. Checks that it fits
+    /// the contract, as a start does.
+    pub fn install(&self, directory: impl AsRef<Path>) -> Result<InstalledPolicy, Error> {
+        let started = Instant::now();
+        let options = crate::store::StoreOptions::default();
+        let code = EntryStore::open(directory.as_ref(), POLICY_CODE_NAMESPACE, Arc::new(crate::clock::SystemClock), options)?;
+        let key = self.code_key(PolicyCode::Optimized);
+        let already_kept = load_compiled(&code, &key, PolicyCode::Optimized);
+        let component = match already_kept.clone() {
+            Some(component) => component,
+            None => self.compile(PolicyCode::Optimized)?,
+        };
+        // This process runs it too from now on (a host that installs, then
+        // opens caches).
+        self.remember(component.clone(), PolicyCode::Optimized)?;
+        let stored_bytes = if already_kept.is_none() { store_compiled(&code, &key, &component)? } else { 0 };
+        let path = code.path().join("entries").join(key.name());
+        Ok(InstalledPolicy { path, compiled_now: already_kept.is_none(), stored_bytes, elapsed: started.elapsed() })
+    }
+
+    /// Compiles the component, or loads its kept code, and checks that it
+    /// fits the WIT world: once per process for the same bytes (then the best
+    /// code this process has), and once per cache directory when `code` is
+    /// that directory's store for compiled policies.
+    ///
+    /// Kept optimized code is used first. Without it, a large policy (a
+    /// language runtime inside) starts on quick code, kept or compiled now,
+    /// while its optimized code compiles on a thread of its own and is kept
+    /// for the next start; a small one is compiled optimized at once.
+    pub(crate) fn prepare(&self, code: Option<&Arc<EntryStore>>) -> Result<Prepared, Error> {
+        let digest = self.digest();
+        if let Some(prepared) = compiled().lock().get(&digest) {
+            return Ok(prepared.clone());
         }
-        let engine = engine();
-        let component = match code.and_then(|code| load_compiled(code, &key)) {
+        let optimized = self.code_key(PolicyCode::Optimized);
+        if let Some(component) = code.and_then(|code| load_compiled(code, &optimized, PolicyCode::Optimized)) {
+            return self.remember(component, PolicyCode::Optimized);
+        }
+        let size = match &self.source {
+            Source::Bytes(bytes) => bytes.len() as u64,
+            Source::File(path) => std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
+        };
+        if size < QUICK_CODE_MIN || engine(PolicyCode::Quick).is_none() {
+            let component = self.compile(PolicyCode::Optimized)?;
+            let prepared = self.remember(component.clone(), PolicyCode::Optimized)?;
+            if let Some(code) = code.filter(|code| !code.read_only()) {
+                let _ = store_compiled(code, &optimized, &component);
+            }
+            return Ok(prepared);
+        }
+        let quick = self.code_key(PolicyCode::Quick);
+        let component = match code.and_then(|code| load_compiled(code, &quick, PolicyCode::Quick)) {
             Some(component) => component,
             None => {
-                let component = self.compile()?;
+                let component = self.compile(PolicyCode::Quick)?;
                 if let Some(code) = code.filter(|code| !code.read_only()) {
-                    store_compiled(code, &key, &component);
+                    let _ = store_compiled(code, &quick, &component);
                 }
                 component
             }
         };
+        let prepared = self.remember(component, PolicyCode::Quick)?;
+        self.optimize_in_background(code.filter(|code| !code.read_only()).cloned());
+        Ok(prepared)
+    }
+
+    /// Links `component` and keeps it as this process's code for the policy,
+    /// unless better code is kept already.
+    fn remember(&self, component: Component, code: PolicyCode) -> Result<Prepared, Error> {
+        let pre = self.link(&component)?;
+        let mut compiled = compiled().lock();
+        let kept = compiled.entry(self.digest()).or_insert_with(|| (pre.clone(), code));
+        if kept.1 == PolicyCode::Quick && code == PolicyCode::Optimized {
+            *kept = (pre, code);
+        }
+        Ok(kept.clone())
+    }
+
+    /// Compiles the optimized code on a thread of its own, keeps it in `code`
+    /// and makes it this process's code for the policy (for the instances
+    /// started from now on). Once per policy per process.
+    fn optimize_in_background(&self, code: Option<Arc<EntryStore>>) {
+        static OPTIMIZING: OnceLock<Mutex<std::collections::HashSet<[u8; 32]>>> = OnceLock::new();
+        if !OPTIMIZING.get_or_init(Default::default).lock().insert(self.digest()) {
+            return;
+        }
+        let policy = self.clone();
+        let spawned = std::thread::Builder::new().name("capcache-policy-optimize".into()).spawn(move || {
+            let started = Instant::now();
+            let compiled = policy.compile(PolicyCode::Optimized).and_then(|component| {
+                policy.remember(component.clone(), PolicyCode::Optimized)?;
+                if let Some(code) = &code {
+                    store_compiled(code, &policy.code_key(PolicyCode::Optimized), &component)?;
+                }
+                Ok(())
+            });
+            match compiled {
+                Ok(()) => tracing::info!("policy {}: optimized code ready in {:?}", policy.name, started.elapsed()),
+                Err(e) => tracing::warn!("policy {}: no optimized code, quick code goes on ({e})", policy.name),
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::warn!("policy {}: cannot start compiling optimized code ({e}); quick code goes on", self.name);
+        }
+    }
+
+    /// Checks `component` against the contract and links it: the view, and
+    /// every other import (WASI) to a trap.
+    fn link(&self, component: &Component) -> Result<PolicyWorldPre<PolicyState>, Error> {
+        let engine = component.engine();
         let world_error = |reason: String| Error::PolicyWorld { policy: self.name.clone(), reason };
-        if let Some(version) = contract_version_of(&component).filter(|v| v != crate::bindings::CONTRACT_VERSION) {
+        if let Some(version) = contract_version_of(component).filter(|v| v != crate::bindings::CONTRACT_VERSION) {
             return Err(world_error(format!(
                 "it was built for {package}@{version}; this host speaks {package}@{ours}: rebuild it against \
                  the WIT of {package}@{ours} (for a Rust policy, the capcache-policy crate of that version)",
@@ -193,26 +326,82 @@ impl Policy {
         let mut linker = Linker::<PolicyState>::new(engine);
         PolicyWorld::add_to_linker::<PolicyState, HasSelf<PolicyView>>(&mut linker, |state| &mut state.view)
             .map_err(|e| world_error(format!("{e:#}")))?;
-        linker.define_unknown_imports_as_traps(&component).map_err(|e| world_error(format!("{e:#}")))?;
-        let pre = linker.instantiate_pre(&component).map_err(|e| world_error(format!("{e:#}")))?;
-        let pre = PolicyWorldPre::new(pre).map_err(|e| world_error(format!("{e:#}")))?;
-        compiled.lock().insert(key, pre.clone());
-        Ok(pre)
+        linker.define_unknown_imports_as_traps(component).map_err(|e| world_error(format!("{e:#}")))?;
+        let pre = linker.instantiate_pre(component).map_err(|e| world_error(format!("{e:#}")))?;
+        PolicyWorldPre::new(pre).map_err(|e| world_error(format!("{e:#}")))
     }
 
-    /// The key of this component's compiled code for the policy engine.
-    fn code_key(&self) -> Key {
-        let mut compatibility = Sha256Hasher::default();
-        engine().precompile_compatibility_hash().hash(&mut compatibility);
-        Key::derive(KeyDomain::PolicyCode, &[&compatibility.finish_key().0, blake3::hash(&self.bytes).as_bytes()])
+    /// The BLAKE3 hash of the component.
+    fn digest(&self) -> [u8; 32] {
+        *self.digest.get_or_init(|| match &self.source {
+            Source::Bytes(bytes) => digest_of(bytes),
+            Source::File(_) => unreachable!("a policy from a file is hashed when it is made"),
+        })
     }
+
+    /// The key of this component's code compiled by `code`'s compiler.
+    fn code_key(&self, code: PolicyCode) -> Key {
+        let mut compatibility = Sha256Hasher::default();
+        let engine = engine(code).or(engine(PolicyCode::Optimized)).expect("the optimizing engine");
+        engine.precompile_compatibility_hash().hash(&mut compatibility);
+        code.hash(&mut compatibility);
+        Key::derive(KeyDomain::PolicyCode, &[&compatibility.finish_key().0, &self.digest()])
+    }
+}
+
+/// A policy's code, linked, and which compiler made it.
+type Prepared = (PolicyWorldPre<PolicyState>, PolicyCode);
+
+/// This process's code for each policy it started, by the policy's digest.
+fn compiled() -> &'static Mutex<HashMap<[u8; 32], Prepared>> {
+    static COMPILED: OnceLock<Mutex<HashMap<[u8; 32], Prepared>>> = OnceLock::new();
+    COMPILED.get_or_init(Default::default)
+}
+
+/// Which compiler made the code a policy runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum PolicyCode {
+    /// Cranelift, optimizing: what every policy runs once its code is kept
+    /// (`capcache policy install` keeps it ahead of time).
+    Optimized,
+    /// Winch, wasmtime's baseline compiler: compiles several times faster,
+    /// runs slower. A large policy runs it until its optimized code is ready.
+    Quick,
+}
+
+/// The smallest policy component that starts on quick code when no
+/// optimized code is kept: a language runtime inside (a megabyte for
+/// QuickJS, tens for Python) takes seconds to compile optimized, while a Rust
+/// policy (a few hundred kilobytes) takes a fraction of one.
+pub const QUICK_CODE_MIN: u64 = 1 << 20;
+
+/// What [`Policy::install`] did.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct InstalledPolicy {
+    /// The file that holds the compiled code.
+    pub path: PathBuf,
+    /// Whether it was compiled now (else it was kept already).
+    pub compiled_now: bool,
+    /// The bytes stored now (0 if it was kept already).
+    pub stored_bytes: u64,
+    /// How long installing took.
+    pub elapsed: Duration,
+}
+
+/// The BLAKE3 hash of a policy component.
+fn digest_of(bytes: &[u8]) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new();
+    crate::entry::hash_into(&mut hasher, bytes);
+    hasher.finalize().into()
 }
 
 /// The version of the contract a component was built for, read from the
 /// names of the contract's interfaces it imports or exports.
 fn contract_version_of(component: &Component) -> Option<String> {
     let ty = component.component_type();
-    let engine = engine();
+    let engine = component.engine();
     let prefix = format!("{}/", crate::bindings::CONTRACT_PACKAGE);
     let names: Vec<String> =
         ty.imports(engine).map(|(n, _)| n.to_string()).chain(ty.exports(engine).map(|(n, _)| n.to_string())).collect();
@@ -222,20 +411,27 @@ fn contract_version_of(component: &Component) -> Option<String> {
 /// The namespace, beside the caches' own, that holds compiled policies.
 pub(crate) const POLICY_CODE_NAMESPACE: &str = "policy-code";
 
-/// At most this many compiled policies are kept (one per policy and engine
-/// version in use); the least recently stored go first.
+/// At most this many compiled policies are kept (optimized and quick code
+/// of each policy and engine version in use); the least recently stored go
+/// first.
 const POLICY_CODE_KEPT: usize = 8;
+
+/// At most this many bytes of compiled policies are kept, counted as
+/// [`POLICY_CODE_KEPT`] is. A policy with a Python runtime inside compiles to
+/// tens of megabytes; the code just stored is kept whatever its size.
+pub const POLICY_CODE_KEPT_BYTES: u64 = 256 << 20;
 
 /// The compiled policy under `key`, if stored and whole (checked as every
 /// entry is; it is raw, so it is mapped rather than read).
-fn load_compiled(code: &EntryStore, key: &Key) -> Option<Component> {
+fn load_compiled(code: &EntryStore, key: &Key, compiler: PolicyCode) -> Option<Component> {
+    let engine = engine(compiler)?;
     let loaded = match code.open_entry(key, u64::MAX, crate::store::RawEntryAs::File) {
         // SAFETY: the key covers the policy engine's compatibility hash, and
         // the entry was checked whole and is its owner's, as for every
         // artifact capcache loads.
-        Ok(OpenOutcome::RawFile(file)) => unsafe { crate::mapped::component_from_file(engine(), file) },
+        Ok(OpenOutcome::RawFile(file)) => unsafe { crate::mapped::component_from_file(engine, file) },
         // SAFETY: as above, for a decoded copy.
-        Ok(OpenOutcome::Value(bytes)) => unsafe { Component::deserialize(engine(), &bytes) },
+        Ok(OpenOutcome::Value(bytes)) => unsafe { Component::deserialize(engine, &bytes) },
         Ok(OpenOutcome::Missing) => return None,
         Ok(OpenOutcome::Corrupt(e)) => {
             tracing::warn!("compiled policy {} is corrupt ({e}); compiling again", key.name());
@@ -255,39 +451,69 @@ fn load_compiled(code: &EntryStore, key: &Key) -> Option<Component> {
     loaded.map_err(|e| tracing::warn!("compiled policy {} does not load ({e:#}); compiling again", key.name())).ok()
 }
 
-/// Stores a freshly compiled policy, raw, and keeps the store small.
-fn store_compiled(code: &EntryStore, key: &Key, component: &Component) {
+/// Stores a freshly compiled policy, raw, and keeps the store within
+/// [`POLICY_CODE_KEPT`] files and [`POLICY_CODE_KEPT_BYTES`] bytes. Returns
+/// the bytes stored. A failure is logged; the caller goes on without.
+fn store_compiled(code: &EntryStore, key: &Key, component: &Component) -> Result<u64, Error> {
+    let directory_error = |source| Error::Directory { path: code.path().to_path_buf(), source };
+    if code.read_only() {
+        return Err(directory_error(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "it is read-only here: install from a user that can write it",
+        )));
+    }
     let stored = component.serialize().map_err(std::io::Error::other).and_then(|bytes| {
         code.write_entry(key, &bytes, crate::entry::StoredCodec::Raw, None)
     });
-    if let Err(e) = stored {
-        tracing::debug!("cannot store the compiled policy {}: {e}", key.name());
-        return;
-    }
+    let stored = match stored {
+        Ok(stored) => stored,
+        Err(e) => {
+            tracing::debug!("cannot store the compiled policy {}: {e}", key.name());
+            return Err(directory_error(e));
+        }
+    };
     let mut kept: Vec<_> = code
         .list_names(Area::Entries)
         .unwrap_or_default()
         .into_iter()
         .filter_map(|name| code.file_info(Area::Entries, &name).ok())
         .collect();
-    if kept.len() > POLICY_CODE_KEPT {
-        kept.sort_by_key(|info| std::cmp::Reverse(info.modified_ms));
-        for old in &kept[POLICY_CODE_KEPT..] {
-            let _ = code.remove(Area::Entries, &old.name);
+    kept.sort_by_key(|info| (info.name != key.name(), std::cmp::Reverse(info.modified_ms)));
+    let mut bytes = 0u64;
+    for (n, info) in kept.iter().enumerate() {
+        bytes = bytes.saturating_add(info.size);
+        if n > 0 && (n >= POLICY_CODE_KEPT || bytes > POLICY_CODE_KEPT_BYTES) {
+            let _ = code.remove(Area::Entries, &info.name);
         }
     }
+    Ok(stored)
 }
 
-/// The engine all policies run on: its own, apart from whatever engine the
-/// host compiles user modules with, with epoch interruption for deadlines.
-fn engine() -> &'static Engine {
-    static ENGINE: OnceLock<Engine> = OnceLock::new();
-    ENGINE.get_or_init(|| {
+/// The engine policies compiled by `compiler` run on: their own, apart from
+/// whatever engine the host compiles user modules with, with epoch
+/// interruption for deadlines. `None` for quick code where wasmtime has no
+/// baseline compiler for this machine.
+fn engine(compiler: PolicyCode) -> Option<&'static Engine> {
+    static OPTIMIZED: OnceLock<Option<Engine>> = OnceLock::new();
+    static QUICK: OnceLock<Option<Engine>> = OnceLock::new();
+    let (cell, strategy) = match compiler {
+        PolicyCode::Optimized => (&OPTIMIZED, wasmtime::Strategy::Cranelift),
+        PolicyCode::Quick => (&QUICK, wasmtime::Strategy::Winch),
+    };
+    cell.get_or_init(|| {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
         config.max_wasm_stack(1 << 20);
-        let engine = Engine::new(&config).expect("the policy engine's configuration is valid");
+        config.strategy(strategy);
+        let engine = match Engine::new(&config) {
+            Ok(engine) => engine,
+            Err(e) if compiler == PolicyCode::Quick => {
+                tracing::debug!("no quick compiler for policies here ({e:#}): the optimizing one compiles them all");
+                return None;
+            }
+            Err(e) => panic!("the policy engine's configuration is invalid: {e:#}"),
+        };
         let ticker = engine.weak();
         std::thread::Builder::new()
             .name("capcache-policy-clock".into())
@@ -299,8 +525,9 @@ fn engine() -> &'static Engine {
                 }
             })
             .expect("cannot start the policy deadline thread");
-        engine
+        Some(engine)
     })
+    .as_ref()
 }
 
 fn ticks(deadline: Duration) -> u64 {
@@ -385,6 +612,10 @@ struct Live {
 pub(crate) struct PolicyRuntime {
     name: String,
     pre: PolicyWorldPre<PolicyState>,
+    /// Which compiler made `pre`'s code.
+    code: PolicyCode,
+    /// The policy's digest, under which this process keeps its best code.
+    digest: [u8; 32],
     settings: Vec<Setting>,
     backend: Arc<dyn ViewBackend>,
     host: HostSettings,
@@ -418,11 +649,14 @@ impl PolicyRuntime {
         settings: &[(String, String)],
         backend: Arc<dyn ViewBackend>,
         host: HostSettings,
-        code: Option<&EntryStore>,
+        code: Option<&Arc<EntryStore>>,
     ) -> Result<PolicyRuntime, Error> {
+        let (pre, code) = policy.prepare(code)?;
         let mut runtime = PolicyRuntime {
             name: policy.name.clone(),
-            pre: policy.prepare(code)?,
+            pre,
+            code,
+            digest: policy.digest(),
             settings: settings.iter().map(|(key, value)| Setting { key: key.clone(), value: value.clone() }).collect(),
             backend,
             host,
@@ -449,10 +683,23 @@ impl PolicyRuntime {
         &self.name
     }
 
-    fn instantiate(&self) -> Result<Live, StartError> {
+    /// Which compiler made the code the policy runs now.
+    pub(crate) fn code(&self) -> PolicyCode {
+        self.code
+    }
+
+    fn instantiate(&mut self) -> Result<Live, StartError> {
+        // An instance made anew runs the best code this process has: the
+        // optimized code, once its compilation in the background is done.
+        if self.code == PolicyCode::Quick
+            && let Some((pre, PolicyCode::Optimized)) = compiled().lock().get(&self.digest).cloned()
+        {
+            self.pre = pre;
+            self.code = PolicyCode::Optimized;
+        }
         let limits = InstanceLimits::new(self.host.policy_memory_limit);
         let view = PolicyView::new(self.backend.clone(), self.name.clone());
-        let mut store = Store::new(engine(), PolicyState { view, limits });
+        let mut store = Store::new(self.pre.engine(), PolicyState { view, limits });
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(ticks(self.host.configure_deadline));
         let bindings = self.pre.instantiate(&mut store).map_err(StartError::Fault)?;

@@ -170,7 +170,8 @@ impl CacheBuilder {
         let code_options = StoreOptions { if_missing: IfMissing::Create, ..self.open_options };
         let code = Store::open(&root, crate::policy::POLICY_CODE_NAMESPACE, self.clock.clone(), code_options)
             .map_err(|e| tracing::debug!("no store for compiled policies: {e}"))
-            .ok();
+            .ok()
+            .map(Arc::new);
         let runtime = PolicyRuntime::start(&self.policy, &self.settings, namespace.clone(), self.host.clone(), code.as_ref())?;
         let policy = Arc::new(Mutex::new(runtime));
         let worker = Worker::start(namespace.clone(), policy.clone(), self.host.clone());

@@ -421,4 +421,11 @@ impl Cache {
     pub fn policy_name(&self) -> Option<String> {
         self.inner.as_ref().map(|i| i.policy.lock().name().to_string())
     }
+
+    /// Which compiler made the code the policy runs now: quick code for a
+    /// large policy whose optimized code is not kept yet (see
+    /// [`Policy::install`](crate::Policy::install)).
+    pub fn policy_code(&self) -> Option<crate::PolicyCode> {
+        self.inner.as_ref().map(|i| i.policy.lock().code())
+    }
 }

@@ -124,7 +124,7 @@ impl Store {
                 Err(e) => return Ok(OpenOutcome::Corrupt(e)),
             };
             if trailer.header.codec == StoredCodec::Raw {
-                if let Err(e) = trailer.check_payload(&file)? {
+                if let Err(e) = check_raw_payload(&trailer, &file)? {
                     return Ok(OpenOutcome::Corrupt(e));
                 }
                 file.seek(SeekFrom::Start(0))?;
@@ -154,5 +154,25 @@ impl Store {
                 known.identity = after;
             }
         Ok(())
+    }
+}
+
+/// Checks the digest of a raw entry's payload, at the start of `file`, an
+/// entry file of this store. A payload of [`entry::MAPPED_CHECK_MIN`] bytes
+/// or more is mapped and hashed on all cores rather than read through a
+/// buffer.
+fn check_raw_payload(trailer: &entry::Trailer, file: &std::fs::File) -> io::Result<Result<(), entry::EntryError>> {
+    if trailer.header_offset < entry::MAPPED_CHECK_MIN {
+        return trailer.check_payload(file);
+    }
+    // Safety: the map is read-only and private, and lives only for this
+    // hash. The file is an entry of this store (its owner was checked),
+    // replaced only by rename, never written in place; were its owner to
+    // truncate it under us anyway, the read faults (SIGBUS), as it would for
+    // the mapped artifact itself.
+    let map = unsafe { memmap2::MmapOptions::new().len(trailer.header_offset as usize).map(file) };
+    match map {
+        Ok(map) => Ok(trailer.check_mapped(&map)),
+        Err(_) => trailer.check_payload(file),
     }
 }
