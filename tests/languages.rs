@@ -1,6 +1,7 @@
 //! Policies written in Python (componentize-py) and JavaScript
-//! (componentize-qjs), built by `guest/build-languages` into target/lang,
-//! run in the same sandbox as Rust ones and decide as the default policy does.
+//! (componentize-qjs for QuickJS, ComponentizeJS for SpiderMonkey), built by
+//! `guest/build-languages` into target/lang, run in the same sandbox as Rust
+//! ones and decide as the default policy does.
 
 use capcache::{Policy, Simulation, SimulationReport, Workload};
 use std::path::PathBuf;
@@ -71,6 +72,11 @@ fn the_javascript_lru_policy_decides_as_the_default_policy() {
 }
 
 #[test]
+fn the_spidermonkey_lru_policy_decides_as_the_default_policy() {
+    decides_as_the_default_policy("languages::spidermonkey_lru", "spidermonkey-lru.wasm");
+}
+
+#[test]
 fn a_policy_built_with_wasi_is_refused_naming_the_import_and_the_flag() {
     let Some(policy) = language_policy("languages::with_wasi", "python-lru-with-wasi.wasm") else { return };
     let err = Simulation::new(&policy, Vec::<(String, String)>::new()).unwrap_err().to_string();
@@ -110,6 +116,11 @@ fn a_python_policy_that_spins_or_hoards_is_stopped() {
 #[test]
 fn a_javascript_policy_that_spins_or_hoards_is_stopped() {
     misbehaviour_is_stopped("languages::js_hostile", "js-hostile.wasm");
+}
+
+#[test]
+fn a_spidermonkey_policy_that_spins_or_hoards_is_stopped() {
+    misbehaviour_is_stopped("languages::spidermonkey_hostile", "spidermonkey-hostile.wasm");
 }
 
 /// `policy` with a custom section naming `test` appended: the same policy

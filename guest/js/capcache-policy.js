@@ -1,13 +1,33 @@
-// Helpers for capcache policies written in JavaScript (componentize-qjs,
-// QuickJS): settings parsed in the formats of wasmtime's cache configuration
-// ("1h", "512Mi", "70%") and refused in the host's shape, whole listings with
-// the paging hidden, the shared lock, a maintenance report builder. The
-// contract is wit/policy.wit. Build with --stub-wasi --sync: a policy has no
-// WASI, and Date.now() and console.log trap; use now() and log() here.
+// Helpers for capcache policies written in JavaScript, for both engines:
+// componentize-qjs (QuickJS) and ComponentizeJS (SpiderMonkey): settings
+// parsed in the formats of wasmtime's cache configuration ("1h", "512Mi",
+// "70%") and refused in the host's shape, whole listings with the paging
+// hidden, the shared lock, a maintenance report builder. The contract is
+// wit/policy.wit. Build without WASI (see guest/build-languages): a policy
+// has none, and Date.now() and console.log trap; use now() and log() here.
+//
+// The engines differ in one way a policy sees: a WIT u64 (sizes, times, hit
+// counts) is a Number in QuickJS and a BigInt in SpiderMonkey. These helpers
+// take and give Numbers in both; an export's own arguments (the entry given
+// to onHit) keep the engine's type: compare them freely, but pass them
+// through num() before arithmetic.
 
-import view from "capcache:policy/view@0.2.0";
+import * as view from "capcache:policy/view@0.2.0";
 
-export const now = () => view.now();
+// Whether this engine gives u64 as BigInt, known at the first call into the
+// host (not at module load: ComponentizeJS runs the module's top level
+// when the component is built, with no host to call).
+let big = null;
+const bigInts = () => (big ??= typeof view.now() === "bigint");
+
+// A u64 from the host as a Number.
+export const num = (x) => (typeof x === "bigint" ? Number(x) : x);
+// A Number as this engine gives the host a u64.
+const u64 = (x) => (bigInts() ? BigInt(Math.max(0, Math.floor(x))) : x);
+// A record from the host with its u64 fields as Numbers.
+export const plain = (record) => Object.fromEntries(Object.entries(record).map(([k, v]) => [k, num(v)]));
+
+export const now = () => num(view.now());
 export const namespace = () => view.namespace();
 export const log = (level, message) => view.log(level, String(message));
 
@@ -95,7 +115,7 @@ export function* entries() {
   let cursor = null;
   for (;;) {
     const page = view.listEntries(cursor, PAGE);
-    yield* page.entries;
+    for (const entry of page.entries) yield plain(entry);
     if (page.next == null) return;
     cursor = page.next;
   }
@@ -105,16 +125,24 @@ export function* tempFiles() {
   let cursor = null;
   for (;;) {
     const page = view.listTempFiles(cursor, PAGE);
-    yield* page.files;
+    for (const file of page.files) yield plain(file);
     if (page.next == null) return;
     cursor = page.next;
   }
 }
 
 // The lock `name`, shared by every process, or null if another holds it.
-// Release it with lock[Symbol.dispose]() (or let a fault release it).
+// Release it with release(lock) (or let a fault release it).
 export function takeLock(name, staleAfterMs) {
-  return view.Lock.take(name, staleAfterMs) ?? null;
+  return view.Lock.take(name, u64(staleAfterMs)) ?? null;
+}
+
+// Releases a lock (drops the handle: the host removes the lock file). The
+// engines name the drop Symbol.dispose, or Symbol.for("dispose") where the
+// engine has no Symbol.dispose.
+export function release(lock) {
+  const dispose = lock[Symbol.dispose ?? Symbol.for("dispose")] ?? lock[Symbol.for("dispose")];
+  dispose.call(lock);
 }
 
 export class Report {
@@ -129,7 +157,7 @@ export class Report {
     const report = new Report();
     report.r.ran = false;
     report.r.summary = reason;
-    return report.r;
+    return report.finish();
   }
 
   kept(entry) {
@@ -171,6 +199,10 @@ export class Report {
       r.summary = `${prefix}${r.entriesSeen} entries seen, ${r.evicted} evicted, ${r.removedFromFuture} from the future, ` +
         `${r.removedTempFiles} stale temporary files; ${r.entriesAfter} entries (${r.bytesAfter} bytes) left`;
     }
-    return r;
+    const out = { ...r };
+    for (const key of ["entriesSeen", "evicted", "removedFromFuture", "removedTempFiles", "bytesFreed", "entriesAfter", "bytesAfter"]) {
+      out[key] = u64(r[key]);
+    }
+    return out;
   }
 }

@@ -8,7 +8,8 @@
 // or total size passes its soft limit, least recently used entries evicted
 // until both are under their percent-if-deleting targets.
 //
-// Built with componentize-qjs --stub-wasi --sync (see guest/build-languages).
+// Built with componentize-qjs (QuickJS) and ComponentizeJS (SpiderMonkey):
+// see guest/build-languages.
 
 import * as cc from "../capcache-policy.js";
 
@@ -103,7 +104,7 @@ export const policy = {
       cc.writeStateText(LAST_CLEANUP, at);
       return report.finish("cleaned: ");
     } finally {
-      lock[Symbol.dispose]();
+      cc.release(lock);
     }
   },
 };
