@@ -209,3 +209,33 @@ fn damaged_kept_code_of_a_large_policy_is_found_and_compiled_again() {
     assert!(again.compiled_now, "the damaged code was taken as kept");
     assert_ne!(std::fs::read(&again.path).unwrap(), bytes);
 }
+
+/// The cleanup lock, through each language's helper: another holder's fresh
+/// lock stops the pass and is left as it was; a lock dated beyond the
+/// allowed drift is broken; the pass releases its own lock.
+fn the_cleanup_lock_is_shared_with_other_processes(test: &str, file: &str) {
+    let Some(policy) = language_policy(test, file) else { return };
+    let t = crate::support::TestCache::new();
+    let cache = t.builder().policy(policy).open().unwrap();
+    use capcache::Clock;
+    let lock = t.root().join("default/state/cleanup.lock");
+    let theirs = format!("{} 4242-0\n", t.clock.now_ms() - 60_000);
+    std::fs::write(&lock, &theirs).unwrap();
+    let report = cache.maintain().unwrap();
+    assert!(!report.ran, "{file} cleaned while another process held the lock: {report:?}");
+    assert_eq!(std::fs::read_to_string(&lock).unwrap(), theirs, "{file} touched someone else's lock");
+    std::fs::write(&lock, format!("{} 4242-0\n", t.clock.now_ms() + 2 * 86_400_000)).unwrap();
+    let report = cache.maintain().unwrap();
+    assert!(report.ran, "{file} did not break a lock from the future: {report:?}");
+    assert!(!lock.exists(), "{file} did not release its lock");
+    // And again, now that no one holds it.
+    assert!(cache.maintain().unwrap().ran);
+    assert!(!lock.exists());
+}
+
+#[test]
+fn python_javascript_and_spidermonkey_policies_share_the_cleanup_lock() {
+    for file in ["python-lru.wasm", "js-lru.wasm", "spidermonkey-lru.wasm"] {
+        the_cleanup_lock_is_shared_with_other_processes("languages::cleanup_lock", file);
+    }
+}
