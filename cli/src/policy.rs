@@ -198,7 +198,7 @@ pub(crate) enum Language {
     Rust,
     /// Python, built with componentize-py.
     Python,
-    /// JavaScript, built with componentize-qjs (QuickJS).
+    /// JavaScript, built with componentize-qjs (QuickJS) or ComponentizeJS (SpiderMonkey).
     Js,
 }
 
