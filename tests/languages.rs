@@ -89,9 +89,13 @@ fn a_policy_built_with_wasi_is_refused_naming_the_import_and_the_flag() {
 /// policy is made anew for the next call.
 fn misbehaviour_is_stopped(test: &str, file: &str) {
     let Some(policy) = language_policy(test, file) else { return };
-    let host = capcache::HostSettings { event_deadline: std::time::Duration::from_millis(100), ..Default::default() };
-    for (mode, expected) in [("loop", "past its deadline"), ("alloc", "policy-memory-limit")] {
-        let mut sim = Simulation::with_host_settings(&policy, [("mode", mode)], host.clone()).unwrap();
+    // The spin meets a short deadline. The allocation bomb gets a long one,
+    // so that the memory cap stops it whatever the machine's load: filling
+    // 64 MiB on quick code, with both cores busy, can take longer than 100 ms.
+    let ms = std::time::Duration::from_millis;
+    for (mode, expected, deadline) in [("loop", "past its deadline", ms(100)), ("alloc", "policy-memory-limit", ms(10_000))] {
+        let host = capcache::HostSettings { event_deadline: deadline, ..Default::default() };
+        let mut sim = Simulation::with_host_settings(&policy, [("mode", mode)], host).unwrap();
         for _ in 0..3 {
             sim.load(b"module", 1 << 20);
         }
