@@ -143,7 +143,7 @@ impl Trailer {
             hash_into(&mut hasher, &buffer[..read]);
             left -= read as u64;
         }
-        Ok(if <[u8; DIGEST_LEN]>::from(hasher.finalize()) == self.digest { Ok(()) } else { Err(EntryError::Checksum) })
+        Ok(self.check_digest(hasher))
     }
 
     /// Checks the digest against the whole payload in memory (a large raw
@@ -155,6 +155,11 @@ impl Trailer {
         let mut hasher = blake3::Hasher::new();
         hasher.update(&self.header_bytes);
         hash_into(&mut hasher, payload);
+        self.check_digest(hasher)
+    }
+
+    /// Compares the digest of what `hasher` took in with the stored one.
+    fn check_digest(&self, hasher: blake3::Hasher) -> Result<(), EntryError> {
         if <[u8; DIGEST_LEN]>::from(hasher.finalize()) == self.digest { Ok(()) } else { Err(EntryError::Checksum) }
     }
 }

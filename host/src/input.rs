@@ -67,10 +67,10 @@ pub(crate) fn read_regular_file(path: &Path, max_size: u64) -> io::Result<std::s
     Ok(bytes)
 }
 
-/// The BLAKE3 hash of the regular file at `path`, of at most `max_size`
-/// bytes, read through one buffer (the file is never held whole, nor mapped:
-/// a file someone truncates while it is mapped kills the reader).
-pub(crate) fn hash_regular_file(path: &Path, max_size: u64) -> io::Result<[u8; 32]> {
+/// The BLAKE3 hash and the size of the regular file at `path`, of at most
+/// `max_size` bytes, read through one buffer (the file is never held whole,
+/// nor mapped: a file someone truncates while it is mapped kills the reader).
+pub(crate) fn hash_regular_file(path: &Path, max_size: u64) -> io::Result<([u8; 32], u64)> {
     let (file, _) = open_regular_file(path, max_size)?;
     let mut hasher = blake3::Hasher::new();
     let mut buffer = vec![0u8; HASH_BUFFER];
@@ -87,7 +87,7 @@ pub(crate) fn hash_regular_file(path: &Path, max_size: u64) -> io::Result<[u8; 3
     if total > max_size {
         return Err(io::Error::new(io::ErrorKind::FileTooLarge, format!("grew past the limit of {max_size} bytes")));
     }
-    Ok(hasher.finalize().into())
+    Ok((hasher.finalize().into(), total))
 }
 
 /// The buffer [`hash_regular_file`] reads through: large enough that BLAKE3

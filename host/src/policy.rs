@@ -72,10 +72,10 @@ pub struct Policy {
 #[derive(Clone)]
 enum Source {
     Bytes(Arc<[u8]>),
-    /// A file, hashed when the policy was made and read again only to compile
-    /// it: a host that finds the policy's compiled code never holds the
-    /// component (tens of megabytes for a language runtime).
-    File(PathBuf),
+    /// A file of `size` bytes, hashed when the policy was made and read again
+    /// only to compile it: a host that finds the policy's compiled code never
+    /// holds the component (tens of megabytes for a language runtime).
+    File { path: PathBuf, size: u64 },
 }
 
 impl std::fmt::Debug for Policy {
@@ -84,7 +84,7 @@ impl std::fmt::Debug for Policy {
         debug.field("name", &self.name);
         match &self.source {
             Source::Bytes(bytes) => debug.field("bytes", &bytes.len()),
-            Source::File(path) => debug.field("file", path),
+            Source::File { path, .. } => debug.field("file", path),
         };
         debug.finish()
     }
@@ -108,10 +108,10 @@ impl Policy {
     pub fn from_file(path: impl AsRef<Path>) -> Result<Policy, Error> {
         let path = path.as_ref();
         let file_error = |source| Error::PolicyFile { path: path.to_path_buf(), source };
-        let digest = crate::input::hash_regular_file(path, MAX_POLICY_SIZE).map_err(file_error)?;
+        let (digest, size) = crate::input::hash_regular_file(path, MAX_POLICY_SIZE).map_err(file_error)?;
         Ok(Policy {
             name: path.display().to_string(),
-            source: Source::File(path.to_path_buf()),
+            source: Source::File { path: path.to_path_buf(), size },
             digest: Arc::new(OnceLock::from(digest)),
         })
     }
@@ -165,7 +165,7 @@ impl Policy {
     pub fn bytes(&self) -> Result<Arc<[u8]>, Error> {
         let path = match &self.source {
             Source::Bytes(bytes) => return Ok(bytes.clone()),
-            Source::File(path) => path,
+            Source::File { path, .. } => path,
         };
         let file_error = |source| Error::PolicyFile { path: path.clone(), source };
         let bytes = crate::input::read_regular_file(path, MAX_POLICY_SIZE).map_err(file_error)?;
@@ -231,12 +231,12 @@ impl Policy {
         }
         let size = match &self.source {
             Source::Bytes(bytes) => bytes.len() as u64,
-            Source::File(path) => std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
+            Source::File { size, .. } => *size,
         };
         if size < QUICK_CODE_MIN || engine(PolicyCode::Quick).is_none() {
             let component = self.compile(PolicyCode::Optimized)?;
             let prepared = self.remember(component.clone(), PolicyCode::Optimized)?;
-            if let Some(code) = code.filter(|code| !code.read_only()) {
+            if let Some(code) = code {
                 let _ = store_compiled(code, &optimized, &component);
             }
             return Ok(prepared);
@@ -246,14 +246,14 @@ impl Policy {
             Some(component) => component,
             None => {
                 let component = self.compile(PolicyCode::Quick)?;
-                if let Some(code) = code.filter(|code| !code.read_only()) {
+                if let Some(code) = code {
                     let _ = store_compiled(code, &quick, &component);
                 }
                 component
             }
         };
         let prepared = self.remember(component, PolicyCode::Quick)?;
-        self.optimize_in_background(code.filter(|code| !code.read_only()).cloned());
+        self.optimize_in_background(code.cloned());
         Ok(prepared)
     }
 
@@ -282,13 +282,15 @@ impl Policy {
             let started = Instant::now();
             let compiled = policy.compile(PolicyCode::Optimized).and_then(|component| {
                 policy.remember(component.clone(), PolicyCode::Optimized)?;
-                if let Some(code) = &code {
-                    store_compiled(code, &policy.code_key(PolicyCode::Optimized), &component)?;
-                }
-                Ok(())
+                Ok(component)
             });
             match compiled {
-                Ok(()) => tracing::info!("policy {}: optimized code ready in {:?}", policy.name, started.elapsed()),
+                Ok(component) => {
+                    tracing::info!("policy {}: optimized code ready in {:?}", policy.name, started.elapsed());
+                    if let Some(code) = &code {
+                        let _ = store_compiled(code, &policy.code_key(PolicyCode::Optimized), &component);
+                    }
+                }
                 Err(e) => tracing::warn!("policy {}: no optimized code, quick code goes on ({e})", policy.name),
             }
         });
@@ -335,7 +337,7 @@ impl Policy {
     fn digest(&self) -> [u8; 32] {
         *self.digest.get_or_init(|| match &self.source {
             Source::Bytes(bytes) => digest_of(bytes),
-            Source::File(_) => unreachable!("a policy from a file is hashed when it is made"),
+            Source::File { .. } => unreachable!("a policy from a file is hashed when it is made"),
         })
     }
 
