@@ -79,7 +79,7 @@ fn a_raw_entry_is_the_artifact_from_offset_zero() {
     let wasm = tiny_module(7);
     load_module(&cache, &engine, &wasm).unwrap();
     cache.flush();
-    let name = capcache::wasmtime::artifact_key(&engine, capcache::wasmtime::Kind::Module, &wasm).name();
+    let name = capcache::wasmtime::artifact_name(&engine, capcache::wasmtime::Kind::Module, &wasm);
     let path = t.root().join("default/entries").join(name);
     // wasmtime itself loads the entry file as it is (the trailer after the
     // artifact is ignored by its loader).
@@ -104,7 +104,7 @@ fn a_raw_entry_changed_in_place_after_its_hits_is_caught_on_the_next_hit() {
         assert_eq!(answer(&engine, &load_module(&cache, &engine, &wasm).unwrap()), 9);
         cache.flush();
     }
-    let name = capcache::wasmtime::artifact_key(&engine, capcache::wasmtime::Kind::Module, &wasm).name();
+    let name = capcache::wasmtime::artifact_name(&engine, capcache::wasmtime::Kind::Module, &wasm);
     let path = t.root().join("default/entries").join(name);
     // One byte of the artifact changed in place, and the modification time put
     // back: only the change time tells.

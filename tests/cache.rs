@@ -40,7 +40,7 @@ fn miss_then_insert_then_hit() {
     assert_eq!(info.codec, StoredCodec::Zstd { level: 3 });
     assert_eq!(info.raw_size, 10_000);
     // The file is named by the base64url SHA-256 of the key.
-    assert_eq!(info.name, capcache::Key::of(b"key").name());
+    assert_eq!(info.name, capcache::ValueKey::of(b"key").name());
     assert!(t.entries_dir().join(&info.name).is_file());
 }
 

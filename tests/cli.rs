@@ -438,9 +438,12 @@ fn a_module_compiled_twice_in_direct_mode_is_one_entry() {
     std::thread::sleep(capcache::wasmtime::RECENT_CHANGE_WINDOW + std::time::Duration::from_millis(100));
     let root = t.root().display().to_string();
     let module = module.display().to_string();
+    let direct = ["--direct-mode", "trust-file-identity"];
     assert_eq!(kinds(&stdout(&capcache(&["compile", "--dir", &root, &module]))), ["miss"]);
-    assert_eq!(kinds(&stdout(&capcache(&["compile", "--dir", &root, &module]))), ["hit"]);
+    // By default a file's bytes are hashed: no manifest.
     let manifests = t.root().join("default/manifests");
+    assert_eq!(std::fs::read_dir(&manifests).unwrap().count(), 0, "a manifest was recorded without direct mode");
+    assert_eq!(kinds(&stdout(&capcache(&[&["compile", "--dir", &root, &module][..], &direct].concat()))), ["hit"]);
     assert_eq!(std::fs::read_dir(&manifests).unwrap().count(), 1, "no manifest was recorded");
     let out = stdout(&capcache(&["stats", "--dir", &root]));
     assert!(out.contains("hits            1") && out.contains("misses          1"), "{out}");

@@ -149,7 +149,7 @@ fn usage_of_evicted_entries_is_dropped_with_them() {
     // Limit 1, target 0: both went, and their usage with them. An insert
     // resets usage by itself, so the entry comes back the way a restore from a
     // backup would, as a file: it must not inherit the evicted entry's hits.
-    let entry = t.entries_dir().join(capcache::Key::of(b"a").name());
+    let entry = t.entries_dir().join(capcache::ValueKey::of(b"a").name());
     let saved = std::fs::read(&entry).unwrap();
     t.clock.advance(HOUR);
     cache.insert(b"b", b"2");

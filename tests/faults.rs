@@ -6,7 +6,7 @@
 //! `faults::child_process` with a role in `CAPCACHE_TEST_CHILD`.
 
 
-use capcache::{Cache, Clock, Key, Source};
+use capcache::{Cache, Clock, Source, ValueKey};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -128,7 +128,7 @@ fn crash_mid_write_leaves_only_whole_entries() {
         .collect();
     let mut intact = 0;
     for k in 0..KEYS {
-        let name = Key::of(&key(k)).name();
+        let name = ValueKey::of(&key(k)).name();
         if names.contains(&name) {
             assert_eq!(cache.get(&key(k)), Some(expected(k)), "entry of key {k} is not intact");
             intact += 1;

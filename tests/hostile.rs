@@ -1,5 +1,6 @@
 //! A misbehaving policy costs a bounded delay: the host stops it, counts the
-//! fault, uses the safe default, restarts it and keeps serving.
+//! fault, takes its call as declined (nothing stored, no action), restarts it
+//! and keeps serving. Its "no" is respected even when it is busy.
 
 
 use capcache::{Cache, HostSettings, StoredCodec};
@@ -33,32 +34,35 @@ fn check_outside(t: &TestCache, before: &std::collections::BTreeMap<std::path::P
     assert_eq!(&outside_view(t), before, "the policy changed something outside its view");
 }
 
-/// The policy fails in `admit`: misses are stored with the safe default.
+/// The policy fails in `admit`: nothing it did not admit is stored, the fault
+/// is counted, and it is made anew for the next call.
 fn check_admit_fault(mode: &str) {
     let t = TestCache::new();
     plant_outside(&t);
     let before = outside_view(&t);
     let cache = hostile(&t, mode);
     let started = Instant::now();
-    assert!(cache.insert(b"a", b"value a"));
-    assert!(cache.insert(b"b", b"value b"));
+    assert!(!cache.insert(b"a", b"value a"));
+    assert!(!cache.insert(b"b", b"value b"));
     assert!(started.elapsed() < BOUND);
-    // Stored at zstd 3, the safe default (the policy would have said 1).
-    assert_eq!(cache.entry_info(b"a").unwrap().codec, StoredCodec::Zstd { level: 3 });
+    assert_eq!(cache.entry_info(b"a"), None, "a value the policy never admitted was stored");
     // Restarted after each fault, and faulted again.
-    assert!(cache.stats().policy_faults >= 2, "{:?}", cache.stats());
-    assert_eq!(cache.get(b"a").as_deref(), Some(&b"value a"[..]));
+    let stats = cache.stats();
+    assert!(stats.policy_faults >= 2, "{stats:?}");
+    assert_eq!((stats.inserts, stats.skipped), (0, 2), "{stats:?}");
+    assert_eq!(cache.get(b"a"), None);
     cache.flush();
+    assert_eq!(t.entry_count(), 0);
     check_outside(&t, &before);
 }
 
 #[test]
-fn an_infinite_loop_in_admit_is_stopped_and_the_entry_stored_at_the_default() {
+fn an_infinite_loop_in_admit_is_stopped_and_nothing_is_stored() {
     check_admit_fault("loop-admit");
 }
 
 #[test]
-fn unbounded_allocation_in_admit_is_stopped_and_the_entry_stored_at_the_default() {
+fn unbounded_allocation_in_admit_is_stopped_and_nothing_is_stored() {
     check_admit_fault("alloc-admit");
 }
 
@@ -67,11 +71,61 @@ fn a_policy_that_traps_on_every_call_costs_only_its_decisions() {
     check_admit_fault("trap-all");
     let t = TestCache::new();
     let cache = hostile(&t, "trap-all");
-    cache.insert(b"k", b"v");
-    assert!(cache.get(b"k").is_some());
+    assert!(!cache.insert(b"k", b"v"));
+    assert!(cache.get(b"k").is_none());
     cache.flush();
     assert_eq!(cache.maintain(), None);
-    assert!(cache.stats().policy_faults >= 4);
+    assert!(cache.stats().policy_faults >= 2);
+}
+
+#[test]
+fn a_policy_that_refuses_everything_stores_nothing_while_busy_in_maintain() {
+    // The policy admits nothing, and lingers in `maintain`: misses meanwhile
+    // find it busy. The caller does not wait for it, and nothing is stored
+    // with a default decision: the worker asks the policy once it is free.
+    let t = TestCache::new();
+    let linger = Duration::from_millis(1500);
+    let host = HostSettings { maintain_deadline: Duration::from_secs(10), ..HostSettings::default() };
+    let cache = std::sync::Arc::new(
+        Cache::builder()
+            .directory(t.root())
+            .policy(guest_policy("hostile"))
+            .setting("mode", "refuse-and-linger")
+            .setting("linger-ms", linger.as_millis().to_string())
+            .host_settings(host.clone())
+            .open()
+            .unwrap(),
+    );
+    let pass = {
+        let cache = cache.clone();
+        std::thread::spawn(move || cache.maintain())
+    };
+    let lingering = t.root().join("default/state/lingering");
+    let started = Instant::now();
+    while !lingering.exists() {
+        assert!(started.elapsed() < BOUND, "the pass never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let engine = wasmtime::Engine::default();
+    let mut offered = 0;
+    let busy_since = Instant::now();
+    // Values and compiled modules, while the pass still has most of its time to run.
+    while busy_since.elapsed() < linger / 2 {
+        let n = offered as u32;
+        let at = Instant::now();
+        assert!(!cache.insert(format!("k{n}").as_bytes(), b"value"), "stored while the policy could not say no");
+        // The caller waits at most the admit wait, not the pass.
+        assert!(at.elapsed() < host.admit_wait * 3 + Duration::from_millis(50), "a miss waited {:?}", at.elapsed());
+        capcache::wasmtime::load_module(&cache, &engine, &tiny_module(n)).unwrap();
+        offered += 2;
+    }
+    assert!(pass.join().unwrap().is_some(), "the pass did not finish");
+    cache.flush();
+    let stats = cache.stats();
+    assert!(offered >= 4, "only {offered} values offered during the pass");
+    assert_eq!(stats.inserts, 0, "{stats:?}");
+    assert_eq!(stats.skipped, offered, "every value went to the policy, which said no: {stats:?}");
+    assert_eq!(t.entry_count(), 0, "the policy admitted nothing, yet entries were stored");
 }
 
 /// The policy fails on the worker: hits are served all the same.

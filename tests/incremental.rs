@@ -2,7 +2,6 @@
 //! recompile, and the others come from the cache under Cranelift's own keys.
 
 
-use capcache::incremental::IncrementalCache;
 use std::sync::Arc;
 use crate::support::*;
 
@@ -32,7 +31,7 @@ fn one_changed_function_recompiles_alone() {
     let t = TestCache::new();
     let cache = Arc::new(t.open());
     let mut config = wasmtime::Config::new();
-    config.enable_incremental_compilation(Arc::new(IncrementalCache::new(cache.clone()))).unwrap();
+    capcache::incremental::enable(&mut config, cache.clone()).unwrap();
     let engine = wasmtime::Engine::new(&config).unwrap();
 
     wasmtime::Module::new(&engine, module(1)).unwrap();

@@ -13,6 +13,7 @@ mod config;
 mod corruption;
 mod eviction;
 mod faults;
+mod file_loads;
 mod hostile;
 mod incremental;
 mod languages;

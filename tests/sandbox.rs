@@ -27,15 +27,15 @@ fn escapes_are_refused_and_nothing_outside_changes() {
     // Another namespace, with an entry the policy must not touch.
     let other = t.builder().namespace("other").open().unwrap();
     other.insert(b"theirs", b"another engine's artifact");
-    let theirs = capcache::Key::of(b"theirs").name();
+    let theirs = capcache::ValueKey::of(b"theirs").name();
     drop(other);
     // Open once with the default policy to lay out the namespace, then plant
     // symlinks that point out of it.
     drop(t.open());
     let ns = t.root().join("default");
     let outside = t.dir.path().join("outside.txt");
-    let link_entry = capcache::Key::of(b"absolute link").name();
-    let relative_link_entry = capcache::Key::of(b"relative link").name();
+    let link_entry = capcache::ValueKey::of(b"absolute link").name();
+    let relative_link_entry = capcache::ValueKey::of(b"relative link").name();
     std::os::unix::fs::symlink(&outside, ns.join("entries").join(&link_entry)).unwrap();
     std::os::unix::fs::symlink("../../../outside.txt", ns.join("entries").join(&relative_link_entry)).unwrap();
     std::os::unix::fs::symlink(&outside, ns.join("state").join("link-out")).unwrap();
@@ -84,7 +84,7 @@ fn the_host_lists_no_symlink_as_an_entry() {
     std::fs::write(t.dir.path().join("outside.txt"), b"precious").unwrap();
     let cache = t.open();
     cache.insert(b"real", b"value");
-    let link = capcache::Key::of(b"link").name();
+    let link = capcache::ValueKey::of(b"link").name();
     std::os::unix::fs::symlink(t.dir.path().join("outside.txt"), t.entries_dir().join(&link)).unwrap();
     let report = cache.maintain().unwrap();
     assert_eq!(report.entries_seen, 1, "{}", report.summary);

@@ -22,6 +22,11 @@ fn manifests(t: &TestCache) -> usize {
     std::fs::read_dir(t.root().join("default/manifests")).map(|d| d.count()).unwrap_or(0)
 }
 
+/// A cache in direct mode: file loads trust the file's identity.
+fn open_direct(t: &TestCache) -> capcache::Cache {
+    t.builder().direct_mode(capcache::DirectMode::TrustFileIdentity).open().unwrap()
+}
+
 fn change_time(path: &Path) -> (i64, i64) {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(path).unwrap();
@@ -31,7 +36,7 @@ fn change_time(path: &Path) -> (i64, i64) {
 #[test]
 fn direct_mode_records_a_settled_file_and_never_a_recently_changed_one() {
     let t = TestCache::new();
-    let cache = t.open();
+    let cache = open_direct(&t);
     let engine = Engine::default();
     let path = t.dir.path().join("m.wasm");
     std::fs::write(&path, tiny_module(1)).unwrap();
@@ -81,7 +86,7 @@ fn direct_mode_on_whole_second_timestamps_never_serves_a_rewrite_of_the_same_sec
     let fs = CoarseTimestampFs::mount();
     let path = fs.path().join("app.wasm");
     let t = TestCache::new();
-    let cache = t.open();
+    let cache = open_direct(&t);
     let engine = Engine::default();
     let old = SystemTime::now() - Duration::from_secs(3600);
     let mut rewrites_in_one_second = 0;
@@ -130,7 +135,7 @@ fn direct_mode_during_directory_swapping_deploys_never_records_one_version_for_a
     }
     std::thread::sleep(capcache::wasmtime::RECENT_CHANGE_WINDOW + Duration::from_millis(100));
     let t = TestCache::new();
-    let cache = t.open();
+    let cache = open_direct(&t);
     let engine = Engine::default();
     let app = current.join("app.wasm");
     let manifests_dir = t.root().join("default/manifests");
@@ -207,8 +212,8 @@ fn an_entry_that_others_can_write_is_never_served() {
     load_module(&cache, &engine, &wasm).unwrap();
     cache.insert(b"key", b"value");
     cache.flush();
-    let artifact = t.entries_dir().join(capcache::wasmtime::artifact_key(&engine, Kind::Module, &wasm).name());
-    let value = t.entries_dir().join(capcache::Key::of(b"key").name());
+    let artifact = t.entries_dir().join(capcache::wasmtime::artifact_name(&engine, Kind::Module, &wasm));
+    let value = t.entries_dir().join(capcache::ValueKey::of(b"key").name());
     // Served once, so the raw entry is known as checked in this process.
     assert_eq!(answer(&engine, &load_module(&cache, &engine, &wasm).unwrap()), 3);
     set_mode(&artifact, 0o646);
@@ -228,7 +233,7 @@ fn an_entry_owned_by_another_user_is_never_served() {
     let t = TestCache::new();
     let cache = t.open();
     cache.insert(b"key", b"planted?");
-    let entry = t.entries_dir().join(capcache::Key::of(b"key").name());
+    let entry = t.entries_dir().join(capcache::ValueKey::of(b"key").name());
     std::os::unix::fs::chown(&entry, Some(65534), Some(65534)).unwrap();
     assert_eq!(cache.get(b"key"), None);
     assert_eq!(cache.stats().untrusted, 1);
@@ -283,24 +288,45 @@ fn preimage(parts: &[&[u8]]) -> Vec<u8> {
 }
 
 #[test]
-fn a_value_stored_under_forged_key_material_never_loads_as_a_module() {
+fn no_public_call_stores_code_that_a_module_load_serves() {
+    // Module 666's compiled code, planted through every public call that
+    // writes, under every key a caller can make from the victim's artifact
+    // key's parts: the victim's load must still compile its own bytes.
     let t = TestCache::new();
     let cache = t.open();
     let engine = Engine::default();
     let victim = tiny_module(1);
     let planted = Module::new(&engine, tiny_module(666)).unwrap().serialize().unwrap();
-    let compatibility = capcache::wasmtime::compatibility_key(&engine).0;
+    let compatibility = capcache::wasmtime::compatibility_digest(&engine);
     let digest = *blake3::hash(&victim).as_bytes();
     // The artifact key's parts as they were laid out, and as they are: with
     // and without a domain tag in front.
-    for tag in [&b"capcache-artifact-v2"[..], b"capcache-artifact-v3"] {
-        let parts: [&[u8]; 4] = [tag, b"module", &compatibility, &digest];
-        assert!(cache.insert(&preimage(&parts), &planted));
-        assert!(cache.insert(&preimage(&parts[1..]), &planted));
+    let mut stored = 0;
+    let tagged = |tag: &'static [u8]| -> Vec<&[u8]> { vec![tag, b"module", &compatibility, &digest] };
+    let untagged: Vec<&[u8]> = vec![b"module", &compatibility, &digest];
+    for parts in [tagged(b"capcache-artifact-v2"), tagged(b"capcache-artifact-v3"), untagged] {
+        {
+            let parts = &parts[..];
+            let material = preimage(parts);
+            stored += cache.insert(&material, &planted) as usize;
+            stored += cache.insert_by_key(&capcache::ValueKey::of_parts(parts), &planted) as usize;
+            let deferred = planted.clone();
+            cache.insert_deferred(&capcache::ValueKey::of_parts(&[&material, b"deferred"]), move || Some(deferred));
+            let got = cache.get_or_insert_with(&preimage(&[&material, b"computed"]), || Ok::<_, ()>(planted.clone()));
+            assert_eq!(got.unwrap().source, Source::Miss);
+        }
     }
     cache.flush();
+    assert_eq!(stored, 6, "the values themselves are stored, as values");
+    assert_eq!(cache.stats().inserts, 12);
     let (module, source) = capcache::wasmtime::load_module_with_source(&cache, &engine, &victim).unwrap();
     assert_eq!((answer(&engine, &module), source), (1, Source::Miss));
+    // And the module's own entry is the one its load stored.
+    cache.flush();
+    let name = capcache::wasmtime::artifact_name(&engine, Kind::Module, &victim);
+    assert!(cache.entries().unwrap().iter().any(|e| e.name == name));
+    let (module, source) = capcache::wasmtime::load_module_with_source(&cache, &engine, &victim).unwrap();
+    assert_eq!((answer(&engine, &module), source), (1, Source::Hit));
 }
 
 #[test]
@@ -315,7 +341,7 @@ fn dropping_the_last_cache_on_its_own_worker_stores_the_pending_artifact() {
     {
         let cache = Arc::new(t.builder().policy(guest_policy("hostile")).setting("mode", "loop-insert").host_settings(host).open().unwrap());
         let mut config = wasmtime::Config::new();
-        config.enable_incremental_compilation(Arc::new(capcache::incremental::IncrementalCache::new(cache.clone()))).unwrap();
+        capcache::incremental::enable(&mut config, cache.clone()).unwrap();
         let engine = Engine::new(&config).unwrap();
         // The worker is busy (the policy loops in on-insert until its deadline)
         // while the miss's store is queued behind it.
@@ -323,9 +349,9 @@ fn dropping_the_last_cache_on_its_own_worker_stores_the_pending_artifact() {
         load_module(&cache, &engine, &wasm).unwrap();
     }
     let mut config = wasmtime::Config::new();
-    config.enable_incremental_compilation(Arc::new(capcache::incremental::IncrementalCache::new(Arc::new(capcache::Cache::disabled())))).unwrap();
+    capcache::incremental::enable(&mut config, Arc::new(capcache::Cache::disabled())).unwrap();
     let same_engine = Engine::new(&config).unwrap();
-    let name = capcache::wasmtime::artifact_key(&same_engine, Kind::Module, &wasm).name();
+    let name = capcache::wasmtime::artifact_name(&same_engine, Kind::Module, &wasm);
     let stored = t.entries_dir().join(&name);
     let deadline = Instant::now() + Duration::from_secs(20);
     while !stored.exists() && Instant::now() < deadline {

@@ -287,6 +287,16 @@ struct Storing {
     /// Serve hits only; store and clean nothing.
     #[arg(long)]
     read_only: bool,
+    /// How a module file finds its compiled code. "off" (the default, unless
+    /// the configuration's `direct-mode` says otherwise): read and hash the
+    /// file's bytes every time, so a hit is the code of exactly these bytes.
+    /// "trust-file-identity": skip that for a file whose identity (device,
+    /// inode, size, times) was seen before; wrong when bytes change and the
+    /// identity does not (a file patched through a shared mapping, filesystem
+    /// images mounted in turn at one path): only for deploy directories whose
+    /// files are never changed in place.
+    #[arg(long, value_name = "MODE", value_parser = ["off", "trust-file-identity"])]
+    direct_mode: Option<String>,
 }
 
 /// The namespace `compile` and `run` use, as the library's builder does.
@@ -472,6 +482,10 @@ fn open_for_compiling(options: &CompileOptions) -> Result<Cache> {
     let namespace = location.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
     let builder = remote.apply(policy.apply(location.builder(namespace)?)?);
     let builder = if storing.read_only { builder.read_only(true) } else { builder };
+    let builder = match &storing.direct_mode {
+        Some(mode) => builder.direct_mode(mode.parse().map_err(anyhow::Error::msg)?),
+        None => builder,
+    };
     match builder.open() {
         Ok(cache) => Ok(cache),
         Err(
@@ -518,8 +532,9 @@ fn compile_all(modules: &[PathBuf], options: &CompileOptions) -> Result<()> {
     Ok(())
 }
 
-/// Gets a usable module for `path` through the cache (direct mode: a hit
-/// need not read the file); returns where it came from and how long that took.
+/// Gets a usable module for `path` through the cache (by the file's bytes,
+/// unless direct mode trusts its identity); returns where it came from and
+/// how long that took.
 fn compile(engine: &wasmtime::Engine, cache: &Cache, path: &Path) -> Result<(Source, std::time::Duration)> {
     let started = Instant::now();
     let (_module, source) = capcache::wasmtime::load_module_file_with_source(cache, engine, path)

@@ -7,6 +7,7 @@
 //! policy = "default"                  # or the path of a policy component (.wasm)
 //! read-only = false                   # serve hits only
 //! allow-insecure-directory = false    # see SECURITY.md
+//! direct-mode = "off"                 # or "trust-file-identity": see DirectMode
 //!
 //! [cache.policy-settings]             # passed to the policy's `configure`
 //! cleanup-interval = "30m"
@@ -65,6 +66,10 @@ pub struct CacheSection {
     /// `allow-insecure-directory`: see SECURITY.md.
     #[serde(default)]
     pub allow_insecure_directory: bool,
+    /// `direct-mode`: `"off"` (the default: file loads hash the file's
+    /// bytes) or `"trust-file-identity"` (see [`crate::DirectMode`]).
+    #[serde(default, deserialize_with = "direct_mode")]
+    pub direct_mode: crate::DirectMode,
     /// `[cache.policy-settings]`: passed to the policy's `configure`.
     #[serde(default)]
     pub policy_settings: BTreeMap<String, SettingValue>,
@@ -106,6 +111,7 @@ impl Default for CacheSection {
             policy: PolicyChoice::Default,
             read_only: false,
             allow_insecure_directory: false,
+            direct_mode: crate::DirectMode::Off,
             policy_settings: BTreeMap::new(),
             host: HostSection::default(),
             remote: None,
@@ -115,6 +121,10 @@ impl Default for CacheSection {
 
 fn yes() -> bool {
     true
+}
+
+fn direct_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<crate::DirectMode, D::Error> {
+    String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
 }
 
 /// `"default"`, or a path to a policy component.

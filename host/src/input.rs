@@ -71,15 +71,46 @@ pub(crate) fn read_regular_file(path: &Path, max_size: u64) -> io::Result<std::s
 /// `max_size` bytes, read through one buffer (the file is never held whole,
 /// nor mapped: a file someone truncates while it is mapped kills the reader).
 pub(crate) fn hash_regular_file(path: &Path, max_size: u64) -> io::Result<([u8; 32], u64)> {
-    let (file, _) = open_regular_file(path, max_size)?;
+    let (mut file, _) = open_regular_file(path, max_size)?;
+    let hashed = hash_open_file(&mut file, max_size)?;
+    Ok((hashed.digest, hashed.len))
+}
+
+/// What [`hash_open_file`] read.
+pub(crate) struct Hashed {
+    /// The BLAKE3 digest of every byte read.
+    pub(crate) digest: [u8; 32],
+    /// How many bytes.
+    pub(crate) len: u64,
+    /// The first bytes (as many as the file had, up to 8).
+    head: [u8; 8],
+}
+
+impl Hashed {
+    /// Whether the bytes read start with `prefix` (of at most 8 bytes).
+    pub(crate) fn starts_with(&self, prefix: &[u8]) -> bool {
+        self.len >= prefix.len() as u64 && self.head.starts_with(prefix)
+    }
+}
+
+/// Hashes `file` from where it stands to its end, through one buffer, on all
+/// cores for each full buffer (see [`crate::entry::hash_into`]); fails if it
+/// holds more than `max_size` bytes.
+pub(crate) fn hash_open_file(file: &mut File, max_size: u64) -> io::Result<Hashed> {
     let mut hasher = blake3::Hasher::new();
     let mut buffer = vec![0u8; HASH_BUFFER];
     let mut file = file.take(max_size + 1);
     let mut total = 0u64;
+    let mut head = [0u8; 8];
     loop {
         let read = file.read(&mut buffer)?;
         if read == 0 {
             break;
+        }
+        if total < head.len() as u64 {
+            let at = total as usize;
+            let n = (head.len() - at).min(read);
+            head[at..at + n].copy_from_slice(&buffer[..n]);
         }
         total += read as u64;
         crate::entry::hash_into(&mut hasher, &buffer[..read]);
@@ -87,12 +118,66 @@ pub(crate) fn hash_regular_file(path: &Path, max_size: u64) -> io::Result<([u8; 
     if total > max_size {
         return Err(io::Error::new(io::ErrorKind::FileTooLarge, format!("grew past the limit of {max_size} bytes")));
     }
-    Ok((hasher.finalize().into(), total))
+    Ok(Hashed { digest: hasher.finalize().into(), len: total, head })
 }
 
-/// The buffer [`hash_regular_file`] reads through: large enough that BLAKE3
+/// The buffer [`hash_open_file`] reads through: large enough that BLAKE3
 /// spreads each read over all cores, small enough to stay in cache.
 const HASH_BUFFER: usize = 1 << 20;
+
+/// What the kernel says of an open file beyond `fstat`'s identity, for
+/// direct mode's manifests: on Linux the mount's unique ID (`statx`'s
+/// `STATX_MNT_ID_UNIQUE`, Linux 6.8, which no later mount reuses; the
+/// reusable `STATX_MNT_ID` before that), the birth time, and the inode's
+/// generation (`FS_IOC_GETVERSION`, where the filesystem keeps one). Each is
+/// zero where the kernel or the filesystem does not give it. None of them
+/// proves the bytes are the same: a filesystem image can carry any birth time
+/// and generation, and a write through a shared mapping changes none of them.
+pub(crate) fn more_identity(file: &File) -> Vec<u8> {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::fs::{AtFlags, StatxFlags, statx};
+        /// `STATX_MNT_ID_UNIQUE`, which rustix does not name yet.
+        const MNT_ID_UNIQUE: u32 = 0x4000;
+        let mut facts = Vec::with_capacity(40);
+        let mask = StatxFlags::BTIME | StatxFlags::MNT_ID | StatxFlags::from_bits_retain(MNT_ID_UNIQUE);
+        match statx(file, "", AtFlags::EMPTY_PATH, mask) {
+            Ok(stx) => {
+                let has = |flag: u32| stx.stx_mask & flag != 0;
+                let mount_kind: u64 = if has(MNT_ID_UNIQUE) { 2 } else if has(StatxFlags::MNT_ID.bits()) { 1 } else { 0 };
+                let mount = if mount_kind > 0 { stx.stx_mnt_id } else { 0 };
+                let (birth_s, birth_ns) =
+                    if has(StatxFlags::BTIME.bits()) { (stx.stx_btime.tv_sec, stx.stx_btime.tv_nsec) } else { (0, 0) };
+                for n in [mount_kind, mount, birth_s as u64, u64::from(birth_ns)] {
+                    facts.extend(n.to_le_bytes());
+                }
+            }
+            Err(_) => facts.extend([0u8; 32]),
+        }
+        facts.extend(generation(file).unwrap_or(0).to_le_bytes());
+        facts
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = file;
+        Vec::new()
+    }
+}
+
+/// The inode's generation number (`FS_IOC_GETVERSION`), where the filesystem
+/// keeps one (ext2/3/4, XFS, btrfs, tmpfs).
+#[cfg(target_os = "linux")]
+fn generation(file: &File) -> Option<u64> {
+    use rustix::ioctl::{Getter, ioctl, opcode};
+    // `FS_IOC_GETVERSION` is `_IOR('v', 1, long)`; the kernel writes an int.
+    const FS_IOC_GETVERSION: rustix::ioctl::Opcode = opcode::read::<std::ffi::c_long>(b'v', 1);
+    // Safety: FS_IOC_GETVERSION writes at most a `long` into the output, and
+    // `Getter` gives it a `long` to write into; a filesystem without it fails
+    // with ENOTTY, which is an error here, not undefined behaviour.
+    let getter = unsafe { Getter::<FS_IOC_GETVERSION, std::ffi::c_long>::new() };
+    // Safety: as above, for the call itself, on a descriptor we own.
+    unsafe { ioctl(file, getter) }.ok().map(|g| g as u32 as u64)
+}
 
 /// Reads `file` (expected to be `expected` bytes long) to its end, failing if
 /// it grows past `max_size` meanwhile.

@@ -6,23 +6,67 @@
 //! never equal an artifact's, a manifest's or a compiled policy's key, whatever
 //! bytes the caller passes, so a host that feeds attacker-influenced material
 //! to `insert` cannot land a value on a module's key.
+//!
+//! Only [`ValueKey`] is public: [`Key`] and [`KeyDomain`] are the crate's, so
+//! no safe call outside it can name a key of another domain, let alone store
+//! bytes under one. Artifacts, manifests, compiled policies and incremental
+//! code are written only by the code that compiled them.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest, Sha256};
 
-/// A cache key: the digest of whatever identifies the value.
+/// A cache key of any domain: the digest of whatever identifies the value.
+/// The crate's own: its field and its constructors stay private, so that a
+/// key of the artifact domain is made only by the adapter that compiles.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-pub struct Key(pub [u8; 32]);
+pub(crate) struct Key(pub(crate) [u8; 32]);
+
+/// A key in the value domain: the only kind of key a caller can make, and
+/// so the only kind [`Cache::get_by_key`](crate::Cache::get_by_key) and
+/// [`Cache::insert_by_key`](crate::Cache::insert_by_key) take. Whatever bytes
+/// it is made from, it never equals a compiled module's key: storing under it
+/// cannot plant code.
+///
+/// ```compile_fail
+/// // Artifact keys are not public, and nothing public takes a key of
+/// // another domain: planting a module's code through the API does not compile.
+/// # let (cache, engine, wasm, code) = (capcache::Cache::disabled(), wasmtime::Engine::default(), vec![0u8], vec![0u8]);
+/// let key = capcache::wasmtime::artifact_key(&engine, capcache::wasmtime::Kind::Module, &wasm);
+/// cache.insert_by_key(&key, &code);
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct ValueKey(Key);
+
+impl ValueKey {
+    /// The key of the caller's key material.
+    pub fn of(material: &[u8]) -> ValueKey {
+        ValueKey(Key::derive(KeyDomain::Value, &[material]))
+    }
+
+    /// The key of several parts, each length-prefixed so that no two
+    /// different sequences of parts share a key.
+    pub fn of_parts(parts: &[&[u8]]) -> ValueKey {
+        ValueKey(Key::derive(KeyDomain::Value, parts))
+    }
+
+    /// The entry's file name: the key in base64url, 43 characters.
+    pub fn name(&self) -> String {
+        self.0.name()
+    }
+
+    pub(crate) fn key(&self) -> &Key {
+        &self.0
+    }
+}
 
 /// Length of a key's file name.
-pub const NAME_LEN: usize = 43;
+pub(crate) const NAME_LEN: usize = 43;
 
 /// What a key stands for. Keys of different domains never meet: the domain's
 /// tag is hashed first, length-prefixed like every part after it.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-#[non_exhaustive]
-pub enum KeyDomain {
+pub(crate) enum KeyDomain {
     /// A value stored under the caller's own key material (`Cache::get`,
     /// `Cache::insert`, `get_or_insert_with`).
     Value,
@@ -50,13 +94,13 @@ impl KeyDomain {
 
 impl Key {
     /// The key of the caller's key material (domain [`KeyDomain::Value`]).
-    pub fn of(material: &[u8]) -> Key {
+    pub(crate) fn of(material: &[u8]) -> Key {
         Key::derive(KeyDomain::Value, &[material])
     }
 
     /// The key of several parts in `domain`, each length-prefixed so that no
     /// two different sequences of parts, in any two domains, share a key.
-    pub fn derive(domain: KeyDomain, parts: &[&[u8]]) -> Key {
+    pub(crate) fn derive(domain: KeyDomain, parts: &[&[u8]]) -> Key {
         let mut hasher = Sha256::new();
         for part in std::iter::once(domain.tag()).chain(parts.iter().copied()) {
             hasher.update((part.len() as u64).to_le_bytes());
@@ -66,13 +110,13 @@ impl Key {
     }
 
     /// The entry's file name.
-    pub fn name(&self) -> String {
+    pub(crate) fn name(&self) -> String {
         URL_SAFE_NO_PAD.encode(self.0)
     }
 
     /// The key a file name stands for; `None` unless it is exactly a name that
     /// [`Key::name`] makes.
-    pub fn from_name(name: &str) -> Option<Key> {
+    pub(crate) fn from_name(name: &str) -> Option<Key> {
         if name.len() != NAME_LEN {
             return None;
         }
@@ -86,10 +130,10 @@ impl Key {
 /// A `std::hash::Hasher` that feeds SHA-256, to turn values that implement
 /// `Hash` (such as wasmtime's engine compatibility hash) into key material.
 #[derive(Default)]
-pub struct Sha256Hasher(Sha256);
+pub(crate) struct Sha256Hasher(Sha256);
 
 impl Sha256Hasher {
-    pub fn finish_key(self) -> Key {
+    pub(crate) fn finish_key(self) -> Key {
         Key(self.0.finalize().into())
     }
 }

@@ -2,7 +2,8 @@
 //! keep, how hard to compress, what to evict) is a sandboxed WebAssembly
 //! component.
 //!
-//! The host owns the mechanics: keys ([`Key`], in separate [`KeyDomain`]s), a
+//! The host owns the mechanics: keys (SHA-256, in separate domains; callers
+//! make only [`ValueKey`]s), a
 //! checked entry format ([`StoredCodec`]), the on-disk layout and atomic
 //! writes, usage counts. The policy ([`Policy`], a component implementing
 //! `wit/policy.wit`) owns the decisions and sees the cache only through a
@@ -57,14 +58,14 @@ pub mod wasmtime;
 mod worker;
 
 pub use cache::{
-    Cache, CacheBuilder, Cached, EntryInfo, MaintainReport, RemoteCheck, RemoteTransfer, Source, VerifyMode, VerifyReport,
+    Cache, CacheBuilder, Cached, DirectMode, EntryInfo, MaintainReport, RemoteCheck, RemoteTransfer, Source, VerifyMode, VerifyReport,
     default_directory, namespaces,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::Config;
 pub use entry::StoredCodec;
 pub use error::Error;
-pub use key::{Key, KeyDomain};
+pub use key::ValueKey;
 pub use policy::{
     InstalledPolicy, MAX_POLICY_INSTANCES, MAX_POLICY_MEMORIES, MAX_POLICY_SIZE, MAX_POLICY_TABLES, POLICY_CODE_KEPT_BYTES, Policy, PolicyCode,
     PolicyInterface, QUICK_CODE_MIN,

@@ -8,7 +8,6 @@
 use crate::bindings::capcache::policy::types::{EntryMeta, Error as WitError};
 use crate::bindings::exports::capcache::policy::policy::{Admission, Candidate};
 use crate::bindings::{codec_from_wit, codec_to_wit};
-use crate::entry::StoredCodec;
 use crate::key::Key;
 use crate::settings::HostSettings;
 use crate::stats::Stats;
@@ -17,15 +16,44 @@ use crate::usage::{self, Usage};
 use parking_lot::Mutex;
 use std::io;
 
-/// What a miss stores when the policy cannot be asked (it failed, or is busy):
-/// zstd at wasmtime's baseline level.
-const SAFE_DEFAULT: StoredCodec = StoredCodec::Zstd { level: 3 };
-
 /// Whoever decides whether and how a value is stored: the policy runtime.
+/// Nothing is stored that it did not admit: not when it fails, and not when
+/// it is busy (then the decision moves to the worker, which waits for it).
 pub(crate) trait Admit {
-    /// The decision for `candidate`, waiting at most `wait` for the decider;
-    /// `None` if it could not be asked in time or failed.
-    fn admit(&self, candidate: &Candidate, wait: std::time::Duration) -> Option<Admission>;
+    /// The decision for `candidate`.
+    fn admit(&self, candidate: &Candidate, wait: AdmitWait) -> Decision;
+}
+
+/// How long a store waits for the policy to be free to answer `admit`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum AdmitWait {
+    /// At most this long (a caller's thread: a miss never waits longer).
+    AtMost(std::time::Duration),
+    /// Until it is free (the worker, whose own calls are the ones that keep
+    /// it busy; each call is bounded by its deadline).
+    UntilFree,
+}
+
+/// What the policy said about a candidate, or why it said nothing.
+#[derive(Debug)]
+pub(crate) enum Decision {
+    /// Its answer.
+    Answered(Admission),
+    /// Not free within the wait.
+    Busy,
+    /// It faulted (counted and logged by the runtime).
+    Failed,
+}
+
+/// What became of a value offered for storing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Offered {
+    Stored,
+    /// Not stored: refused, too large, read-only, or a write failed.
+    NotStored,
+    /// The policy was busy: nothing was decided, nothing stored; the caller
+    /// may hand the value to the worker, which waits for the decision.
+    PolicyBusy,
 }
 
 /// One namespace's shared state.
@@ -40,37 +68,44 @@ pub(crate) struct Namespace {
 }
 
 impl Namespace {
-    /// Asks `admit` whether and how to store `value` (waiting at most the
-    /// admit wait), then writes it atomically. Never fails: a failure to store
-    /// is logged and counted. Returns whether it was stored.
-    pub(crate) fn admit_and_write(&self, admit: &impl Admit, host: &HostSettings, key: &Key, value: &[u8]) -> bool {
+    /// Asks `admit` whether and how to store `value` (waiting as `wait`
+    /// says), then writes it atomically if it said so. Never fails: a failure
+    /// to store is logged and counted.
+    pub(crate) fn admit_and_write(&self, admit: &impl Admit, host: &HostSettings, key: &Key, value: &[u8], wait: AdmitWait) -> Offered {
         if self.read_only {
-            return false;
+            return Offered::NotStored;
         }
         if value.len() as u64 > host.max_entry_size {
             Stats::bump(&self.stats.skipped);
-            return false;
+            return Offered::NotStored;
         }
         let candidate = Candidate { name: key.name(), raw_size: value.len() as u64 };
-        let codec = match admit.admit(&candidate, host.admit_wait) {
-            Some(Admission::Skip) => {
+        let codec = match admit.admit(&candidate, wait) {
+            Decision::Answered(Admission::Store(codec)) => codec_from_wit(codec),
+            Decision::Answered(Admission::Skip) => {
                 Stats::bump(&self.stats.skipped);
-                return false;
+                return Offered::NotStored;
             }
-            Some(Admission::Store(codec)) => codec_from_wit(codec),
-            None => SAFE_DEFAULT,
+            Decision::Failed => {
+                // What the policy did not admit is not stored: a policy that
+                // says "keep nothing" and then faults still keeps nothing.
+                Stats::bump(&self.stats.skipped);
+                tracing::debug!("the policy failed to answer admit for {}; not stored", candidate.name);
+                return Offered::NotStored;
+            }
+            Decision::Busy => return Offered::PolicyBusy,
         };
         match self.store.write_entry(key, value, codec, None) {
             Ok(_) => {
                 Stats::bump(&self.stats.inserts);
                 // A new entry starts with no usage.
                 self.reset_usage(key);
-                true
+                Offered::Stored
             }
             Err(e) => {
                 Stats::bump(&self.stats.failures);
                 tracing::warn!("cannot store cache entry {} in {}: {e}", key.name(), self.store.path().display());
-                false
+                Offered::NotStored
             }
         }
     }

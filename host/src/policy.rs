@@ -3,8 +3,9 @@
 //! import its language's runtime brings is linked to a trap), under a memory
 //! cap and a CPU deadline per call. A call that traps, runs out of time or
 //! memory, or fails in any other way costs at most its deadline: it is logged
-//! and counted, the caller gets the safe default, and the instance is dropped
-//! and made anew (and configured again) on the next call.
+//! and counted, the call counts as declined (a miss is not stored, an event
+//! brings no action), and the instance is dropped and made anew (and
+//! configured again) on the next call.
 
 use crate::bindings::exports::capcache::policy::policy::{Action, Admission, Candidate, MaintainReport, Setting, SettingsError};
 use crate::bindings::{PolicyWorld, PolicyWorldPre};
@@ -15,7 +16,7 @@ use crate::store::{Area, OpenOutcome, Store as EntryStore};
 use std::hash::Hash;
 use crate::settings::HostSettings;
 use crate::stats::Stats;
-use crate::namespace::Admit;
+use crate::namespace::{Admit, AdmitWait, Decision};
 use crate::view::{PolicyView, ViewBackend};
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -779,12 +780,12 @@ impl PolicyRuntime {
             policy = %self.name,
             call = what,
             elapsed_ms = started.elapsed().as_millis() as u64,
-            "policy failed, using the safe default and restarting it: {reason}"
+            "policy failed; its call counts as declined (nothing stored, no action taken) and it is made anew: {reason}"
         );
     }
 
-    /// On a miss: store or not, and how. Safe default: store, as the default
-    /// policy would.
+    /// On a miss: store or not, and how; `None` if the policy failed (and
+    /// then nothing is stored).
     pub(crate) fn admit(&mut self, candidate: &Candidate) -> Option<Admission> {
         let deadline = self.host.admit_deadline;
         self.call("admit", deadline, |store, b| b.capcache_policy_policy().call_admit(store, candidate))
@@ -819,12 +820,19 @@ impl PolicyRuntime {
 }
 
 impl Admit for Mutex<PolicyRuntime> {
-    fn admit(&self, candidate: &Candidate, wait: Duration) -> Option<Admission> {
-        match self.try_lock_for(wait) {
-            Some(mut policy) => policy.admit(candidate),
+    fn admit(&self, candidate: &Candidate, wait: AdmitWait) -> Decision {
+        let policy = match wait {
+            AdmitWait::AtMost(wait) => self.try_lock_for(wait),
+            AdmitWait::UntilFree => Some(self.lock()),
+        };
+        match policy {
+            Some(mut policy) => match policy.admit(candidate) {
+                Some(admission) => Decision::Answered(admission),
+                None => Decision::Failed,
+            },
             None => {
-                tracing::debug!("policy busy; storing {} with the default decision", candidate.name);
-                None
+                tracing::debug!("policy busy; the decision on {} goes to the worker", candidate.name);
+                Decision::Busy
             }
         }
     }

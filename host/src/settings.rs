@@ -20,7 +20,9 @@ pub struct HostSettings {
     /// ... for `maintain`, on the worker.
     pub maintain_deadline: Duration,
     /// How long a miss waits for the policy while the worker is using it
-    /// (e.g. during a maintain) before storing with the default decision.
+    /// (e.g. during a maintain) before handing the value to the worker,
+    /// which stores it once the policy has admitted it. Nothing is stored
+    /// that the policy did not admit.
     pub admit_wait: Duration,
     /// The largest value the cache stores.
     pub max_entry_size: u64,

@@ -424,13 +424,13 @@ impl Simulation {
         }
         self.report.misses += 1;
         let codec = match self.runtime.admit(&Candidate { name: name.clone(), raw_size }) {
-            Some(Admission::Skip) => {
+            Some(Admission::Store(codec)) => codec_from_wit(codec),
+            // As the host does when the policy fails: what it did not admit
+            // is not stored.
+            Some(Admission::Skip) | None => {
                 self.report.skipped += 1;
                 return Lookup::Miss { stored: false };
             }
-            Some(Admission::Store(codec)) => codec_from_wit(codec),
-            // As the host does when the policy fails: zstd level 3.
-            None => StoredCodec::Zstd { level: 3 },
         };
         *self.report.admitted.entry(codec_label(codec)).or_default() += 1;
         let meta = EntryMeta {

@@ -25,10 +25,13 @@
 //! - who wrote it: the entry file is owned by this user (or root) and
 //!   writable by no one else, and every directory of the cache is owned by
 //!   this user (or root) and writable by no one else (see `SECURITY.md`);
-//! - in direct mode, that the file is the one whose bytes were compiled: its
-//!   identity and its bytes come from one open descriptor, and only a file
-//!   whose times are older than the filesystem's timestamps can blur is
-//!   recorded (see [`load_module_file`]).
+//! - that no caller put it there: artifact keys are the crate's own, and
+//!   only the code here that compiled the bytes stores under them (a value a
+//!   caller stores is in another key domain);
+//! - for a file load, that the artifact is of the bytes the file holds now
+//!   (they are hashed on every load), unless the cache was built with
+//!   [`DirectMode::TrustFileIdentity`](crate::DirectMode::TrustFileIdentity),
+//!   which trusts the file's identity instead (see its documentation).
 //!
 //! What it cannot protect against: someone running as the same user (or
 //! root) can write an entry with a valid digest for any key, and wasmtime will
@@ -39,7 +42,7 @@
 //! never changes under a live module (wasmtime issue #10283 is a crash from
 //! exactly that).
 
-use crate::cache::{Cache, Fetched, Source};
+use crate::cache::{Cache, DirectMode, Fetched, Source};
 use crate::key::{Key, KeyDomain, Sha256Hasher};
 use crate::store::FileIdentity;
 use ::wasmtime::component::Component;
@@ -59,22 +62,38 @@ pub fn engine_namespace(engine: &Engine) -> String {
 /// The key of `engine`'s compatibility hash (wasmtime's version and every
 /// setting that affects compiled code): a part of every artifact and manifest
 /// key, so that an engine never loads another configuration's code.
-pub fn compatibility_key(engine: &Engine) -> Key {
+pub(crate) fn compatibility_key(engine: &Engine) -> Key {
     let mut hasher = Sha256Hasher::default();
     engine.precompile_compatibility_hash().hash(&mut hasher);
     hasher.finish_key()
 }
 
+/// The SHA-256 digest of `engine`'s compatibility hash, one of the parts of
+/// its artifacts' keys.
+pub fn compatibility_digest(engine: &Engine) -> [u8; 32] {
+    compatibility_key(engine).0
+}
+
 /// The key of `kind`'s artifact of `wasm` for `engine`. The wasm bytes,
-/// hashed on every lookup, are digested with BLAKE3 (several times faster
-/// than SHA-256: `cargo bench --bench micro`, `key/`); the key itself is the
-/// SHA-256 of that digest and the rest, in the artifact domain.
-pub fn artifact_key(engine: &Engine, kind: Kind, wasm: &[u8]) -> Key {
-    // One thread: hashing on both cores halves the hash alone, but made a hit
-    // as a whole slower (the other core's threads make the module's mapping
-    // and unmapping cost more; see the commit that reverted it).
-    let wasm_digest = blake3::hash(wasm);
-    Key::derive(KeyDomain::Artifact, &[kind.tag(), &compatibility_key(engine).0, wasm_digest.as_bytes()])
+/// hashed on every lookup, are digested with BLAKE3 (on all cores when they
+/// are large); the key itself is the SHA-256 of that digest and the rest, in
+/// the artifact domain. Crate-private: only the adapter that compiles the
+/// bytes may store under it.
+pub(crate) fn artifact_key(engine: &Engine, kind: Kind, wasm: &[u8]) -> Key {
+    let mut hasher = blake3::Hasher::new();
+    crate::entry::hash_into(&mut hasher, wasm);
+    key_of_digest(engine, kind, hasher.finalize().as_bytes())
+}
+
+/// The artifact key of wasm bytes whose BLAKE3 digest is `wasm_digest`.
+fn key_of_digest(engine: &Engine, kind: Kind, wasm_digest: &[u8; 32]) -> Key {
+    Key::derive(KeyDomain::Artifact, &[kind.tag(), &compatibility_key(engine).0, wasm_digest])
+}
+
+/// The name of the entry that holds `kind`'s artifact of `wasm` for `engine`
+/// (as `capcache ls` shows it): to find, pin or inspect one module's entry.
+pub fn artifact_name(engine: &Engine, kind: Kind, wasm: &[u8]) -> String {
+    artifact_key(engine, kind, wasm).name()
 }
 
 /// What is compiled.
@@ -188,10 +207,16 @@ fn load<T: Artifact>(cache: &Cache, engine: &Engine, key: &Key, wasm: &[u8]) -> 
     if let Some(found) = load_cached(cache, engine, key) {
         return Ok(found);
     }
+    compile_and_store(cache, engine, key, wasm)
+}
+
+/// Compiles `wasm` (whose key is `key`, already looked up and missed), and
+/// has the worker serialize, compress and store it.
+fn compile_and_store<T: Artifact>(cache: &Cache, engine: &Engine, key: &Key, wasm: &[u8]) -> Result<(T, Source)> {
     let artifact = T::compile(engine, wasm)?;
     let compiled = artifact.clone();
     let name = key.name();
-    cache.insert_deferred(key, move || match compiled.serialize() {
+    cache.insert_value_deferred(key, move || match compiled.serialize() {
         Ok(bytes) => Some(bytes),
         Err(e) => {
             tracing::warn!("cannot serialize artifact {name} ({e:#}); not stored");
@@ -222,36 +247,37 @@ pub fn load_component_with_source(cache: &Cache, engine: &Engine, wasm: &[u8]) -
 }
 
 /// A module for the file at `path` (a `.wasm` binary, or the text format in a
-/// `.wat` file), in "direct mode" (as ccache has): a small manifest maps the
-/// file's identity (device, inode, size, modification and change times) to
-/// its artifact's key, so a hit does not read or hash the file.
+/// `.wat` file).
 ///
-/// The file is opened once: its identity comes from that descriptor, and on
-/// a miss its bytes are read from the same descriptor, so a file or directory
-/// swapped meanwhile (a deploy that flips `current -> releases/v2`) can never
-/// record one file's identity against another's artifact. A manifest is
-/// recorded only if the identity did not change while the file was read, and
-/// only once both of its times are older than the filesystem's timestamp
-/// granularity allows a rewrite to hide in (see [`RECENT_CHANGE_WINDOW`]).
-/// Only regular files of at most [`crate::HostSettings::max_module_size`]
-/// bytes are read.
-pub fn load_module_file(cache: &Cache, engine: &Engine, path: &Path) -> Result<Module> {
-    Ok(load_file(cache, engine, path)?.0)
+/// By default the file's bytes are read and hashed on every load (large files
+/// on all cores), so a hit is the artifact of exactly the bytes the file holds
+/// now, whatever its identity says. A cache built with
+/// [`DirectMode::TrustFileIdentity`](crate::DirectMode::TrustFileIdentity)
+/// skips that for files whose identity it has seen: see [`DirectMode`](crate::DirectMode)
+/// for what that trusts, and when it is wrong.
+///
+/// The file is opened once and read from that descriptor, never by its path
+/// again, so a file or directory swapped meanwhile (a deploy that flips
+/// `current -> releases/v2`) cannot mix one file's key with another's bytes:
+/// a miss compiles the very bytes it hashed. Only regular files of at most
+/// [`crate::HostSettings::max_module_size`] bytes are read.
+pub fn load_module_file(cache: &Cache, engine: &Engine, path: impl AsRef<Path>) -> Result<Module> {
+    Ok(load_file(cache, engine, path.as_ref())?.0)
 }
 
 /// [`load_module_file`], also saying where the module came from.
-pub fn load_module_file_with_source(cache: &Cache, engine: &Engine, path: &Path) -> Result<(Module, Source)> {
-    load_file(cache, engine, path)
+pub fn load_module_file_with_source(cache: &Cache, engine: &Engine, path: impl AsRef<Path>) -> Result<(Module, Source)> {
+    load_file(cache, engine, path.as_ref())
 }
 
 /// [`load_module_file`] for components.
-pub fn load_component_file(cache: &Cache, engine: &Engine, path: &Path) -> Result<Component> {
-    Ok(load_file(cache, engine, path)?.0)
+pub fn load_component_file(cache: &Cache, engine: &Engine, path: impl AsRef<Path>) -> Result<Component> {
+    Ok(load_file(cache, engine, path.as_ref())?.0)
 }
 
 /// [`load_component_file`], also saying where the component came from.
-pub fn load_component_file_with_source(cache: &Cache, engine: &Engine, path: &Path) -> Result<(Component, Source)> {
-    load_file(cache, engine, path)
+pub fn load_component_file_with_source(cache: &Cache, engine: &Engine, path: impl AsRef<Path>) -> Result<(Component, Source)> {
+    load_file(cache, engine, path.as_ref())
 }
 
 /// A file changed less than this long ago (by either of its times) is not
@@ -283,22 +309,80 @@ fn settled_at(file: &FileIdentity, now: SystemTime) -> bool {
     now.duration_since(latest).is_ok_and(|age| age >= window)
 }
 
-/// The manifest key of this version of a file of `kind` for `engine`.
-fn manifest_key(file: &FileIdentity, engine: &Engine, kind: Kind) -> Key {
+/// The manifest key of this version of a file of `kind` for `engine`: its
+/// identity, and what more the kernel says of it (see
+/// [`crate::input::more_identity`]).
+fn manifest_key(file: &FileIdentity, more: &[u8], engine: &Engine, kind: Kind) -> Key {
     let facts = [file.dev, file.ino, file.size, file.mtime.0 as u64, file.mtime.1 as u64, file.ctime.0 as u64, file.ctime.1 as u64];
     let facts: Vec<u8> = facts.iter().flat_map(|n| n.to_le_bytes()).collect();
-    Key::derive(KeyDomain::Manifest, &[kind.tag(), &compatibility_key(engine).0, &facts])
+    Key::derive(KeyDomain::Manifest, &[kind.tag(), &compatibility_key(engine).0, &facts, more])
+}
+
+/// A module file the user named, opened once: everything a load reads of it
+/// comes through this descriptor.
+struct OpenedFile<'a> {
+    path: &'a Path,
+    file: std::fs::File,
+    metadata: std::fs::Metadata,
+    max_size: u64,
+}
+
+impl OpenedFile<'_> {
+    /// What went wrong with this file, naming it.
+    fn context(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    /// The rest of the file (all of it, unless something read it already),
+    /// as a binary.
+    fn into_binary(self) -> Result<Vec<u8>> {
+        let context = self.context();
+        let bytes = crate::input::read_at_most(self.file, self.metadata.len(), self.max_size).context(context)?;
+        binary_of(self.path, bytes)
+    }
 }
 
 fn load_file<T: Artifact>(cache: &Cache, engine: &Engine, path: &Path) -> Result<(T, Source)> {
-    let kind = T::KIND;
     let max_size = cache.max_module_size();
-    let (file, opened) = crate::input::open_regular_file(path, max_size).with_context(|| format!("{}", path.display()))?;
-    let before = FileIdentity::of(&opened);
-    let manifest_key = cache
-        .is_enabled()
-        .then(|| settled_at(&before, SystemTime::now()).then(|| manifest_key(&before, engine, kind)))
-        .flatten();
+    let (file, metadata) = crate::input::open_regular_file(path, max_size).with_context(|| format!("{}", path.display()))?;
+    let opened = OpenedFile { path, file, metadata, max_size };
+    if !cache.is_enabled() {
+        let wasm = opened.into_binary()?;
+        return load::<T>(cache, engine, &artifact_key(engine, T::KIND, &wasm), &wasm);
+    }
+    match cache.direct_mode() {
+        DirectMode::Off => load_file_by_content(cache, engine, opened),
+        DirectMode::TrustFileIdentity => load_file_by_identity(cache, engine, opened),
+    }
+}
+
+/// The default: the key of the bytes the file holds now. A binary is hashed
+/// through a buffer, so a hit never holds the file; on a miss it is read from
+/// the start of the same descriptor and hashed again, and the bytes compiled
+/// are the bytes of the key they are stored under.
+fn load_file_by_content<T: Artifact>(cache: &Cache, engine: &Engine, mut opened: OpenedFile) -> Result<(T, Source)> {
+    let hashed = crate::input::hash_open_file(&mut opened.file, opened.max_size).with_context(|| opened.context())?;
+    let looked_up = hashed.starts_with(b"\0asm");
+    if looked_up && let Some(found) = load_cached(cache, engine, &key_of_digest(engine, T::KIND, &hashed.digest)) {
+        return Ok(found);
+    }
+    std::io::Seek::rewind(&mut opened.file).with_context(|| opened.context())?;
+    let wasm = opened.into_binary()?;
+    let key = artifact_key(engine, T::KIND, &wasm);
+    if looked_up && key == key_of_digest(engine, T::KIND, &hashed.digest) {
+        // Looked up and missed a moment ago: not asked (or counted) twice.
+        return compile_and_store(cache, engine, &key, &wasm);
+    }
+    // The text format's binary, or bytes that changed since they were hashed.
+    load::<T>(cache, engine, &key, &wasm)
+}
+
+/// Direct mode: a manifest maps the file's identity to its artifact's key.
+fn load_file_by_identity<T: Artifact>(cache: &Cache, engine: &Engine, opened: OpenedFile) -> Result<(T, Source)> {
+    let kind = T::KIND;
+    let before = FileIdentity::of(&opened.metadata);
+    let more = crate::input::more_identity(&opened.file);
+    let manifest_key = settled_at(&before, SystemTime::now()).then(|| manifest_key(&before, &more, engine, kind));
     if let Some(artifact) = manifest_key.and_then(|manifest| cache.read_manifest(&manifest)) {
         // The artifact's own lookup still checks it whole; its wasm is needed
         // only if it is gone, and then it is read.
@@ -306,7 +390,7 @@ fn load_file<T: Artifact>(cache: &Cache, engine: &Engine, path: &Path) -> Result
             return Ok(found);
         }
     }
-    let mut file = file;
+    let OpenedFile { path, mut file, max_size, .. } = opened;
     let bytes = crate::input::read_at_most(&mut file, before.size, max_size).with_context(|| format!("{}", path.display()))?;
     let after = FileIdentity::of(&file.metadata()?);
     drop(file);

@@ -6,7 +6,7 @@
 use crate::bindings::codec_from_wit;
 use crate::bindings::exports::capcache::policy::policy::{Action, MaintainReport};
 use crate::key::Key;
-use crate::namespace::Namespace;
+use crate::namespace::{AdmitWait, Namespace, Offered};
 use crate::policy::PolicyRuntime;
 use crate::settings::HostSettings;
 use crate::stats::Stats;
@@ -153,7 +153,7 @@ fn run(receiver: Receiver<Message>, namespace: &Namespace, policy: &Mutex<Policy
                 Message::Inserted(key) => handle_entry_event(namespace, policy, &key, EntryEvent::Inserted),
                 Message::Store(key, produce) => {
                     if let Some(value) = produce()
-                        && namespace.admit_and_write(policy, host, &key, &value)
+                        && namespace.admit_and_write(policy, host, &key, &value, AdmitWait::UntilFree) == Offered::Stored
                     {
                         drop(value);
                         handle_entry_event(namespace, policy, &key, EntryEvent::Inserted);

@@ -11,7 +11,10 @@
 //! `maintain`, and report each attempt's outcome in the summary, one
 //! `call(name)=outcome` a line; the setting `targets` adds names to try),
 //! `namespace` (report the view's namespace as the summary), `lock-then-trap`
-//! (take the cleanup lock in `maintain`, then trap while holding it).
+//! (take the cleanup lock in `maintain`, then trap while holding it),
+//! `refuse-and-linger` (admit nothing; in `maintain`, write the state file
+//! `lingering`, then stay busy for `linger-ms`, default 500, by the view's
+//! clock).
 
 use capcache_policy::{Action, Admission, Candidate, Codec, EntryMeta, Lock, MaintainReport, Policy, Setting, SettingsError, view};
 use std::sync::Mutex;
@@ -20,6 +23,8 @@ static MODE: Mutex<String> = Mutex::new(String::new());
 /// Extra names for `escape` to try (setting `targets`, comma-separated): the
 /// test plants symlinks under these names.
 static TARGETS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+/// How long `refuse-and-linger` stays in `maintain` (setting `linger-ms`).
+static LINGER_MS: Mutex<u64> = Mutex::new(500);
 
 fn mode() -> String {
     MODE.lock().unwrap().clone()
@@ -108,6 +113,7 @@ impl Policy for Hostile {
         for setting in settings {
             match setting.key.as_str() {
                 "mode" => *MODE.lock().unwrap() = setting.value,
+                "linger-ms" => *LINGER_MS.lock().unwrap() = setting.count()?,
                 "targets" => {
                     *TARGETS.lock().unwrap() = setting.value.split(',').map(str::to_string).collect()
                 }
@@ -125,6 +131,9 @@ impl Policy for Hostile {
 
     fn admit(_candidate: Candidate) -> Admission {
         misbehave("admit");
+        if mode() == "refuse-and-linger" {
+            return Admission::Skip;
+        }
         if mode() == "garbage" {
             return Admission::Store(Codec::Zstd(255));
         }
@@ -158,6 +167,14 @@ impl Policy for Hostile {
                 panic!("lock-then-trap: trapping while holding the lock");
             }
             "huge-summary" => return report("x".repeat(20 << 20)),
+            "refuse-and-linger" => {
+                let _ = view::write_state("lingering", b"in maintain");
+                let until = view::now() + *LINGER_MS.lock().unwrap();
+                while view::now() < until {
+                    core::hint::spin_loop();
+                }
+                return report("lingered".into());
+            }
             "wasi" => {
                 // Each of these needs WASI, which the host links to traps.
                 let _ = std::fs::write("/tmp/capcache-wasi-escape", b"escaped");

@@ -14,6 +14,7 @@ pub struct CacheBuilder {
     enabled: bool,
     open_options: StoreOptions,
     remote: Option<crate::remote::RemoteSettings>,
+    direct_mode: DirectMode,
 }
 
 impl Default for CacheBuilder {
@@ -28,6 +29,7 @@ impl Default for CacheBuilder {
             enabled: true,
             remote: None,
             open_options: Default::default(),
+            direct_mode: DirectMode::Off,
         }
     }
 }
@@ -40,6 +42,7 @@ impl CacheBuilder {
             .enabled(c.enabled)
             .read_only(c.read_only)
             .allow_insecure_directory(c.allow_insecure_directory)
+            .direct_mode(c.direct_mode)
             .settings(config.policy_settings());
         if let Some(dir) = &c.directory {
             builder = builder.directory(dir);
@@ -133,6 +136,14 @@ impl CacheBuilder {
         self
     }
 
+    /// How file loads find their artifacts: by the file's bytes (the
+    /// default), or, for files that are never changed in place, by its
+    /// identity (see [`DirectMode`], which says when that is wrong).
+    pub fn direct_mode(mut self, mode: DirectMode) -> Self {
+        self.direct_mode = mode;
+        self
+    }
+
     /// A disabled cache computes every value and stores nothing.
     pub fn enabled(mut self, enabled: bool) -> Self {
         self.enabled = enabled;
@@ -175,7 +186,7 @@ impl CacheBuilder {
         let runtime = PolicyRuntime::start(&self.policy, &self.settings, namespace.clone(), self.host.clone(), code.as_ref())?;
         let policy = Arc::new(Mutex::new(runtime));
         let worker = Worker::start(namespace.clone(), policy.clone(), self.host.clone());
-        Ok(Cache { inner: Some(Inner { namespace, policy, worker: Some(worker), host: self.host }) })
+        Ok(Cache { inner: Some(Inner { namespace, policy, worker: Some(worker), host: self.host, direct_mode: self.direct_mode }) })
     }
 }
 

@@ -12,13 +12,13 @@ use crate::bindings::exports::capcache::policy::policy::Candidate;
 use crate::clock::{Clock, SystemClock};
 use crate::entry::StoredCodec;
 use crate::error::Error;
-use crate::key::Key;
+use crate::key::{Key, ValueKey};
 use crate::policy::{Policy, PolicyRuntime};
 use crate::settings::HostSettings;
 use crate::stats::{Stats, StatsSnapshot};
 use crate::store::{Area, IfMissing, OpenOutcome, RawEntryAs, ReadOutcome, Store, StoreOptions};
 use crate::bindings::codec_from_wit;
-use crate::namespace::Namespace;
+use crate::namespace::{AdmitWait, Namespace, Offered};
 use crate::usage::Usage;
 use crate::worker::Worker;
 use crate::remote::Fetch;
@@ -37,6 +37,7 @@ struct Inner {
     /// Always `Some` until dropped: dropping it drains the queue.
     worker: Option<Worker>,
     host: HostSettings,
+    direct_mode: DirectMode,
 }
 
 impl Inner {
@@ -102,6 +103,54 @@ impl From<crate::bindings::exports::capcache::policy::policy::MaintainReport> fo
             entries_after: r.entries_after,
             bytes_after: r.bytes_after,
             summary: r.summary,
+        }
+    }
+}
+
+/// How a file load (`capcache::wasmtime::load_module_file` and its kin, so
+/// `capcache compile` and `run`) finds a file's artifact.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DirectMode {
+    /// Read and hash the file's bytes on every load (large files on all
+    /// cores), then look the artifact of those bytes up: a hit is the code of
+    /// exactly the bytes the file holds now. The default.
+    #[default]
+    Off,
+    /// Trust the file's identity, as ccache's direct mode and "sloppiness"
+    /// do: a manifest maps what the kernel says of the file (device, inode,
+    /// size, modification and change times; on Linux also the mount's unique
+    /// ID, the birth time and the inode's generation) to the artifact its
+    /// bytes had, and a later load whose file says the same skips reading and
+    /// hashing it. A manifest is recorded only once both of the file's times
+    /// are a few seconds old, and only if the identity did not change while
+    /// the file was read.
+    ///
+    /// **Known to be wrong** when the bytes change and the identity does not:
+    /// - a file written through a shared writable mapping (`mmap` with
+    ///   `MAP_SHARED`, as linkers and packers write their output) changes
+    ///   neither its modification nor its change time for writes to a page
+    ///   that is already dirty, even after `msync`;
+    /// - filesystem images (container layers, squashfs, erofs, composefs,
+    ///   ext4 images, Nix-style stores) carry whatever times their builder
+    ///   chose, and loop devices and anonymous device numbers are reused
+    ///   between mounts, so two releases mounted in turn at one path can look
+    ///   the same;
+    /// - a network filesystem whose server's clock runs behind this host's.
+    ///
+    /// Use it only for directories whose files are never changed in place
+    /// and that you control: an immutable deploy directory, where every
+    /// release gets new files.
+    TrustFileIdentity,
+}
+
+impl std::str::FromStr for DirectMode {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "off" => Ok(DirectMode::Off),
+            "trust-file-identity" => Ok(DirectMode::TrustFileIdentity),
+            other => Err(format!("{other:?} is not a direct mode: expected \"off\" (the default: hash the file's bytes) or \"trust-file-identity\"")),
         }
     }
 }
@@ -224,11 +273,17 @@ impl Cache {
     /// The value stored for `key`, if a valid entry exists. A corrupt entry is
     /// removed, counted, and reported as a miss.
     pub fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        self.get_by_key(&Key::of(key))
+        self.get_by_key(&ValueKey::of(key))
     }
 
     /// [`Cache::get`] for a key already derived.
-    pub fn get_by_key(&self, key: &Key) -> Option<Vec<u8>> {
+    pub fn get_by_key(&self, key: &ValueKey) -> Option<Vec<u8>> {
+        self.get_value(key.key())
+    }
+
+    /// The value stored under `key`, of any domain (the incremental cache's
+    /// too).
+    pub(crate) fn get_value(&self, key: &Key) -> Option<Vec<u8>> {
         match self.fetch(key, RawEntryAs::Value)?.0 {
             Fetched::Value(value) => Some(value),
             Fetched::RawFile(_) => unreachable!("asked for values only"),
@@ -340,6 +395,11 @@ impl Cache {
         }
     }
 
+    /// How file loads find their artifacts (see [`DirectMode`]).
+    pub fn direct_mode(&self) -> DirectMode {
+        self.inner.as_ref().map_or(DirectMode::Off, |i| i.direct_mode)
+    }
+
     /// The largest module file the wasmtime adapter reads.
     pub(crate) fn max_module_size(&self) -> u64 {
         self.inner.as_ref().map_or(HostSettings::default().max_module_size, |i| i.host.max_module_size)
@@ -355,20 +415,45 @@ impl Cache {
     }
 
     /// Offers `value` for `key` to the cache; the policy decides whether and
-    /// how it is stored. Returns whether it was stored. Never fails: a failure
-    /// to store is logged and counted.
+    /// how it is stored. Returns whether it was stored now. If the policy is
+    /// busy (the worker is running its maintenance pass), the caller does not
+    /// wait: the value goes to the worker, which stores it if the policy
+    /// admits it ([`Cache::flush`] waits for that). Nothing the policy did not
+    /// admit is ever stored, not even when it fails. Never fails: a failure to
+    /// store is logged and counted.
     pub fn insert(&self, key: &[u8], value: &[u8]) -> bool {
-        self.insert_by_key(&Key::of(key), value)
+        self.insert_by_key(&ValueKey::of(key), value)
     }
 
     /// [`Cache::insert`] for a key already derived.
-    pub fn insert_by_key(&self, key: &Key, value: &[u8]) -> bool {
+    pub fn insert_by_key(&self, key: &ValueKey, value: &[u8]) -> bool {
+        self.insert_value(key.key(), value)
+    }
+
+    /// [`Cache::insert`] under a key of any domain: for the code in this
+    /// crate that made the value (the adapter, the incremental cache).
+    pub(crate) fn insert_value(&self, key: &Key, value: &[u8]) -> bool {
         let Some(inner) = self.inner.as_ref() else { return false };
-        let stored = inner.namespace.admit_and_write(&*inner.policy, &inner.host, key, value);
-        if stored && !inner.worker().inserted(*key) {
-            Stats::bump(&inner.namespace.stats.events_dropped);
+        let wait = AdmitWait::AtMost(inner.host.admit_wait);
+        match inner.namespace.admit_and_write(&*inner.policy, &inner.host, key, value, wait) {
+            Offered::Stored => {
+                if !inner.worker().inserted(*key) {
+                    Stats::bump(&inner.namespace.stats.events_dropped);
+                }
+                true
+            }
+            Offered::NotStored => false,
+            Offered::PolicyBusy => {
+                let value = value.to_vec();
+                if inner.worker().store_deferred(*key, Box::new(move || Some(value))).is_err() {
+                    // The worker is busy too: nothing is stored that the
+                    // policy has not decided on.
+                    Stats::bump(&inner.namespace.stats.skipped);
+                    tracing::debug!("policy and worker busy; {} not stored", key.name());
+                }
+                false
+            }
         }
-        stored
     }
 
     /// Offers the value that `produce` makes for `key`, to be made, admitted
@@ -377,7 +462,12 @@ impl Cache {
     /// if there is nothing to store after all. If the worker's queue is full,
     /// it runs here instead: the value is never lost to a busy worker.
     /// [`Cache::flush`] waits for it; dropping the cache does too.
-    pub fn insert_deferred(&self, key: &Key, produce: impl FnOnce() -> Option<Vec<u8>> + Send + 'static) {
+    pub fn insert_deferred(&self, key: &ValueKey, produce: impl FnOnce() -> Option<Vec<u8>> + Send + 'static) {
+        self.insert_value_deferred(key.key(), produce)
+    }
+
+    /// [`Cache::insert_deferred`] under a key of any domain.
+    pub(crate) fn insert_value_deferred(&self, key: &Key, produce: impl FnOnce() -> Option<Vec<u8>> + Send + 'static) {
         let Some(inner) = self.inner.as_ref() else { return };
         if inner.namespace.read_only {
             return;
@@ -385,7 +475,7 @@ impl Cache {
         if let Err(produce) = inner.worker().store_deferred(*key, Box::new(produce))
             && let Some(value) = produce()
         {
-            self.insert_by_key(key, &value);
+            self.insert_value(key, &value);
         }
     }
 
@@ -396,8 +486,8 @@ impl Cache {
         if !self.is_enabled() {
             return Ok(Cached { bytes: compute()?, source: Source::Uncached });
         }
-        let key = Key::of(key);
-        if let Some((Fetched::Value(bytes), source)) = self.fetch(&key, RawEntryAs::Value) {
+        let key = ValueKey::of(key);
+        if let Some((Fetched::Value(bytes), source)) = self.fetch(key.key(), RawEntryAs::Value) {
             return Ok(Cached { bytes, source });
         }
         let bytes = compute()?;
