@@ -71,8 +71,8 @@ pub(crate) fn read_regular_file(path: &Path, max_size: u64) -> io::Result<std::s
 /// `max_size` bytes, read through one buffer (the file is never held whole,
 /// nor mapped: a file someone truncates while it is mapped kills the reader).
 pub(crate) fn hash_regular_file(path: &Path, max_size: u64) -> io::Result<([u8; 32], u64)> {
-    let (mut file, _) = open_regular_file(path, max_size)?;
-    let hashed = hash_open_file(&mut file, max_size)?;
+    let (file, _) = open_regular_file(path, max_size)?;
+    let hashed = hash_open_file(&file, max_size)?;
     Ok((hashed.digest, hashed.len))
 }
 
@@ -82,7 +82,7 @@ pub(crate) struct Hashed {
     pub(crate) digest: [u8; 32],
     /// How many bytes.
     pub(crate) len: u64,
-    /// The first bytes (as many as the file had, up to 8).
+    /// The first bytes (as many as the file had, up to 8; zeros after).
     head: [u8; 8],
 }
 
@@ -93,37 +93,85 @@ impl Hashed {
     }
 }
 
-/// Hashes `file` from where it stands to its end, through one buffer, on all
-/// cores for each full buffer (see [`crate::entry::hash_into`]); fails if it
-/// holds more than `max_size` bytes.
-pub(crate) fn hash_open_file(file: &mut File, max_size: u64) -> io::Result<Hashed> {
-    let mut hasher = blake3::Hasher::new();
-    let mut buffer = vec![0u8; HASH_BUFFER];
-    let mut file = file.take(max_size + 1);
-    let mut total = 0u64;
+/// Hashes the whole of `file` (whose length, by `fstat`, is `len`; at most
+/// `max_size`), reading it at explicit offsets so the file's position does
+/// not matter. A large file is split along BLAKE3's tree into as many
+/// subtrees as there are threads, each read and hashed on its own thread:
+/// copying from the page cache is then spread over the cores as well as the
+/// hashing (the digest is BLAKE3's of the whole file, as `blake3::hash`
+/// gives). A file that shrinks while it is read is an error; bytes appended
+/// after the `fstat` are not hashed.
+pub(crate) fn hash_open_file(file: &File, max_size: u64) -> io::Result<Hashed> {
+    use blake3::hazmat::{Mode, left_subtree_len, merge_subtrees_root};
+    let len = file.metadata()?.len();
+    if len > max_size {
+        return Err(io::Error::new(io::ErrorKind::FileTooLarge, format!("{len} bytes, more than the limit of {max_size}")));
+    }
     let mut head = [0u8; 8];
-    loop {
-        let read = file.read(&mut buffer)?;
-        if read == 0 {
-            break;
-        }
-        if total < head.len() as u64 {
-            let at = total as usize;
-            let n = (head.len() - at).min(read);
-            head[at..at + n].copy_from_slice(&buffer[..n]);
-        }
-        total += read as u64;
-        crate::entry::hash_into(&mut hasher, &buffer[..read]);
-    }
-    if total > max_size {
-        return Err(io::Error::new(io::ErrorKind::FileTooLarge, format!("grew past the limit of {max_size} bytes")));
-    }
-    Ok(Hashed { digest: hasher.finalize().into(), len: total, head })
+    let head_len = (len as usize).min(head.len());
+    read_exact_at(file, &mut head[..head_len], 0)?;
+    let splits = rayon_core::current_num_threads().max(1).ilog2();
+    let digest = if len < PARALLEL_FILE_HASH_MIN || splits == 0 {
+        let mut hasher = blake3::Hasher::new();
+        hash_range(file, &mut hasher, 0, len)?;
+        hasher.finalize()
+    } else {
+        let left = left_subtree_len(len);
+        let (l, r) = rayon_core::join(|| subtree(file, 0, left, splits - 1), || subtree(file, left, len - left, splits - 1));
+        merge_subtrees_root(&l?, &r?, Mode::Hash)
+    };
+    Ok(Hashed { digest: digest.into(), len, head })
 }
 
-/// The buffer [`hash_open_file`] reads through: large enough that BLAKE3
-/// spreads each read over all cores, small enough to stay in cache.
-const HASH_BUFFER: usize = 1 << 20;
+/// The chaining value of the subtree of `file` at `start` (a subtree
+/// boundary), `len` bytes long, split `splits` more times across threads.
+fn subtree(file: &File, start: u64, len: u64, splits: u32) -> io::Result<blake3::hazmat::ChainingValue> {
+    use blake3::hazmat::{HasherExt, Mode, left_subtree_len, merge_subtrees_non_root};
+    if splits == 0 || len < PARALLEL_FILE_HASH_MIN / 2 {
+        let mut hasher = blake3::Hasher::new();
+        hasher.set_input_offset(start);
+        hash_range(file, &mut hasher, start, len)?;
+        return Ok(hasher.finalize_non_root());
+    }
+    let left = left_subtree_len(len);
+    let (l, r) = rayon_core::join(
+        || subtree(file, start, left, splits - 1),
+        || subtree(file, start + left, len - left, splits - 1),
+    );
+    Ok(merge_subtrees_non_root(&l?, &r?, Mode::Hash))
+}
+
+/// Feeds `len` bytes of `file` from `start` to `hasher`, through a buffer
+/// small enough to stay in the core's cache.
+fn hash_range(file: &File, hasher: &mut blake3::Hasher, start: u64, len: u64) -> io::Result<()> {
+    let mut buffer = vec![0u8; (HASH_BUFFER as u64).min(len) as usize];
+    let mut at = start;
+    while at < start + len {
+        let want = ((start + len - at) as usize).min(buffer.len());
+        read_exact_at(file, &mut buffer[..want], at)?;
+        hasher.update(&buffer[..want]);
+        at += want as u64;
+    }
+    Ok(())
+}
+
+/// `pread` of exactly `buffer.len()` bytes at `offset`; a file that ends
+/// sooner changed while it was read.
+fn read_exact_at(file: &File, buffer: &mut [u8], offset: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    file.read_exact_at(buffer, offset).map_err(|e| {
+        if e.kind() == io::ErrorKind::UnexpectedEof { io::Error::other("the file shrank while it was read; try again") } else { e }
+    })
+}
+
+/// The buffer each thread of [`hash_open_file`] reads through: it stays in
+/// the core's cache between the copy and the hash.
+const HASH_BUFFER: usize = 256 << 10;
+
+/// The smallest file [`hash_open_file`] splits across threads, and the
+/// smallest module hashed on all cores: below it, handing work to another
+/// thread costs more than it saves.
+pub(crate) const PARALLEL_FILE_HASH_MIN: u64 = 4 << 20;
 
 /// What the kernel says of an open file beyond `fstat`'s identity, for
 /// direct mode's manifests: on Linux the mount's unique ID (`statx`'s
@@ -222,6 +270,24 @@ mod tests {
         let shown = excerpt(&format!("expected a paren\n --> f.wat:1:1\n  | {line}\n"));
         assert!(shown.len() < 2 * MAX_EXCERPT, "{}", shown.len());
         assert!(shown.starts_with("expected a paren\n --> f.wat:1:1"));
+    }
+
+    #[test]
+    fn a_file_hashed_in_subtrees_has_blake3s_digest_of_the_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let chunk = 1024u64;
+        let sizes = [0, 1, 7, 8, chunk, chunk + 1, PARALLEL_FILE_HASH_MIN - 1, PARALLEL_FILE_HASH_MIN, 9 * (1 << 20) + 123];
+        for size in sizes {
+            let bytes: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
+            let path = dir.path().join(format!("f{size}"));
+            std::fs::write(&path, &bytes).unwrap();
+            let file = File::open(&path).unwrap();
+            let hashed = hash_open_file(&file, size + 10).unwrap();
+            assert_eq!(hashed.digest, *blake3::hash(&bytes).as_bytes(), "{size} bytes");
+            assert_eq!(hashed.len, size);
+            assert_eq!(hashed.starts_with(&bytes[..bytes.len().min(4)]), true);
+            assert!(hash_open_file(&file, size.saturating_sub(1)).is_err() || size == 0);
+        }
     }
 
     #[test]

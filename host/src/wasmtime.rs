@@ -81,7 +81,12 @@ pub fn compatibility_digest(engine: &Engine) -> [u8; 32] {
 /// bytes may store under it.
 pub(crate) fn artifact_key(engine: &Engine, kind: Kind, wasm: &[u8]) -> Key {
     let mut hasher = blake3::Hasher::new();
-    crate::entry::hash_into(&mut hasher, wasm);
+    // As a file load hashes the same bytes: on all cores from the same size.
+    if wasm.len() as u64 >= crate::input::PARALLEL_FILE_HASH_MIN {
+        hasher.update_rayon(wasm);
+    } else {
+        hasher.update(wasm);
+    }
     key_of_digest(engine, kind, hasher.finalize().as_bytes())
 }
 
@@ -361,7 +366,7 @@ fn load_file<T: Artifact>(cache: &Cache, engine: &Engine, path: &Path) -> Result
 /// the start of the same descriptor and hashed again, and the bytes compiled
 /// are the bytes of the key they are stored under.
 fn load_file_by_content<T: Artifact>(cache: &Cache, engine: &Engine, mut opened: OpenedFile) -> Result<(T, Source)> {
-    let hashed = crate::input::hash_open_file(&mut opened.file, opened.max_size).with_context(|| opened.context())?;
+    let hashed = crate::input::hash_open_file(&opened.file, opened.max_size).with_context(|| opened.context())?;
     let looked_up = hashed.starts_with(b"\0asm");
     if looked_up && let Some(found) = load_cached(cache, engine, &key_of_digest(engine, T::KIND, &hashed.digest)) {
         return Ok(found);
