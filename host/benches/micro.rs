@@ -27,7 +27,7 @@ fn key(c: &mut Criterion) {
         let wasm: Vec<u8> = (0..mib << 20).map(|i| (i * 31 % 251) as u8).collect();
         group.throughput(Throughput::Bytes(wasm.len() as u64));
         group.bench_function(format!("artifact_key/{mib}MiB"), |b| {
-            b.iter(|| capcache::wasmtime::artifact_key(&engine, capcache::wasmtime::Kind::Module, black_box(&wasm)))
+            b.iter(|| capcache::wasmtime::artifact_name(&engine, capcache::wasmtime::Kind::Module, black_box(&wasm)))
         });
         group.bench_function(format!("sha256/{mib}MiB"), |b| b.iter(|| sha2::Sha256::digest(black_box(&wasm))));
     }
