@@ -38,12 +38,21 @@ fn a_miss_is_stored_off_the_callers_path_and_closing_the_cache_waits_for_it() {
     let t = TestCache::new();
     let engine = Engine::default();
     let wasms: Vec<_> = (0..5).map(|n| tiny_module(100 + n)).collect();
+    let names: Vec<_> = wasms.iter().map(|w| capcache::wasmtime::artifact_name(&engine, capcache::wasmtime::Kind::Module, w)).collect();
     {
-        let cache = t.open();
-        for wasm in &wasms {
+        // The worker is kept busy (the policy spins in on-insert until its
+        // deadline), so a store made on the caller's path would show at once.
+        let host = capcache::HostSettings { event_deadline: Duration::from_millis(500), ..Default::default() };
+        let cache = t.builder().policy(guest_policy("hostile")).setting("mode", "loop-insert").host_settings(host).open().unwrap();
+        assert!(cache.insert(b"keeps the worker busy", b"v"));
+        for (wasm, name) in wasms.iter().zip(&names) {
             load_module(&cache, &engine, wasm).unwrap();
+            assert!(!t.entries_dir().join(name).exists(), "the miss was stored on the caller's path");
         }
         // Dropped at once: the queued stores are finished first.
+    }
+    for name in &names {
+        assert!(t.entries_dir().join(name).exists(), "closing the cache lost a queued store");
     }
     let cache = t.open();
     for (n, wasm) in wasms.iter().enumerate() {

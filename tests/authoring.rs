@@ -24,16 +24,25 @@ fn a_policy_that_faults_while_holding_the_lock_releases_it() {
 }
 
 #[test]
-fn a_lock_of_another_holder_is_kept_until_stale_and_released_by_its_holder_only() {
+fn a_lock_of_another_holder_is_kept_until_stale_then_broken_and_one_from_the_future_broken_at_once() {
     let t = TestCache::new();
     let cache = t.open();
     let lock = t.root().join("default/state/cleanup.lock");
-    // Another process's lock, taken a minute ago: the pass does not run.
-    let theirs = format!("{} 4242-0\n", t.clock.now_ms() - 60_000);
-    std::fs::write(&lock, &theirs).unwrap();
-    assert!(!cache.maintain().unwrap().ran);
-    assert_eq!(std::fs::read_to_string(&lock).unwrap(), theirs, "someone else's lock was touched");
+    // Another process's lock, taken a minute ago, then 59 minutes ago: not
+    // stale (the default policy breaks a lock older than both its cleanup
+    // interval, 1 h, and its task timeout, 30 min): the pass does not run.
+    for minutes in [1, 59] {
+        let theirs = format!("{} 4242-0\n", t.clock.now_ms() - minutes * 60_000);
+        std::fs::write(&lock, &theirs).unwrap();
+        assert!(!cache.maintain().unwrap().ran, "a lock {minutes} min old was broken");
+        assert_eq!(std::fs::read_to_string(&lock).unwrap(), theirs, "someone else's lock was touched");
+    }
+    // Taken 61 minutes ago and never released (its holder died): stale, broken.
+    std::fs::write(&lock, format!("{} 4242-0\n", t.clock.now_ms() - 61 * 60_000)).unwrap();
+    assert!(cache.maintain().unwrap().ran, "a stale lock was kept");
+    assert!(!lock.exists(), "the pass did not release its lock");
     // Dated two hours in the future (a clock that jumped back): broken.
+    t.clock.advance(std::time::Duration::from_secs(2 * 3600));
     std::fs::write(&lock, format!("{} 4242-0\n", t.clock.now_ms() + 2 * 3_600_000)).unwrap();
     assert!(cache.maintain().unwrap().ran);
     assert!(!lock.exists(), "the pass did not release its lock");

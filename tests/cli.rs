@@ -15,13 +15,6 @@ fn stdout(output: &Output) -> String {
     String::from_utf8(output.stdout.clone()).unwrap()
 }
 
-/// Entry files are read-only (mode 444): the owner makes one writable before
-/// damaging it in place (root needs no such step, but takes it too).
-fn make_writable(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
-}
-
 fn kinds(out: &str) -> Vec<&str> {
     out.lines().map(|l| l.split_whitespace().next().unwrap()).collect()
 }
@@ -407,6 +400,36 @@ fn a_closed_pipe_ends_every_command_quietly() {
         std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut first).unwrap();
         let output = child.wait_with_output().unwrap();
         assert!(!first.is_empty());
+        assert_eq!(output.status.code(), Some(0), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        assert_eq!(String::from_utf8_lossy(&output.stderr), "", "{args:?}");
+    }
+    // Every other command that writes to standard output, into a pipe whose
+    // reading end is closed before it starts (`| true`).
+    let module = t.dir.path().join("m.wasm");
+    std::fs::write(&module, tiny_module(1)).unwrap();
+    let module = module.display().to_string();
+    let commands: [&[&str]; 11] = [
+        &["ls", "--dir", &root, "--sort", "size"],
+        &["stats", "--dir", &root],
+        &["stats", "--dir", &root, "--json"],
+        &["verify", "--dir", &root],
+        &["gc", "--dir", &root],
+        &["compile", "--dir", &root, &module],
+        &["compile", "--dir", &root, &module, "--direct-mode", "trust-file-identity"],
+        &["policy", "check", "default"],
+        &["policy", "test", "default", "--workload", "ops=200"],
+        &["--help"],
+        &["clear", "--dir", &root],
+    ];
+    for args in commands {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let output = Command::new(env!("CARGO_BIN_EXE_capcache"))
+            .args(args)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
         assert_eq!(output.status.code(), Some(0), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
         assert_eq!(String::from_utf8_lossy(&output.stderr), "", "{args:?}");
     }

@@ -125,7 +125,8 @@ fn compiled_policies_are_kept_within_their_byte_bound_newest_first() {
     // The new code and the newest planted one fit in 256 MiB; the other two go.
     let left: Vec<bool> = planted.iter().map(|p| p.exists()).collect();
     assert_eq!(left, [false, false, true]);
-    assert_eq!(capcache::POLICY_CODE_KEPT_BYTES, 256 << 20);
+    let kept: u64 = std::fs::read_dir(&entries).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
+    assert!(kept <= capcache::POLICY_CODE_KEPT_BYTES, "{kept} bytes kept, over the bound");
 }
 
 #[test]

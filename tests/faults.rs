@@ -190,7 +190,7 @@ fn random_corruption_is_always_detected() {
             // Truncation anywhere, header included.
             _ => bytes.truncate(rng.below(bytes.len() as u64) as usize),
         }
-        std::fs::write(&path, &bytes).unwrap();
+        overwrite_entry(&path, &bytes);
         assert_eq!(cache.get(&key(k)), None, "corruption {i} (kind {}) was served", i % 4);
         assert!(!path.exists(), "corrupt entry {i} was not removed");
     }

@@ -72,7 +72,7 @@ proptest! {
                     if let Ok(mut bytes) = std::fs::read(&path) {
                         let at = at % bytes.len();
                         bytes[at] ^= 0x5a;
-                        std::fs::write(&path, bytes).unwrap();
+                        overwrite_entry(&path, &bytes);
                         model.remove(&k);
                         corrupted += 1;
                     }

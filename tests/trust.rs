@@ -139,7 +139,7 @@ fn direct_mode_during_directory_swapping_deploys_never_records_one_version_for_a
     let engine = Engine::default();
     let app = current.join("app.wasm");
     let manifests_dir = t.root().join("default/manifests");
-    let (mut rounds, mut swaps) = (0, 0u64);
+    let (mut rounds, mut swaps, mut loaded, mut recorded) = (0, 0u64, 0, 0);
     let started = Instant::now();
     while rounds < 300 && started.elapsed() < Duration::from_secs(60) {
         rounds += 1;
@@ -162,10 +162,15 @@ fn direct_mode_during_directory_swapping_deploys_never_records_one_version_for_a
         };
         for _ in 0..20 {
             // The path may be missing for an instant between two renames.
-            let _ = load_module_file(&cache, &engine, &app);
+            if let Ok(module) = load_module_file(&cache, &engine, &app) {
+                assert!([1, 2].contains(&answer(&engine, &module)));
+                loaded += 1;
+            }
         }
         stop.store(true, Ordering::Relaxed);
         swaps += deployer.join().unwrap();
+        // What the deploys left recorded, before the checks below add theirs.
+        recorded += std::fs::read_dir(&manifests_dir).unwrap().count();
         // Whatever was recorded while the deploys ran, each version now loads
         // as itself, through its manifest if one was recorded.
         for _ in 0..2 {
@@ -177,27 +182,46 @@ fn direct_mode_during_directory_swapping_deploys_never_records_one_version_for_a
         }
     }
     assert!(swaps > 1000, "the deployer swapped only {swaps} times in {rounds} rounds");
-    eprintln!("{rounds} rounds, {swaps} swaps, no wrong artifact");
+    // The race was run: loads succeeded, and manifests were recorded, while
+    // the directories swapped.
+    assert!(rounds >= 50, "only {rounds} rounds in the time allowed");
+    assert!(loaded >= rounds * 5, "only {loaded} loads succeeded in {rounds} rounds");
+    assert!(recorded > 0, "no manifest was recorded while the directories swapped: the race was never run");
+    eprintln!("{rounds} rounds, {swaps} swaps, {loaded} loads, {recorded} manifests recorded, no wrong artifact");
 }
 
 #[test]
 fn files_are_created_read_only_and_directories_unwritable_by_others() {
     let t = TestCache::new();
-    let cache = t.builder().setting("raw-entries", "always").open().unwrap();
+    // Every kind of file the cache writes: entries (a raw artifact, a value),
+    // a direct-mode manifest, the policy's state (the cleanup's), the
+    // journals, and compiled policy code.
+    let cache = t.builder().setting("raw-entries", "always").direct_mode(capcache::DirectMode::TrustFileIdentity).open().unwrap();
     let engine = Engine::default();
-    load_module(&cache, &engine, &tiny_module(1)).unwrap();
+    let module = t.dir.path().join("m.wasm");
+    std::fs::write(&module, tiny_module(1)).unwrap();
+    std::thread::sleep(capcache::wasmtime::RECENT_CHANGE_WINDOW_COARSE + Duration::from_millis(100));
+    load_module_file(&cache, &engine, &module).unwrap();
     cache.insert(b"key", b"value");
+    cache.get(b"key");
+    assert!(cache.maintain().unwrap().ran);
     drop(cache);
-    let mut seen = 0;
+    let mut seen = std::collections::BTreeMap::<String, usize>::new();
     for (path, _) in snapshot(&t.root()) {
         let mode = mode_of(&path);
         assert_eq!(mode & 0o022, 0, "{} is writable by others (mode {mode:o})", path.display());
-        if path.parent().unwrap().ends_with("entries") {
-            assert_eq!(mode, 0o444, "{}", path.display());
-            seen += 1;
-        }
+        let area = path.parent().unwrap().file_name().unwrap().to_str().unwrap().to_string();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        let expected = match (area.as_str(), name.as_str()) {
+            ("default", "usage.log" | "stats.log") => 0o644,
+            _ => 0o444,
+        };
+        assert_eq!(mode, expected, "{}", path.display());
+        *seen.entry(if area == "default" { name } else { area }).or_default() += 1;
     }
-    assert!(seen >= 2, "{seen} entry files: the artifact and the value at least");
+    for (kind, at_least) in [("entries", 2), ("manifests", 1), ("state", 1), ("usage.log", 1), ("stats.log", 1)] {
+        assert!(seen.get(kind).copied().unwrap_or(0) >= at_least, "fewer than {at_least} {kind}: {seen:?}");
+    }
     for dir in ["", "default", "default/entries", "default/manifests", "default/tmp", "default/state", "policy-code"] {
         assert_eq!(mode_of(&t.root().join(dir)), 0o755, "{dir}");
     }
@@ -223,6 +247,12 @@ fn an_entry_that_others_can_write_is_never_served() {
     let stats = cache.stats();
     assert_eq!((stats.untrusted, stats.hits), (2, 1), "{stats:?}");
     assert!(!value.exists(), "the untrusted entry was kept");
+    // `verify` reports one that no read has met yet.
+    let planted = t.entries_dir().join(capcache::ValueKey::of(b"other").name());
+    cache.insert(b"other", b"value");
+    set_mode(&planted, 0o666);
+    let report = cache.verify(capcache::VerifyMode::Report, |_, _| {}).unwrap();
+    assert!(report.bad.iter().any(|(name, _)| planted.ends_with(name)), "{report:?}");
 }
 
 #[test]
@@ -235,6 +265,12 @@ fn an_entry_owned_by_another_user_is_never_served() {
     cache.insert(b"key", b"planted?");
     let entry = t.entries_dir().join(capcache::ValueKey::of(b"key").name());
     std::os::unix::fs::chown(&entry, Some(65534), Some(65534)).unwrap();
+    // `verify` reports it, and keeps it when only asked to report.
+    let report = cache.verify(capcache::VerifyMode::Report, |_, _| {}).unwrap();
+    assert_eq!(report.bad.len(), 1, "{report:?}");
+    assert_eq!(report.bad[0].0, entry.file_name().unwrap().to_str().unwrap());
+    assert!(entry.exists());
+    // A read never serves it, and removes it.
     assert_eq!(cache.get(b"key"), None);
     assert_eq!(cache.stats().untrusted, 1);
     assert!(!entry.exists());

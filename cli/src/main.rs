@@ -132,8 +132,9 @@ enum PolicyCommand {
         #[arg(long, value_name = "SPEC", default_value = "")]
         workload: String,
         /// A condition the run must meet (repeatable): max-bytes=SIZE (after
-        /// every pass), max-entries=N, min-hit-rate=P%, max-temp-files=N (at
-        /// the end).
+        /// every pass), max-entries=N (likewise), min-hit-rate=P%, max-hit-rate=P%,
+        /// max-temp-files=N (at the end), max-idle=DURATION (no entry left
+        /// unused longer, after every pass).
         #[arg(long = "expect", value_name = "KEY=VALUE")]
         expectations: Vec<String>,
         /// Print the report as JSON.

@@ -17,12 +17,16 @@
 use capcache::{Cache, Policy};
 use std::time::{Duration, Instant};
 
-/// A field of /proc/self/status, in KiB.
-fn status_kib(field: &str) -> u64 {
+/// A field of /proc/self/status, in KiB; `None` where it cannot be read.
+fn status_kib(field: &str) -> Option<u64> {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with(field)).map(|l| l.split_whitespace().nth(1).unwrap().parse().unwrap()))
-        .unwrap_or(0)
+        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+}
+
+/// A memory figure for people: MiB, or why there is none.
+fn mib(kib: Option<u64>) -> String {
+    kib.map_or("(unknown: /proc/self/status unreadable)".into(), |k| format!("{} MiB", k / 1024))
 }
 
 /// Resets the process's peak RSS (VmHWM) to its current RSS, so that the next
@@ -147,6 +151,7 @@ fn bench(name: &str, policy: &Policy, sizes: &[usize]) {
     let per_round = t.elapsed() / rounds;
     // The same, sixteen hits (the queue's size) at a time: the worker takes
     // each burst as one batch (one journal append for all of it).
+    let dropped_before_bursts = cache.stats().events_dropped;
     let t = Instant::now();
     for burst in 0..rounds / 16 {
         for i in 0..16 {
@@ -155,6 +160,7 @@ fn bench(name: &str, policy: &Policy, sizes: &[usize]) {
         cache.flush();
     }
     let per_batched = t.elapsed() / (rounds / 16 * 16);
+    let dropped_in_bursts = cache.stats().events_dropped - dropped_before_bursts;
     println!(
         "insert (admit + store, 100 B):   {:>9.1} µs mean, {:.1} µs median",
         per_insert.as_secs_f64() * 1e6,
@@ -163,7 +169,7 @@ fn bench(name: &str, policy: &Policy, sizes: &[usize]) {
     println!("hit, caller's side (100 B):      {:>9.1} µs", per_hit.as_secs_f64() * 1e6);
     println!("hit + its event handled:         {:>9.1} µs", per_round.as_secs_f64() * 1e6);
     println!("the same, in batches of 16:      {:>9.1} µs per hit", per_batched.as_secs_f64() * 1e6);
-    println!("events dropped in the burst:     {:>9}", cache.stats().events_dropped);
+    println!("events dropped in the bursts:    {:>9} of {}", dropped_in_bursts, rounds / 16 * 16);
     let on_hit = cache.time_policy_calls(&0u32.to_le_bytes(), 20_000, false).unwrap();
     let admit = cache.time_policy_calls(&0u32.to_le_bytes(), 20_000, true).unwrap();
     println!("policy crossing, on-hit:         {:>9.2} µs (one call into the sandbox and back)", on_hit.as_secs_f64() * 1e6);
@@ -201,11 +207,11 @@ fn bench(name: &str, policy: &Policy, sizes: &[usize]) {
         times.sort();
         let median: Duration = times[1];
         println!(
-            "maintain over {entries:>7} entries:  {:>9.1} ms first of the process, {:>9.1} ms median of 3; peak RSS during the passes {} MiB (resident before them: {} MiB)",
+            "maintain over {entries:>7} entries:  {:>9.1} ms first of the process, {:>9.1} ms median of 3; peak RSS during the passes {} (resident before them: {})",
             first.as_secs_f64() * 1e3,
             median.as_secs_f64() * 1e3,
-            status_kib("VmHWM:") / 1024,
-            rss_before / 1024
+            mib(status_kib("VmHWM:")),
+            mib(rss_before)
         );
 
         // Hit latency, idle and while a maintenance pass runs on the worker.

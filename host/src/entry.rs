@@ -10,7 +10,8 @@
 //! how the payload is stored, its sizes and when the entry was first stored; the
 //! digest is the BLAKE3 hash of header and payload together (BLAKE3 rather
 //! than SHA-256 because every first read of an entry hashes it whole, and
-//! BLAKE3 runs at 3.6x SHA-256's speed here even with SHA-NI). Every read
+//! BLAKE3 is several times faster, even against SHA-NI: the README's
+//! benchmark section has the figures). Every read
 //! checks all of it, so a truncated,
 //! bit-flipped, misplaced or foreign file is never served: it is reported as
 //! [`EntryError`] and the caller treats it as a miss.

@@ -285,7 +285,7 @@ mod tests {
             let hashed = hash_open_file(&file, size + 10).unwrap();
             assert_eq!(hashed.digest, *blake3::hash(&bytes).as_bytes(), "{size} bytes");
             assert_eq!(hashed.len, size);
-            assert_eq!(hashed.starts_with(&bytes[..bytes.len().min(4)]), true);
+            assert!(hashed.starts_with(&bytes[..bytes.len().min(4)]));
             assert!(hash_open_file(&file, size.saturating_sub(1)).is_err() || size == 0);
         }
     }

@@ -11,7 +11,9 @@ pub struct HostSettings {
     /// Bytes one policy instance may hold in its linear memories and tables
     /// together (however many memories it has); growth past it traps.
     pub policy_memory_limit: usize,
-    /// CPU time the policy may take for `configure`.
+    /// Time the policy may take for `configure` (wall-clock time: the
+    /// engine's epoch ticks on a thread of the host, and a call past its
+    /// deadline traps).
     pub configure_deadline: Duration,
     /// ... for `admit`, on the caller's thread, on a miss.
     pub admit_deadline: Duration,

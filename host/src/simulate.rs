@@ -186,10 +186,17 @@ pub enum Expectation {
     /// After every pass that ran (or at the end, if none ran), the entries
     /// take at most this many bytes.
     MaxBytes(u64),
-    /// At most this many entries at the end.
+    /// After every pass that ran (or at the end, if none ran), at most this
+    /// many entries.
     MaxEntries(u64),
     /// At least this share of loads are hits (0 to 1).
     MinHitRate(f64),
+    /// At most this share of loads are hits (0 to 1): for a policy that is
+    /// meant to keep little or nothing.
+    MaxHitRate(f64),
+    /// Right after every pass that ran, no entry had gone unused for longer
+    /// than this many milliseconds (a time to live). Fails if no pass ran.
+    MaxIdle(u64),
     /// At most this many temporary files at the end.
     MaxTempFiles(u64),
 }
@@ -203,16 +210,21 @@ impl std::str::FromStr for Expectation {
         match key {
             "max-bytes" => Ok(Expectation::MaxBytes(parse_size(value).ok_or_else(|| bad("a size such as 512Mi"))?)),
             "max-entries" => Ok(Expectation::MaxEntries(value.parse().map_err(|_| bad("a whole number"))?)),
-            "min-hit-rate" => {
+            "min-hit-rate" | "max-hit-rate" => {
                 let percent: f64 = value
                     .strip_suffix('%')
                     .and_then(|p| p.parse().ok())
                     .filter(|p| (0.0..=100.0).contains(p))
                     .ok_or_else(|| bad("a percentage such as 80%"))?;
-                Ok(Expectation::MinHitRate(percent / 100.0))
+                Ok(if key == "min-hit-rate" { Expectation::MinHitRate(percent / 100.0) } else { Expectation::MaxHitRate(percent / 100.0) })
             }
             "max-temp-files" => Ok(Expectation::MaxTempFiles(value.parse().map_err(|_| bad("a whole number"))?)),
-            _ => Err(format!("unknown expectation {key:?}: expected max-bytes, max-entries, min-hit-rate or max-temp-files")),
+            "max-idle" => Ok(Expectation::MaxIdle(
+                parse_duration(value).map(|d| d.as_millis() as u64).ok_or_else(|| bad("a duration such as 6h, 30m or 90s"))?,
+            )),
+            _ => Err(format!(
+                "unknown expectation {key:?}: expected max-bytes, max-entries, min-hit-rate, max-hit-rate, max-temp-files or max-idle"
+            )),
         }
     }
 }
@@ -262,6 +274,11 @@ pub struct SimulationReport {
     pub passes_skipped: u64,
     /// Bytes the entries took on disk right after each pass that ran.
     pub bytes_after_passes: Vec<u64>,
+    /// Entries right after each pass that ran.
+    pub entries_after_passes: Vec<u64>,
+    /// The longest any entry had gone unused, in milliseconds, right after
+    /// each pass that ran.
+    pub idle_after_passes: Vec<u64>,
     /// The last pass's summary, as the policy wrote it.
     pub last_summary: Option<String>,
     /// Temporary files crashes left.
@@ -300,12 +317,22 @@ impl SimulationReport {
                 (seen <= limit, format!("max-bytes={}: {} {when}", format_bytes(limit), format_bytes(seen)))
             }
             Expectation::MaxEntries(limit) => {
-                (self.entries_at_end <= limit, format!("max-entries={limit}: {} at the end", self.entries_at_end))
+                let seen = self.entries_after_passes.iter().copied().max().unwrap_or(self.entries_at_end);
+                let when = if self.entries_after_passes.is_empty() { "at the end (no pass ran)" } else { "at most, after a pass" };
+                (seen <= limit, format!("max-entries={limit}: {seen} {when}"))
             }
             Expectation::MinHitRate(rate) => (
                 self.hit_rate() >= rate,
                 format!("min-hit-rate={:.1}%: {:.1}%", rate * 100.0, self.hit_rate() * 100.0),
             ),
+            Expectation::MaxHitRate(rate) => (
+                self.hit_rate() <= rate,
+                format!("max-hit-rate={:.1}%: {:.1}%", rate * 100.0, self.hit_rate() * 100.0),
+            ),
+            Expectation::MaxIdle(limit) => match self.idle_after_passes.iter().max() {
+                Some(&seen) => (seen <= limit, format!("max-idle={limit} ms: {seen} ms at most, after a pass")),
+                None => (false, format!("max-idle={limit} ms: no pass ran")),
+            },
             Expectation::MaxTempFiles(limit) => (
                 self.temp_files_at_end <= limit,
                 format!("max-temp-files={limit}: {} at the end", self.temp_files_at_end),
@@ -483,7 +510,13 @@ impl Simulation {
         let report = self.runtime.maintain()?;
         if report.ran {
             self.report.passes += 1;
-            self.report.bytes_after_passes.push(self.cache.state.lock().bytes());
+            let now = self.now_ms();
+            let state = self.cache.state.lock();
+            self.report.bytes_after_passes.push(state.bytes());
+            self.report.entries_after_passes.push(state.entries.len() as u64);
+            let idle = state.entries.values().map(|e| now.saturating_sub(e.last_used)).max().unwrap_or(0);
+            drop(state);
+            self.report.idle_after_passes.push(idle);
             self.report.last_summary = Some(report.summary.clone());
         } else {
             self.report.passes_skipped += 1;

@@ -146,11 +146,35 @@ pub fn have_root(test: &str, why: &str) -> bool {
     if rustix::process::geteuid().is_root() {
         return true;
     }
-    if std::env::var_os("CI").is_some() {
-        panic!("{test} needs root ({why}), and CI runs as root");
-    }
-    eprintln!("SKIPPED {test}: needs root ({why})");
+    skip(test, &format!("needs root ({why})"), "CI runs as root");
     false
+}
+
+/// Says that `test` cannot run here, and why, where no one can miss it:
+/// straight to the terminal, past the test harness's capture of its output,
+/// so the line stands among the results of `cargo test` although the test
+/// reports `ok`. Under CI (`CI` set), where everything a test needs is
+/// installed (`ci_has`), a skip is a failure instead.
+pub fn skip(test: &str, why: &str, ci_has: &str) {
+    if std::env::var_os("CI").is_some() {
+        panic!("{test} cannot run: {why}; under CI it must ({ci_has})");
+    }
+    use std::io::Write;
+    let line = format!("\n*** SKIPPED {test}: {why} ***\n");
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
+/// Makes an entry file (created read-only, 0444) writable by its owner, as
+/// the owner must before damaging it in place; root needs no such step.
+pub fn make_writable(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
+}
+
+/// Writes `bytes` over an entry file in place, as a careless tool would.
+pub fn overwrite_entry(path: &Path, bytes: &[u8]) {
+    make_writable(path);
+    std::fs::write(path, bytes).unwrap();
 }
 
 /// Sets a file's modification time `ago` in the past (its change time, which

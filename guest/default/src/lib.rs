@@ -74,8 +74,8 @@ impl Default for Config {
             files_total_size_limit_percent_if_deleting: 70,
             raw_entries: RawEntries::Hot,
             // Served twice after being stored: used again and again, not once
-            // more by chance. Raw takes 2.1 to 3.2x the disk of zstd level 3 (the
-            // three workloads' artifacts).
+            // more by chance. Raw takes two to three times the disk of zstd
+            // level 3, so only what is used again is worth it.
             raw_entries_usage_threshold: 2,
         }
     }
