@@ -5,7 +5,7 @@ wasmtime::component::bindgen!({
     world: "policy-world",
     additional_derives: [PartialEq, Eq],
     with: {
-        "capcache:policy/view.lock": crate::view::HeldLock,
+        "capcache:policy/view.lock": crate::lock::HeldLock,
     },
 });
 

@@ -43,6 +43,7 @@ mod error;
 pub mod incremental;
 mod input;
 mod key;
+mod lock;
 mod mapped;
 mod namespace;
 mod policy;
@@ -73,7 +74,7 @@ pub use policy::{
 pub use remote::{RemoteMode, RemoteSettings};
 pub use settings::HostSettings;
 pub use simulate::{
-    CallTimes, Expectation, Lookup, REAL_ARTIFACT_SIZES, Simulation, SimulationReport, Workload, modelled_stored_size,
+    CallTimes, Expectation, Lookup, REAL_ARTIFACT_SIZES, SimulatedModule, Simulation, SimulationReport, Workload, modelled_stored_size,
 };
 pub use stats::StatsSnapshot;
 pub use store::IfMissing;

@@ -11,7 +11,7 @@ use crate::bindings::{codec_from_wit, codec_to_wit};
 use crate::key::Key;
 use crate::settings::HostSettings;
 use crate::stats::Stats;
-use crate::store::{Area, Store};
+use crate::store::{Area, EntryStore};
 use crate::usage::{self, Usage};
 use parking_lot::Mutex;
 use std::io;
@@ -59,7 +59,7 @@ pub(crate) enum Offered {
 /// One namespace's shared state.
 #[derive(Debug)]
 pub(crate) struct Namespace {
-    pub(crate) store: Store,
+    pub(crate) store: EntryStore,
     pub(crate) usage: Mutex<Usage>,
     pub(crate) stats: Stats,
     pub(crate) read_only: bool,

@@ -41,10 +41,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// Raw sizes of real compiled artifacts (wasmtime 48, x86-64): esbuild
-/// 0.28.2, sql.js 1.16.0 and brotli-wasm 3.0.1, measured with
-/// `capcache compile --set raw-entries=always` and `capcache ls`.
-pub const REAL_ARTIFACT_SIZES: [u64; 3] = [31_320_432, 2_406_144, 1_858_632];
+/// Raw sizes of real compiled artifacts (wasmtime 48, x86-64), large and
+/// small, so that a policy's every branch is met by default: esbuild 0.28.2,
+/// sql.js 1.16.0 and brotli-wasm 3.0.1, the default policy's component, and a
+/// module of one function (as plugins and Cranelift's incremental cache
+/// store them), measured with `capcache compile` and `capcache ls` (the
+/// decoded size).
+pub const REAL_ARTIFACT_SIZES: [u64; 5] = [31_320_432, 2_406_144, 1_858_632, 292_400, 13_608];
 
 /// The size of an entry's header and trailer, in the model.
 const MODELLED_FRAMING: u64 = 96;
@@ -103,6 +106,52 @@ impl Default for Workload {
     }
 }
 
+impl Workload {
+    /// Each module of the workload, in order: its raw artifact size and the
+    /// name of the entry the simulation stores it under, to follow one
+    /// module through a policy's decisions.
+    pub fn modules_simulated(&self) -> Vec<SimulatedModule> {
+        let sizes = self.module_sizes(&mut fastrand::Rng::with_seed(self.seed));
+        sizes
+            .into_iter()
+            .enumerate()
+            .map(|(index, raw_size)| SimulatedModule {
+                index: index as u64,
+                raw_size,
+                entry_name: crate::key::ValueKey::of(&simulated_key_material(index as u64)).name(),
+            })
+            .collect()
+    }
+
+    /// Each module's raw size, from the first draws of `rng`.
+    fn module_sizes(&self, rng: &mut fastrand::Rng) -> Vec<u64> {
+        let sizes = if self.sizes.is_empty() { REAL_ARTIFACT_SIZES.to_vec() } else { self.sizes.clone() };
+        (0..self.modules.max(1))
+            .map(|_| {
+                let base = sizes[rng.usize(..sizes.len())] as f64;
+                (base * (0.8 + 0.4 * rng.f64())) as u64
+            })
+            .collect()
+    }
+}
+
+/// The key material a simulation loads module `index` under.
+fn simulated_key_material(index: u64) -> Vec<u8> {
+    [b"capcache-simulated-module".as_slice(), &index.to_le_bytes()].concat()
+}
+
+/// One module of a [`Workload`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct SimulatedModule {
+    /// Its place in the workload, from 0: module 0 is the hottest.
+    pub index: u64,
+    /// The raw size of its artifact.
+    pub raw_size: u64,
+    /// The entry it is stored under.
+    pub entry_name: String,
+}
+
 impl std::str::FromStr for Workload {
     type Err = String;
 
@@ -145,7 +194,8 @@ fn parse_duration(value: &str) -> Option<Duration> {
     let split = value.find(|c: char| !c.is_ascii_digit())?;
     let (number, unit) = value.split_at(split);
     let number: u64 = number.parse().ok()?;
-    let ms = match unit {
+    // As the policy SDK's `parse_duration_ms` (tests/structure.rs).
+    let ms = match unit.trim() {
         "ms" => 1,
         "s" => 1_000,
         "m" => 60_000,
@@ -162,7 +212,9 @@ pub(crate) fn parse_size(value: &str) -> Option<u64> {
     let split = value.find(|c: char| !c.is_ascii_digit()).unwrap_or(value.len());
     let (number, unit) = value.split_at(split);
     let number: u64 = number.parse().ok()?;
-    let multiplier: u64 = match unit {
+    // The units and rules of the policy SDK's `parse_size`, which reads the
+    // same settings (tests/structure.rs holds the two to the same table).
+    let multiplier: u64 = match unit.trim() {
         "" => 1,
         "K" => 1_000,
         "Ki" => 1 << 10,
@@ -405,13 +457,7 @@ impl Simulation {
     pub fn run(&mut self, workload: &Workload) {
         let mut rng = fastrand::Rng::with_seed(workload.seed);
         let modules = workload.modules.max(1) as usize;
-        let sizes = if workload.sizes.is_empty() { REAL_ARTIFACT_SIZES.to_vec() } else { workload.sizes.clone() };
-        let module_sizes: Vec<u64> = (0..modules)
-            .map(|_| {
-                let base = sizes[rng.usize(..sizes.len())] as f64;
-                (base * (0.8 + 0.4 * rng.f64())) as u64
-            })
-            .collect();
+        let module_sizes = workload.module_sizes(&mut rng);
         // Zipf weights, as a cumulative distribution to search.
         let mut cumulative = Vec::with_capacity(modules);
         let mut total = 0.0;
@@ -423,8 +469,7 @@ impl Simulation {
         for op in 0..workload.operations {
             let draw = rng.f64() * total;
             let module = cumulative.partition_point(|&c| c < draw).min(modules - 1);
-            let material = [b"capcache-simulated-module".as_slice(), &(module as u64).to_le_bytes()].concat();
-            self.load(&material, module_sizes[module]);
+            self.load(&simulated_key_material(module as u64), module_sizes[module]);
             if workload.crash_every > 0 && (op + 1) % workload.crash_every == 0 {
                 self.leave_temp_file(module_sizes[module] / 2);
             }

@@ -9,6 +9,7 @@
 use crate::bindings::capcache::policy::types::{self, EntryMeta, EntryPage, Error, FileMeta, FilePage, LogLevel};
 use crate::bindings::capcache::policy::view;
 use crate::key::Key;
+use crate::lock::HeldLock;
 use crate::namespace::{Namespace, invalid_entry_name, io_error};
 use crate::stats::Stats;
 use crate::store::Area;
@@ -227,25 +228,6 @@ fn check_entry_name(name: &str) -> Result<Key, Error> {
     Key::from_name(name).ok_or_else(|| invalid_entry_name(name))
 }
 
-/// A lock a policy holds: its state file, and the token written into it so
-/// that releasing never removes a lock someone else took since.
-pub struct HeldLock {
-    backend: Arc<dyn ViewBackend>,
-    name: String,
-    contents: Vec<u8>,
-    taken_at: u64,
-}
-
-impl Drop for HeldLock {
-    fn drop(&mut self) {
-        if self.backend.read_state(&self.name).is_ok_and(|now| now == self.contents)
-            && let Err(e) = self.backend.remove_file(Area::State, &self.name)
-        {
-            tracing::warn!("cannot release the policy's lock {}: {e:?}", self.name);
-        }
-    }
-}
-
 /// Makes each lock's token unique within the process; the process id makes
 /// it unique between processes.
 static LOCK_TOKENS: AtomicU64 = AtomicU64::new(0);
@@ -260,7 +242,17 @@ impl PolicyView {
             let contents = format!("{now} {}-{token}\n", std::process::id()).into_bytes();
             match self.backend.create_state(name, &contents) {
                 Ok(()) => {
-                    return Ok(Some(HeldLock { backend: self.backend.clone(), name: name.into(), contents, taken_at: now }));
+                    let (backend, name) = (self.backend.clone(), name.to_string());
+                    // Released when dropped: the state file is removed only if
+                    // it still holds this token (no one took the lock since).
+                    let release = move || {
+                        if backend.read_state(&name).is_ok_and(|now| now == contents)
+                            && let Err(e) = backend.remove_file(Area::State, &name)
+                        {
+                            tracing::warn!("cannot release the policy's lock {name}: {e:?}");
+                        }
+                    };
+                    return Ok(Some(HeldLock::new(now, release)));
                 }
                 Err(Error::AlreadyExists) => {}
                 Err(e) => return Err(e),
@@ -308,7 +300,7 @@ impl view::HostLock for PolicyView {
     }
 
     fn taken_at(&mut self, lock: Resource<HeldLock>) -> u64 {
-        self.locks.get(&lock).map(|lock| lock.taken_at).unwrap_or(0)
+        self.locks.get(&lock).map(HeldLock::taken_at).unwrap_or(0)
     }
 
     fn drop(&mut self, lock: Resource<HeldLock>) -> wasmtime::Result<()> {

@@ -42,9 +42,9 @@
 //! never changes under a live module (wasmtime issue #10283 is a crash from
 //! exactly that).
 
-use crate::cache::{Cache, DirectMode, Fetched, Source};
+use crate::cache::{Cache, DirectMode, Source};
 use crate::key::{Key, KeyDomain, Sha256Hasher};
-use crate::store::FileIdentity;
+use crate::store::{FileIdentity, Found};
 use ::wasmtime::component::Component;
 use ::wasmtime::error::Context;
 use ::wasmtime::{Engine, Module, Result};
@@ -99,6 +99,15 @@ fn key_of_digest(engine: &Engine, kind: Kind, wasm_digest: &[u8; 32]) -> Key {
 /// (as `capcache ls` shows it): to find, pin or inspect one module's entry.
 pub fn artifact_name(engine: &Engine, kind: Kind, wasm: &[u8]) -> String {
     artifact_key(engine, kind, wasm).name()
+}
+
+/// [`artifact_name`] of the file at `path`, read as a file load reads it (a
+/// `.wat` file's binary; regular files of at most `max_size` bytes only).
+pub fn artifact_name_of_file(engine: &Engine, kind: Kind, path: impl AsRef<Path>, max_size: u64) -> Result<String> {
+    let path = path.as_ref();
+    let (file, metadata) = crate::input::open_regular_file(path, max_size).with_context(|| format!("{}", path.display()))?;
+    let wasm = OpenedFile { path, file, metadata, max_size }.into_binary()?;
+    Ok(artifact_name(engine, kind, &wasm))
 }
 
 /// What is compiled.
@@ -188,9 +197,9 @@ fn load_cached<T: Artifact>(cache: &Cache, engine: &Engine, key: &Key) -> Option
         // SAFETY: see the module's safety contract: the key covers the
         // engine's compatibility hash, the entry was checked whole and is its
         // owner's, and entries are replaced only by rename.
-        Fetched::RawFile(file) => unsafe { T::from_file(engine, file) },
+        Found::RawFile(file) => unsafe { T::from_file(engine, file) },
         // SAFETY: as above, for a decoded copy.
-        Fetched::Value(bytes) => unsafe { T::from_bytes(engine, &bytes) },
+        Found::Value(bytes) => unsafe { T::from_bytes(engine, &bytes) },
     };
     match loaded {
         Ok(artifact) => Some((artifact, source)),

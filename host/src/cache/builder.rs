@@ -171,7 +171,7 @@ impl CacheBuilder {
         if self.namespace == crate::policy::POLICY_CODE_NAMESPACE {
             return Err(Error::InvalidNamespace(self.namespace));
         }
-        let store = Store::open(&root, &self.namespace, self.clock.clone(), self.open_options)?;
+        let store = EntryStore::open(&root, &self.namespace, self.clock.clone(), self.open_options)?;
         let read_only = store.read_only();
         let remote = self.remote.map(|r| crate::remote::RemoteTier::new(r, &self.namespace)).transpose()?;
         let namespace =
@@ -179,7 +179,7 @@ impl CacheBuilder {
         // Compiled policies are kept beside the namespaces, so a process
         // starts its policy without compiling it.
         let code_options = StoreOptions { if_missing: IfMissing::Create, ..self.open_options };
-        let code = Store::open(&root, crate::policy::POLICY_CODE_NAMESPACE, self.clock.clone(), code_options)
+        let code = EntryStore::open(&root, crate::policy::POLICY_CODE_NAMESPACE, self.clock.clone(), code_options)
             .map_err(|e| tracing::debug!("no store for compiled policies: {e}"))
             .ok()
             .map(Arc::new);

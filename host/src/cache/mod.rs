@@ -16,7 +16,7 @@ use crate::key::{Key, ValueKey};
 use crate::policy::{Policy, PolicyRuntime};
 use crate::settings::HostSettings;
 use crate::stats::{Stats, StatsSnapshot};
-use crate::store::{Area, IfMissing, OpenOutcome, RawEntryAs, ReadOutcome, Store, StoreOptions};
+use crate::store::{Area, EntryOutcome, EntryStore, Found, IfMissing, RawEntryAs, StoreOptions};
 use crate::bindings::codec_from_wit;
 use crate::namespace::{AdmitWait, Namespace, Offered};
 use crate::usage::Usage;
@@ -59,10 +59,12 @@ impl Drop for Inner {
     }
 }
 
-mod admin;
 mod builder;
+mod counters;
+mod entries;
+mod sharing;
 
-pub use admin::{RemoteCheck, RemoteTransfer};
+pub use sharing::{RemoteCheck, RemoteTransfer};
 pub use builder::{CacheBuilder, default_directory, namespaces};
 
 /// What a maintenance pass did, as the policy reported it (the host's own
@@ -177,12 +179,6 @@ pub struct VerifyReport {
     pub removed: u64,
 }
 
-/// An entry as [`Cache::fetch`] found it.
-pub(crate) enum Fetched {
-    RawFile(std::fs::File),
-    Value(Vec<u8>),
-}
-
 /// Where a value (or a loaded module) came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -285,8 +281,8 @@ impl Cache {
     /// too).
     pub(crate) fn get_value(&self, key: &Key) -> Option<Vec<u8>> {
         match self.fetch(key, RawEntryAs::Value)?.0 {
-            Fetched::Value(value) => Some(value),
-            Fetched::RawFile(_) => unreachable!("asked for values only"),
+            Found::Value(value) => Some(value),
+            Found::RawFile(_) => unreachable!("asked for values only"),
         }
     }
 
@@ -294,7 +290,7 @@ impl Cache {
     /// shared tier if there is one. With [`RawEntryAs::File`], a raw entry
     /// comes back as its open file (the artifact from offset 0), for wasmtime
     /// to map rather than copy.
-    pub(crate) fn fetch(&self, key: &Key, raw: RawEntryAs) -> Option<(Fetched, Source)> {
+    pub(crate) fn fetch(&self, key: &Key, raw: RawEntryAs) -> Option<(Found, Source)> {
         let inner = self.inner.as_ref()?;
         let namespace = &inner.namespace;
         let mut source = Source::Hit;
@@ -318,7 +314,7 @@ impl Cache {
     /// The shared tier's entry for `key`, written into the local cache and
     /// opened from there (a raw one is then mapped, as any local hit); served
     /// from memory when the local cache cannot be written.
-    fn fetch_remote(&self, key: &Key, raw: RawEntryAs) -> Option<Fetched> {
+    fn fetch_remote(&self, key: &Key, raw: RawEntryAs) -> Option<Found> {
         let inner = self.inner.as_ref()?;
         let namespace = &inner.namespace;
         let remote = namespace.remote.as_ref()?;
@@ -335,7 +331,7 @@ impl Cache {
             }
         }
         match crate::entry::decode(&entry_bytes, key, inner.host.max_entry_size) {
-            Ok((_, value)) => Some(Fetched::Value(value)),
+            Ok((_, value)) => Some(Found::Value(value)),
             Err(e) => {
                 tracing::warn!("shared-tier entry {} does not decode ({e})", key.name());
                 None
@@ -345,21 +341,20 @@ impl Cache {
 
     /// The local entry for `key`, checked whole; a corrupt or untrusted one is
     /// removed and counted.
-    fn open_local(&self, key: &Key, raw: RawEntryAs) -> Option<Fetched> {
+    fn open_local(&self, key: &Key, raw: RawEntryAs) -> Option<Found> {
         let inner = self.inner.as_ref()?;
         let namespace = &inner.namespace;
         let outcome = namespace.store.open_entry(key, inner.host.max_entry_size, raw);
         match outcome {
-            Ok(OpenOutcome::RawFile(file)) => Some(Fetched::RawFile(file)),
-            Ok(OpenOutcome::Value(value)) => Some(Fetched::Value(value)),
-            Ok(OpenOutcome::Missing) => None,
-            Ok(OpenOutcome::Corrupt(e)) => {
+            Ok(EntryOutcome::Found(found)) => Some(found),
+            Ok(EntryOutcome::Missing) => None,
+            Ok(EntryOutcome::Corrupt(e)) => {
                 Stats::bump(&namespace.stats.corrupt);
                 tracing::warn!("cache entry {} in {} is corrupt ({e}); removing it", key.name(), namespace.store.path().display());
                 let _ = namespace.remove_entry(key);
                 None
             }
-            Ok(OpenOutcome::Untrusted(why)) => {
+            Ok(EntryOutcome::Untrusted(why)) => {
                 Stats::bump(&namespace.stats.untrusted);
                 tracing::warn!(
                     "cache entry {} in {} is not trusted ({why}); not loading it, removing it",
@@ -401,7 +396,7 @@ impl Cache {
     }
 
     /// The largest module file the wasmtime adapter reads.
-    pub(crate) fn max_module_size(&self) -> u64 {
+    pub fn max_module_size(&self) -> u64 {
         self.inner.as_ref().map_or(HostSettings::default().max_module_size, |i| i.host.max_module_size)
     }
 
@@ -460,7 +455,9 @@ impl Cache {
     /// and written on the worker, off the caller's path (a miss then costs the
     /// caller only what computing the value costs). `produce` returns `None`
     /// if there is nothing to store after all. If the worker's queue is full,
-    /// it runs here instead: the value is never lost to a busy worker.
+    /// it runs here instead, and the value is offered as [`Cache::insert`]
+    /// offers it: stored if the policy admits it, and counted as not stored
+    /// if the policy is busy too (nothing is stored that it did not admit).
     /// [`Cache::flush`] waits for it; dropping the cache does too.
     pub fn insert_deferred(&self, key: &ValueKey, produce: impl FnOnce() -> Option<Vec<u8>> + Send + 'static) {
         self.insert_value_deferred(key.key(), produce)
@@ -487,7 +484,7 @@ impl Cache {
             return Ok(Cached { bytes: compute()?, source: Source::Uncached });
         }
         let key = ValueKey::of(key);
-        if let Some((Fetched::Value(bytes), source)) = self.fetch(key.key(), RawEntryAs::Value) {
+        if let Some((Found::Value(bytes), source)) = self.fetch(key.key(), RawEntryAs::Value) {
             return Ok(Cached { bytes, source });
         }
         let bytes = compute()?;

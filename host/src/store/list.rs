@@ -2,7 +2,7 @@
 
 use super::*;
 
-impl Store {
+impl EntryStore {
     /// Names of the regular files of `area`, sorted (symlinks and directories
     /// are skipped: the host never follows them).
     pub fn list_names(&self, area: Area) -> io::Result<Vec<String>> {

@@ -69,18 +69,7 @@ pub enum Area {
     State,
 }
 
-/// What reading an entry found.
-#[derive(Debug)]
-pub enum ReadOutcome {
-    /// A whole entry: its value, decoded.
-    Found(Vec<u8>),
-    Missing,
-    Corrupt(EntryError),
-    /// See [`OpenOutcome::Untrusted`].
-    Untrusted(String),
-}
-
-/// How [`Store::open_entry`] hands back a raw entry.
+/// How [`EntryStore::open_entry`] hands back a raw entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RawEntryAs {
     /// As its open file, which holds the artifact from offset 0 (for
@@ -90,13 +79,21 @@ pub enum RawEntryAs {
     Value,
 }
 
-/// What opening an entry found.
+/// A checked entry, as a read hands it back.
 #[derive(Debug)]
-pub enum OpenOutcome {
-    /// A raw entry, checked: its file, positioned at the artifact.
+pub enum Found {
+    /// A raw entry: its file, positioned at the artifact (for wasmtime to
+    /// map rather than copy).
     RawFile(std::fs::File),
-    /// A compressed entry, checked and decoded.
+    /// Its value, decoded.
     Value(Vec<u8>),
+}
+
+/// What reading or opening an entry found.
+#[derive(Debug)]
+pub enum EntryOutcome {
+    /// A whole entry of its key, checked.
+    Found(Found),
     Missing,
     Corrupt(EntryError),
     /// A file that someone other than the cache's owner wrote or could have
@@ -142,7 +139,7 @@ pub struct FileInfo {
 
 /// One cache namespace on disk.
 #[derive(Debug)]
-pub struct Store {
+pub struct EntryStore {
     path: PathBuf,
     namespace: Dir,
     entries: Dir,
@@ -299,11 +296,11 @@ pub(crate) fn open_root(root: &Path, options: StoreOptions) -> Result<Dir, Error
     Ok(root_dir)
 }
 
-impl Store {
+impl EntryStore {
     /// Opens (creating as needed, unless `options` say otherwise) `namespace`
     /// under `root`. A directory that exists but cannot be written is opened
     /// read-only, with a warning.
-    pub fn open(root: &Path, namespace: &str, clock: Arc<dyn Clock>, options: StoreOptions) -> Result<Store, Error> {
+    pub fn open(root: &Path, namespace: &str, clock: Arc<dyn Clock>, options: StoreOptions) -> Result<EntryStore, Error> {
         if !valid_namespace(namespace) {
             return Err(Error::InvalidNamespace(namespace.to_string()));
         }
@@ -335,7 +332,7 @@ impl Store {
         let manifests = open_area(&namespace_dir, MANIFESTS, &path.join(MANIFESTS), &mut read_only)?;
         let tmp = open_area(&namespace_dir, TMP, &path.join(TMP), &mut read_only)?;
         let state = open_area(&namespace_dir, STATE, &path.join(STATE), &mut read_only)?;
-        let mut store = Store {
+        let mut store = EntryStore {
             entries,
             manifests,
             tmp,

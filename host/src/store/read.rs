@@ -4,7 +4,7 @@
 
 use super::*;
 
-impl Store {
+impl EntryStore {
     /// Opens `area/name` for reading: never through a symbolic link, and
     /// without blocking on a FIFO someone put there.
     pub(super) fn open_file(&self, area: Area, name: &str) -> io::Result<std::fs::File> {
@@ -20,24 +20,24 @@ impl Store {
     }
 
     /// Reads and checks the entry for `key`.
-    pub fn read_entry(&self, key: &Key, max_raw_size: u64) -> io::Result<ReadOutcome> {
+    pub fn read_entry(&self, key: &Key, max_raw_size: u64) -> io::Result<EntryOutcome> {
         self.read_from(Area::Entries, key, max_raw_size)
     }
 
-    pub(super) fn read_from(&self, area: Area, key: &Key, max_raw_size: u64) -> io::Result<ReadOutcome> {
+    pub(super) fn read_from(&self, area: Area, key: &Key, max_raw_size: u64) -> io::Result<EntryOutcome> {
         let mut file = match self.open_file(area, &key.name()) {
             Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(ReadOutcome::Missing),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(EntryOutcome::Missing),
             Err(e) => return Err(e),
         };
         if let Some(why) = untrusted_because(&file.metadata()?) {
-            return Ok(ReadOutcome::Untrusted(why));
+            return Ok(EntryOutcome::Untrusted(why));
         }
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
         Ok(match entry::decode(&bytes, key, max_raw_size) {
-            Ok((_, value)) => ReadOutcome::Found(value),
-            Err(e) => ReadOutcome::Corrupt(e),
+            Ok((_, value)) => EntryOutcome::Found(Found::Value(value)),
+            Err(e) => EntryOutcome::Corrupt(e),
         })
     }
 
@@ -45,8 +45,8 @@ impl Store {
     /// trusted one (a bad one is removed).
     pub(crate) fn read_manifest(&self, manifest: &Key) -> Option<Key> {
         match self.read_from(Area::Manifests, manifest, 64) {
-            Ok(ReadOutcome::Found(value)) => <[u8; 32]>::try_from(value).ok().map(Key),
-            Ok(ReadOutcome::Missing) => None,
+            Ok(EntryOutcome::Found(Found::Value(value))) => <[u8; 32]>::try_from(value).ok().map(Key),
+            Ok(EntryOutcome::Missing) => None,
             Ok(outcome) => {
                 tracing::warn!("direct-mode manifest {} is unusable ({outcome:?}); removing it", manifest.name());
                 let _ = self.remove(Area::Manifests, &manifest.name());
@@ -101,43 +101,43 @@ impl Store {
     /// to map), hashed as it streams from the file on its first hit in this
     /// process and not again while the file keeps its identity; a compressed
     /// one as its decoded value.
-    pub fn open_entry(&self, key: &Key, max_raw_size: u64, raw: RawEntryAs) -> io::Result<OpenOutcome> {
+    pub fn open_entry(&self, key: &Key, max_raw_size: u64, raw: RawEntryAs) -> io::Result<EntryOutcome> {
         let mut file = match self.open_file(Area::Entries, &key.name()) {
             Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(OpenOutcome::Missing),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(EntryOutcome::Missing),
             Err(e) => return Err(e),
         };
         let metadata = file.metadata()?;
         if let Some(why) = untrusted_because(&metadata) {
-            return Ok(OpenOutcome::Untrusted(why));
+            return Ok(EntryOutcome::Untrusted(why));
         }
         if raw == RawEntryAs::File {
             let identity = FileIdentity::of(&metadata);
             let checked = self.known.lock().get(key).is_some_and(|k| k.checked && k.identity == identity);
             if checked {
-                return Ok(OpenOutcome::RawFile(file));
+                return Ok(EntryOutcome::Found(Found::RawFile(file)));
             }
             let len = metadata.len();
             let tail = read_tail(&file, len)?;
             let trailer = match entry::decode_trailer(&tail, len, Some(key)) {
                 Ok(trailer) => trailer,
-                Err(e) => return Ok(OpenOutcome::Corrupt(e)),
+                Err(e) => return Ok(EntryOutcome::Corrupt(e)),
             };
             if trailer.header.codec == StoredCodec::Raw {
                 if let Err(e) = check_raw_payload(&trailer, &file)? {
-                    return Ok(OpenOutcome::Corrupt(e));
+                    return Ok(EntryOutcome::Corrupt(e));
                 }
                 file.seek(SeekFrom::Start(0))?;
                 self.remember(key, Known { identity, header: trailer.header.clone(), checked: true });
-                return Ok(OpenOutcome::RawFile(file));
+                return Ok(EntryOutcome::Found(Found::RawFile(file)));
             }
             file.seek(SeekFrom::Start(0))?;
         }
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
         Ok(match entry::decode(&bytes, key, max_raw_size) {
-            Ok((_, value)) => OpenOutcome::Value(value),
-            Err(e) => OpenOutcome::Corrupt(e),
+            Ok((_, value)) => EntryOutcome::Found(Found::Value(value)),
+            Err(e) => EntryOutcome::Corrupt(e),
         })
     }
 

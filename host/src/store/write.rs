@@ -4,7 +4,7 @@
 
 use super::*;
 
-impl Store {
+impl EntryStore {
     /// Creates a fresh temporary file; its name is unique to this process and
     /// write, and create_new guarantees no one else has it.
     pub(super) fn temp_file(&self) -> io::Result<(String, cap_std::fs::File)> {
