@@ -4,14 +4,9 @@
 
 use crate::support::*;
 use capcache::{Clock, Lookup, Simulation, StoredCodec, Workload};
-use std::process::{Command, Output};
 use std::time::Duration;
 
 const HOUR: Duration = Duration::from_secs(3600);
-
-fn capcache(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_capcache")).args(args).output().unwrap()
-}
 
 #[test]
 fn a_policy_that_faults_while_holding_the_lock_releases_it() {

@@ -6,10 +6,6 @@ use std::path::Path;
 use std::process::{Command, Output};
 use crate::support::*;
 
-fn capcache(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_capcache")).args(args).output().unwrap()
-}
-
 fn stdout(output: &Output) -> String {
     assert!(output.status.success(), "failed: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8(output.stdout.clone()).unwrap()

@@ -68,18 +68,6 @@ fn missing_policy_file() {
     assert!(err.to_string().contains("/nonexistent/policy.wasm"), "{err}");
 }
 
-/// `component` with a custom section appended: the same policy, other bytes.
-fn with_custom_section(component: &[u8], payload: &[u8]) -> Vec<u8> {
-    let name = b"capcache-test";
-    let size = 1 + name.len() + payload.len();
-    assert!(size < 128, "one byte of LEB128 size");
-    let mut bytes = component.to_vec();
-    bytes.extend_from_slice(&[0, size as u8, name.len() as u8]);
-    bytes.extend_from_slice(name);
-    bytes.extend_from_slice(payload);
-    bytes
-}
-
 #[test]
 fn a_policy_file_changed_after_it_was_read_is_refused_rather_than_compiled_under_the_old_hash() {
     let t = TestCache::new();

@@ -9,13 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 use crate::support::*;
-use wasmtime::{Engine, Instance, Module, Store};
-
-fn answer(engine: &Engine, module: &Module) -> i32 {
-    let mut store = Store::new(engine, ());
-    let instance = Instance::new(&mut store, module, &[]).unwrap();
-    instance.get_typed_func::<(), i32>(&mut store, "answer").unwrap().call(&mut store, ()).unwrap()
-}
+use wasmtime::Engine;
 
 /// What `fstat` says of a file, all of which direct mode's manifests record.
 fn identity(path: &Path) -> (u64, u64, u64, i64, i64, i64, i64) {

@@ -5,6 +5,7 @@
 
 use capcache::{Policy, Simulation, SimulationReport, Workload};
 use std::path::PathBuf;
+use crate::support::with_custom_section;
 
 /// A component built by guest/build-languages; `None` (and a line saying so)
 /// outside CI when it was not built: CI builds them first.
@@ -128,26 +129,7 @@ fn a_spidermonkey_policy_that_spins_or_hoards_is_stopped() {
 /// `policy` with a custom section naming `test` appended: the same policy
 /// under another digest, so that no other test's compiled code serves it.
 fn variant(policy: &Policy, test: &str) -> Policy {
-    fn leb(mut n: usize, out: &mut Vec<u8>) {
-        loop {
-            let byte = (n & 0x7f) as u8;
-            n >>= 7;
-            out.push(if n == 0 { byte } else { byte | 0x80 });
-            if n == 0 {
-                break;
-            }
-        }
-    }
-    let name = b"capcache-test";
-    let mut section = Vec::new();
-    leb(name.len(), &mut section);
-    section.extend_from_slice(name);
-    section.extend_from_slice(test.as_bytes());
-    let mut bytes = policy.bytes().unwrap().to_vec();
-    bytes.push(0);
-    leb(section.len(), &mut bytes);
-    bytes.extend_from_slice(&section);
-    Policy::from_bytes(test, bytes)
+    Policy::from_bytes(test, with_custom_section(&policy.bytes().unwrap(), test.as_bytes()))
 }
 
 #[test]

@@ -20,6 +20,7 @@ mod languages;
 mod model;
 mod recompression;
 mod remote;
+mod structure;
 mod sandbox;
 mod swap;
 mod trust;

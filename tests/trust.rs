@@ -10,13 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 use crate::support::*;
-use wasmtime::{Engine, Instance, Module, Store};
-
-fn answer(engine: &Engine, module: &Module) -> i32 {
-    let mut store = Store::new(engine, ());
-    let instance = Instance::new(&mut store, module, &[]).unwrap();
-    instance.get_typed_func::<(), i32>(&mut store, "answer").unwrap().call(&mut store, ()).unwrap()
-}
+use wasmtime::{Engine, Module};
 
 fn manifests(t: &TestCache) -> usize {
     std::fs::read_dir(t.root().join("default/manifests")).map(|d| d.count()).unwrap_or(0)

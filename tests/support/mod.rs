@@ -227,3 +227,42 @@ impl Drop for CoarseTimestampFs {
         let _ = std::process::Command::new("umount").arg(self.path()).status();
     }
 }
+
+/// The `answer` export of a module built by [`tiny_module`], instantiated
+/// and called.
+pub fn answer(engine: &wasmtime::Engine, module: &wasmtime::Module) -> i32 {
+    let mut store = wasmtime::Store::new(engine, ());
+    let instance = wasmtime::Instance::new(&mut store, module, &[]).unwrap();
+    instance.get_typed_func::<(), i32>(&mut store, "answer").unwrap().call(&mut store, ()).unwrap()
+}
+
+/// Runs the `capcache` command to its end.
+pub fn capcache(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_capcache")).args(args).output().unwrap()
+}
+
+/// `wasm` (a module or component) with a custom section `capcache-test`
+/// holding `payload` appended: the same code under other bytes, and so
+/// another digest.
+pub fn with_custom_section(wasm: &[u8], payload: &[u8]) -> Vec<u8> {
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            out.push(if n == 0 { byte } else { byte | 0x80 });
+            if n == 0 {
+                break;
+            }
+        }
+    }
+    let name = b"capcache-test";
+    let mut section = Vec::new();
+    leb(name.len(), &mut section);
+    section.extend_from_slice(name);
+    section.extend_from_slice(payload);
+    let mut bytes = wasm.to_vec();
+    bytes.push(0);
+    leb(section.len(), &mut bytes);
+    bytes.extend_from_slice(&section);
+    bytes
+}
