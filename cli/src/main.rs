@@ -33,6 +33,10 @@ enum Command {
         /// The modules (.wasm, or .wat for the text format).
         #[arg(required = true)]
         modules: Vec<PathBuf>,
+        /// Also print the name of the entry each module's code is kept in (as
+        /// `capcache ls` lists it), before the module's path.
+        #[arg(long)]
+        show_entry: bool,
         #[command(flatten)]
         options: CompileOptions,
     },
@@ -127,8 +131,10 @@ enum PolicyCommand {
         settings: Vec<String>,
         /// The workload, as KEY=VALUE pairs separated by commas: ops (100000),
         /// modules (2000), skew (1.0: Zipf), step (1s between loads),
-        /// crash-every (5000 loads), sizes (of the three real artifacts, e.g.
-        /// 2Mi/30Mi), seed (1).
+        /// crash-every (5000 loads), sizes (a list, not a range: each module
+        /// draws one of these raw artifact sizes, then varies it by up to 20%
+        /// either way; e.g. 16Ki/2Mi/30Mi; default: five real artifacts from
+        /// 13 KB to 31 MB), seed (1).
         #[arg(long, value_name = "SPEC", default_value = "")]
         workload: String,
         /// A condition the run must meet (repeatable): max-bytes=SIZE (after
@@ -140,6 +146,11 @@ enum PolicyCommand {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// Also list each module of the workload: its place (0 is the
+        /// hottest), its raw size and the entry name it is stored under, to
+        /// follow one module through the policy's decisions.
+        #[arg(long)]
+        show_names: bool,
     },
     /// Compile a policy with the optimizing compiler and keep its code in the
     /// cache directory, so that no host starting it from there compiles it
@@ -454,7 +465,10 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Compile { modules, options } => compile_all(&modules, &options),
+        Command::Compile { modules, show_entry, options } => {
+            let entries = if show_entry { EntryNames::Show } else { EntryNames::Hide };
+            compile_all(&modules, &options, entries)
+        }
         #[cfg(feature = "run")]
         Command::Run { module, args, options } => run_wasi(&module, &args, &options),
         Command::Gc { location, policy } => gc(&location, &policy),
@@ -464,8 +478,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Clear { location } => clear(&location),
         Command::Policy(PolicyCommand::Check { policy, settings }) => policy::check(&policy, &settings),
         Command::Remote(command) => remote(command),
-        Command::Policy(PolicyCommand::Test { policy, settings, workload, expectations, json }) => {
-            policy::test(&policy, &settings, &workload, &expectations, json)
+        Command::Policy(PolicyCommand::Test { policy, settings, workload, expectations, json, show_names }) => {
+            let names = if show_names { policy::Names::Show } else { policy::Names::Hide };
+            policy::test(&policy, &settings, &workload, &expectations, json, names)
         }
         Command::Policy(PolicyCommand::Install { policy, location }) => policy::install(&policy, &location.root()?),
         Command::Policy(PolicyCommand::New { name, dir, sdk, lang }) => policy::new(&name, dir.as_deref(), sdk.as_deref(), lang),
@@ -501,7 +516,14 @@ fn open_for_compiling(options: &CompileOptions) -> Result<Cache> {
     }
 }
 
-fn compile_all(modules: &[PathBuf], options: &CompileOptions) -> Result<()> {
+/// Whether `compile` prints each module's entry name.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum EntryNames {
+    Show,
+    Hide,
+}
+
+fn compile_all(modules: &[PathBuf], options: &CompileOptions, entries: EntryNames) -> Result<()> {
     let engine = wasmtime::Engine::default();
     let cache = open_for_compiling(options)?;
     let mut failed = 0;
@@ -515,7 +537,17 @@ fn compile_all(modules: &[PathBuf], options: &CompileOptions) -> Result<()> {
                     Source::Miss => "miss",
                     _ => "uncached",
                 };
-                let line = format!("{what:6}  {:9.2} ms  {}", elapsed.as_secs_f64() * 1e3, path.display());
+                let entry = match entries {
+                    EntryNames::Show => {
+                        let kind = capcache::wasmtime::Kind::Module;
+                        let max_size = cache.max_module_size();
+                        let name = capcache::wasmtime::artifact_name_of_file(&engine, kind, path, max_size)
+                            .map_err(anyhow::Error::from)?;
+                        format!("{name}  ")
+                    }
+                    EntryNames::Hide => String::new(),
+                };
+                let line = format!("{what:6}  {:9.2} ms  {entry}{}", elapsed.as_secs_f64() * 1e3, path.display());
                 bar.suspend(|| out!("{line}"))?;
             }
             Err(e) => {

@@ -63,7 +63,14 @@ fn bytes(n: u64) -> String {
 /// `capcache policy test`: replays a workload against the policy on a
 /// simulated cache, prints what it decided, and fails on a fault or an unmet
 /// expectation.
-pub(crate) fn test(policy: &Path, settings: &[String], workload: &str, expectations: &[String], json: bool) -> Result<()> {
+/// Whether `policy test` lists the workload's modules and their entry names.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Names {
+    Show,
+    Hide,
+}
+
+pub(crate) fn test(policy: &Path, settings: &[String], workload: &str, expectations: &[String], json: bool, names: Names) -> Result<()> {
     let workload: Workload = workload.parse().map_err(|e: String| anyhow::anyhow!("--workload: {e}"))?;
     let expectations: Vec<Expectation> =
         expectations.iter().map(|e| e.parse()).collect::<Result<_, String>>().map_err(anyhow::Error::msg)?;
@@ -88,9 +95,19 @@ pub(crate) fn test(policy: &Path, settings: &[String], workload: &str, expectati
             "expectations": verdicts.iter().map(|(ok, what)| serde_json::json!({"ok": ok, "seen": what})).collect::<Vec<_>>(),
             "seconds": took.as_secs_f64(),
         });
+        let mut value = value;
+        if names == Names::Show {
+            value["modules"] = serde_json::to_value(workload.modules_simulated())?;
+        }
         out!("{}", serde_json::to_string_pretty(&value)?)?;
     } else {
         print_report(&policy, &workload, &report, &verdicts, took)?;
+        if names == Names::Show {
+            out!("{:>8}  {:>12}  entry", "module", "raw bytes")?;
+            for module in workload.modules_simulated() {
+                out!("{:>8}  {:>12}  {}", module.index, module.raw_size, module.entry_name)?;
+            }
+        }
     }
 
     let mut failures = Vec::new();
@@ -238,6 +255,8 @@ pub(crate) fn new(name: &str, dir: Option<&Path>, sdk: Option<&Path>, language: 
     let fill = |template: &str| {
         template
             .replace("{{name}}", name)
+            .replace("{{capcache}}", &this_command())
+            .replace("{{module}}", &example_module())
             .replace("{{crate}}", &crate_name)
             .replace("{{sdk}}", &format!("capcache-policy = {{ path = {:?} }}", sdk.display().to_string()))
     };
@@ -256,8 +275,26 @@ pub(crate) fn new(name: &str, dir: Option<&Path>, sdk: Option<&Path>, language: 
     }
     out!("created {} (policy {name}, SDK at {})", root.display(), sdk.display())?;
     out!("next:   cd {} && cargo build --release --target wasm32-wasip2", root.display())?;
-    out!("        capcache policy test target/wasm32-wasip2/release/{crate_name}.wasm")?;
+    out!("        {} policy test target/wasm32-wasip2/release/{crate_name}.wasm", this_command())?;
     Ok(())
+}
+
+/// How the project's README and hints name this command: the path of the
+/// running executable, so that they run as written whether or not it is on
+/// `PATH` (quoted for a shell if it needs to be).
+fn this_command() -> String {
+    let path = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "capcache".into());
+    if path.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+".contains(c)) { path } else { format!("'{}'", path.replace('\'', "'\\''")) }
+}
+
+/// A module to compile through the new policy: the quick start's, from the
+/// source tree this command was built from, if it is still there.
+fn example_module() -> String {
+    let module = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/modules/sqljs-1.16.0.wasm");
+    match module.canonicalize() {
+        Ok(path) => path.display().to_string(),
+        Err(_) => "module.wasm".into(),
+    }
 }
 
 /// `policy new --lang python|js`: the policy, the helper module, the WIT,
@@ -267,7 +304,7 @@ fn new_in_language(name: &str, dir: Option<&Path>, language: Language) -> Result
     if root.exists() {
         bail!("{} exists already: choose another name or --dir, or remove it", root.display());
     }
-    let fill = |template: &str| template.replace("{{name}}", name);
+    let fill = |template: &str| template.replace("{{name}}", name).replace("{{capcache}}", &this_command());
     let files: Vec<(&str, String)> = match language {
         Language::Python => vec![
             ("app.py", fill(PYTHON_APP)),
