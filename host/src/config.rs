@@ -67,9 +67,9 @@ pub struct CacheSection {
     #[serde(default)]
     pub allow_insecure_directory: bool,
     /// `direct-mode`: `"off"` (the default: file loads hash the file's
-    /// bytes) or `"trust-file-identity"` (see [`crate::DirectMode`]).
+    /// bytes) or `"trust-file-identity"` (see [`DirectMode`]).
     #[serde(default, deserialize_with = "direct_mode")]
-    pub direct_mode: crate::DirectMode,
+    pub direct_mode: DirectMode,
     /// `[cache.policy-settings]`: passed to the policy's `configure`.
     #[serde(default)]
     pub policy_settings: BTreeMap<String, SettingValue>,
@@ -111,10 +111,58 @@ impl Default for CacheSection {
             policy: PolicyChoice::Default,
             read_only: false,
             allow_insecure_directory: false,
-            direct_mode: crate::DirectMode::Off,
+            direct_mode: DirectMode::Off,
             policy_settings: BTreeMap::new(),
             host: HostSection::default(),
             remote: None,
+        }
+    }
+}
+
+/// How a file load (`capcache::wasmtime::load_module_file` and its kin, so
+/// `capcache compile` and `run`) finds a file's artifact.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DirectMode {
+    /// Read and hash the file's bytes on every load (large files on all
+    /// cores), then look the artifact of those bytes up: a hit is the code of
+    /// exactly the bytes the file holds now. The default.
+    #[default]
+    Off,
+    /// Trust the file's identity, as ccache's direct mode and "sloppiness"
+    /// do: a manifest maps what the kernel says of the file (device, inode,
+    /// size, modification and change times; on Linux also the mount's unique
+    /// ID, the birth time and the inode's generation) to the artifact its
+    /// bytes had, and a later load whose file says the same skips reading and
+    /// hashing it. A manifest is recorded only once both of the file's times
+    /// are a few seconds old, and only if the identity did not change while
+    /// the file was read.
+    ///
+    /// **Known to be wrong** when the bytes change and the identity does not:
+    /// - a file written through a shared writable mapping (`mmap` with
+    ///   `MAP_SHARED`, as linkers and packers write their output) changes
+    ///   neither its modification nor its change time for writes to a page
+    ///   that is already dirty, even after `msync`;
+    /// - filesystem images (container layers, squashfs, erofs, composefs,
+    ///   ext4 images, Nix-style stores) carry whatever times their builder
+    ///   chose, and loop devices and anonymous device numbers are reused
+    ///   between mounts, so two releases mounted in turn at one path can look
+    ///   the same;
+    /// - a network filesystem whose server's clock runs behind this host's.
+    ///
+    /// Use it only for directories whose files are never changed in place
+    /// and that you control: an immutable deploy directory, where every
+    /// release gets new files.
+    TrustFileIdentity,
+}
+
+impl std::str::FromStr for DirectMode {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "off" => Ok(DirectMode::Off),
+            "trust-file-identity" => Ok(DirectMode::TrustFileIdentity),
+            other => Err(format!("{other:?} is not a direct mode: expected \"off\" (the default: hash the file's bytes) or \"trust-file-identity\"")),
         }
     }
 }
@@ -123,7 +171,7 @@ fn yes() -> bool {
     true
 }
 
-fn direct_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<crate::DirectMode, D::Error> {
+fn direct_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<DirectMode, D::Error> {
     String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
 }
 

@@ -59,11 +59,11 @@ pub mod wasmtime;
 mod worker;
 
 pub use cache::{
-    Cache, CacheBuilder, Cached, DirectMode, EntryInfo, MaintainReport, RemoteCheck, RemoteTransfer, Source, VerifyMode, VerifyReport,
+    Cache, CacheBuilder, Cached, EntryInfo, MaintainReport, RemoteCheck, RemoteTransfer, Source, VerifyMode, VerifyReport,
     default_directory, namespaces,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use config::Config;
+pub use config::{Config, DirectMode};
 pub use entry::StoredCodec;
 pub use error::Error;
 pub use key::ValueKey;

@@ -42,7 +42,8 @@
 //! never changes under a live module (wasmtime issue #10283 is a crash from
 //! exactly that).
 
-use crate::cache::{Cache, DirectMode, Source};
+use crate::cache::{Cache, Source};
+use crate::config::DirectMode;
 use crate::key::{Key, KeyDomain, Sha256Hasher};
 use crate::store::{FileIdentity, Found};
 use ::wasmtime::component::Component;

@@ -10,6 +10,7 @@
 
 use crate::bindings::exports::capcache::policy::policy::Candidate;
 use crate::clock::{Clock, SystemClock};
+use crate::config::DirectMode;
 use crate::entry::StoredCodec;
 use crate::error::Error;
 use crate::key::{Key, ValueKey};
@@ -105,54 +106,6 @@ impl From<crate::bindings::exports::capcache::policy::policy::MaintainReport> fo
             entries_after: r.entries_after,
             bytes_after: r.bytes_after,
             summary: r.summary,
-        }
-    }
-}
-
-/// How a file load (`capcache::wasmtime::load_module_file` and its kin, so
-/// `capcache compile` and `run`) finds a file's artifact.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum DirectMode {
-    /// Read and hash the file's bytes on every load (large files on all
-    /// cores), then look the artifact of those bytes up: a hit is the code of
-    /// exactly the bytes the file holds now. The default.
-    #[default]
-    Off,
-    /// Trust the file's identity, as ccache's direct mode and "sloppiness"
-    /// do: a manifest maps what the kernel says of the file (device, inode,
-    /// size, modification and change times; on Linux also the mount's unique
-    /// ID, the birth time and the inode's generation) to the artifact its
-    /// bytes had, and a later load whose file says the same skips reading and
-    /// hashing it. A manifest is recorded only once both of the file's times
-    /// are a few seconds old, and only if the identity did not change while
-    /// the file was read.
-    ///
-    /// **Known to be wrong** when the bytes change and the identity does not:
-    /// - a file written through a shared writable mapping (`mmap` with
-    ///   `MAP_SHARED`, as linkers and packers write their output) changes
-    ///   neither its modification nor its change time for writes to a page
-    ///   that is already dirty, even after `msync`;
-    /// - filesystem images (container layers, squashfs, erofs, composefs,
-    ///   ext4 images, Nix-style stores) carry whatever times their builder
-    ///   chose, and loop devices and anonymous device numbers are reused
-    ///   between mounts, so two releases mounted in turn at one path can look
-    ///   the same;
-    /// - a network filesystem whose server's clock runs behind this host's.
-    ///
-    /// Use it only for directories whose files are never changed in place
-    /// and that you control: an immutable deploy directory, where every
-    /// release gets new files.
-    TrustFileIdentity,
-}
-
-impl std::str::FromStr for DirectMode {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        match text {
-            "off" => Ok(DirectMode::Off),
-            "trust-file-identity" => Ok(DirectMode::TrustFileIdentity),
-            other => Err(format!("{other:?} is not a direct mode: expected \"off\" (the default: hash the file's bytes) or \"trust-file-identity\"")),
         }
     }
 }
