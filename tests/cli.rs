@@ -257,6 +257,8 @@ fn read_only_cache_directory_from_the_cli() {
         use std::os::unix::fs::PermissionsExt;
         use std::os::unix::process::CommandExt;
         std::fs::set_permissions(t.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        // A cache root is private when made: its owner shares it on purpose.
+        std::fs::set_permissions(t.root(), std::fs::Permissions::from_mode(0o755)).unwrap();
         Command::new(env!("CARGO_BIN_EXE_capcache")).args(&args).uid(65534).gid(65534).output().unwrap()
     } else {
         Command::new("chmod").args(["-R", "a-w"]).arg(t.root()).status().unwrap();
@@ -570,6 +572,8 @@ fn clear_and_gc_on_a_cache_that_cannot_be_written_fail_and_say_why() {
     let t = TestCache::new();
     let root = populated(&t);
     set_mode(t.dir.path(), 0o755);
+    // Private when made: its owner shares it on purpose.
+    set_mode(&t.root(), 0o755);
     for command in ["clear", "gc"] {
         let output = Command::new(env!("CARGO_BIN_EXE_capcache")).args([command, "--dir", &root]).uid(65534).gid(65534).output().unwrap();
         assert_eq!(output.status.code(), Some(1), "{command}");

@@ -159,9 +159,75 @@ fn a_remote_section_is_read_and_a_bad_mode_or_key_file_is_named() {
     let t = TestCache::new();
     let key_file = t.dir.path().join("short.key");
     std::fs::write(&key_file, "short").unwrap();
+    set_mode(&key_file, 0o600);
     let text = format!("[cache.remote]\nurl = \"redis://h:1\"\nhmac-key-file = {:?}\n", key_file.display().to_string());
     let err = capcache::CacheBuilder::from_config(&capcache::Config::parse(&text, "test").unwrap()).unwrap_err();
     assert!(err.to_string().contains("use at least 16 random bytes"), "{err}");
     let err = t.builder().remote(capcache::RemoteSettings::new("http://not-redis")).open().unwrap_err();
     assert!(err.to_string().contains("not a usable Redis URL"), "{err}");
+}
+
+/// A shared tier's configuration for the command line: `url`, and a key
+/// file holding `key` with `mode` if there is one.
+fn remote_config(t: &TestCache, url: &str, key: Option<(&str, u32)>) -> String {
+    let mut text = format!("[cache.remote]\nurl = {url:?}\n");
+    if let Some((key, mode)) = key {
+        let path = t.dir.path().join("hmac.key");
+        std::fs::write(&path, key).unwrap();
+        set_mode(&path, mode);
+        text.push_str(&format!("hmac-key-file = {:?}\n", path.display().to_string()));
+    }
+    let config = t.dir.path().join("config.toml");
+    std::fs::write(&config, text).unwrap();
+    config.display().to_string()
+}
+
+#[test]
+fn weak_or_exposed_hmac_keys_are_refused_from_every_source_and_no_password_is_printed() {
+    let t = TestCache::new();
+    let root = t.root().display().to_string();
+    let url = "redis://admin:SECRET-PASSWORD@127.0.0.1:1";
+    let module = t.dir.path().join("m.wasm");
+    std::fs::write(&module, tiny_module(1)).unwrap();
+    let module = module.display().to_string();
+    let run = |config: &str, env: Option<&str>| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_capcache"));
+        command.args(["compile", "--config", config, "--dir", &root, &module]).env_remove("CAPCACHE_REMOTE_HMAC_KEY");
+        if let Some(key) = env {
+            command.env("CAPCACHE_REMOTE_HMAC_KEY", key);
+        }
+        let output = command.output().unwrap();
+        (output.status.success(), String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr))
+    };
+    let strong = "0123456789abcdef0123";
+    for (key, env, says) in [
+        (Some(("short", 0o600)), None, "holds 5 bytes: use at least 16"),
+        (Some((strong, 0o644)), None, "can be read or written by group or others (mode 644): run `chmod 600"),
+        (Some((strong, 0o660)), None, "(mode 660)"),
+        (None, Some(""), "CAPCACHE_REMOTE_HMAC_KEY holds 0 bytes"),
+        (None, Some("x"), "CAPCACHE_REMOTE_HMAC_KEY holds 1 bytes"),
+    ] {
+        let config = remote_config(&t, url, key);
+        let (ok, said) = run(&config, env);
+        assert!(!ok && said.contains(says), "{key:?} {env:?}: {said}");
+        assert!(!said.contains("SECRET-PASSWORD"), "the password was printed: {said}");
+    }
+    // A good key from either source is taken (the server is down: the
+    // module compiles all the same).
+    for (key, env) in [(Some((strong, 0o600)), None), (None, Some(strong))] {
+        let (ok, said) = run(&remote_config(&t, url, key), env);
+        assert!(ok, "{key:?} {env:?}: {said}");
+        assert!(!said.contains("SECRET-PASSWORD"), "the password was printed: {said}");
+    }
+    // A timeout of 0 is refused when the configuration is read.
+    let config = t.dir.path().join("zero.toml");
+    std::fs::write(&config, format!("[cache.remote]\nurl = {url:?}\ntimeout-ms = 0\n")).unwrap();
+    let (ok, said) = run(&config.display().to_string(), None);
+    assert!(!ok && said.contains("timeout-ms = 0 would leave the tier unusable"), "{said}");
+    // A password in a Unix socket URL's parameters is hidden too.
+    let unix = "redis+unix:///nonexistent/redis.sock?db=0&pass=SECRET-PASSWORD";
+    let output = capcache(&["remote", "check", "--dir", &root, "--remote", unix]);
+    let said = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && said.contains("pass=***"), "{said}");
+    assert!(!said.contains("SECRET-PASSWORD"), "the password was printed: {said}");
 }

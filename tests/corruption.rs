@@ -88,3 +88,15 @@ fn leftover_temp_files_never_block_a_write() {
     cache.flush();
     assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 64);
 }
+
+#[test]
+fn an_unreadable_entry_is_counted_when_listing_not_dropped_unseen() {
+    let t = TestCache::new();
+    let cache = t.open();
+    cache.insert(b"good", b"value");
+    // A file under an entry's name that is no entry.
+    std::fs::write(t.entries_dir().join(capcache::ValueKey::of(b"planted").name()), b"garbage").unwrap();
+    let listed = cache.entries().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(cache.stats().failures, 1, "the unreadable file was dropped from the listing unseen");
+}

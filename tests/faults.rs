@@ -354,6 +354,8 @@ fn read_only_directory_serves_hits_and_computes_misses() {
         use std::os::unix::fs::PermissionsExt;
         use std::os::unix::process::CommandExt;
         std::fs::set_permissions(t.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        // A cache root is private when made: its owner shares it on purpose.
+        std::fs::set_permissions(t.root(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let output = child("read-only", &t.root()).uid(65534).gid(65534).output().unwrap();
         let stdout = String::from_utf8_lossy(&output.stdout);
         assert!(output.status.success() && stdout.contains("read-only child ok"), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
@@ -374,22 +376,28 @@ impl Drop for Mount {
     }
 }
 
-#[test]
-fn full_disk_costs_only_the_cache() {
-    let t = TestCache::new();
-    let root = t.root();
-    std::fs::create_dir_all(&root).unwrap();
+/// A tmpfs of `size` (e.g. `600k`) mounted at `root` for the mount's life;
+/// `None`, and the test says why, where it cannot be mounted (not root).
+fn small_disk(test: &str, root: &Path, size: &str) -> Option<Mount> {
+    std::fs::create_dir_all(root).unwrap();
     let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=600k,mode=0755", "tmpfs"])
-        .arg(&root)
+        .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "tmpfs"])
+        .arg(root)
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
     if !mounted {
-        assert!(!have_root("full_disk_costs_only_the_cache", "mounts a tmpfs"), "root, yet the tmpfs did not mount");
-        return;
+        assert!(!have_root(test, "mounts a tmpfs"), "root, yet the tmpfs did not mount");
+        return None;
     }
-    let _mount = Mount(root.clone());
+    Some(Mount(root.to_path_buf()))
+}
+
+#[test]
+fn full_disk_costs_only_the_cache() {
+    let t = TestCache::new();
+    let root = t.root();
+    let Some(_mount) = small_disk("full_disk_costs_only_the_cache", &root, "600k") else { return };
     let cache = t.open();
     let mut stored = Vec::new();
     let mut refused = 0;
@@ -455,4 +463,28 @@ fn clock_going_backwards() {
             assert_eq!(value, expected(k));
         }
     }
+}
+
+#[test]
+fn compiled_policy_code_that_cannot_be_kept_is_said_not_hidden() {
+    // A disk too small for the default policy's compiled code (about 290 KB):
+    // every start compiles it again, and the user is told so.
+    let t = TestCache::new();
+    let root = t.root();
+    let Some(_mount) = small_disk("compiled_policy_code_that_cannot_be_kept...", &root, "200k") else { return };
+    let module = t.dir.path().join("m.wasm");
+    std::fs::write(&module, tiny_module(1)).unwrap();
+    let (root_arg, module_arg) = (root.display().to_string(), module.display().to_string());
+    let output = capcache(&["compile", "--dir", &root_arg, &module_arg]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(stderr.matches("cannot keep the compiled policy").count(), 1, "{stderr}");
+    assert!(stderr.contains("every start compiles it again"), "{stderr}");
+    // A policy-code store that cannot be opened at all is said too.
+    let other = t.dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("policy-code"), b"not a directory").unwrap();
+    let output = capcache(&["compile", "--dir", &other.display().to_string(), &module_arg]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success() && stderr.contains("compiled policies are not kept"), "{stderr}");
 }

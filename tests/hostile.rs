@@ -325,3 +325,29 @@ fn wasi_calls_trap_and_touch_nothing() {
     assert!(cache.get(b"k").is_some());
     check_outside(&t, &before);
 }
+
+#[test]
+fn text_from_a_policy_reaches_the_terminal_and_the_log_escaped() {
+    // A summary and a log line full of escape sequences (a new window title,
+    // a colour) and line breaks that would forge a log line of the host's.
+    let t = TestCache::new();
+    drop(t.open());
+    let hostile = guest_path("hostile").display().to_string();
+    let root = t.root().display().to_string();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_capcache"))
+        .args(["gc", "--dir", &root, "--policy", &hostile, "--set", "mode=terminal"])
+        .env("CAPCACHE_LOG", "info")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    for (stream, bytes) in [("stdout", &output.stdout), ("stderr", &output.stderr)] {
+        let text = String::from_utf8_lossy(bytes);
+        assert!(!bytes.iter().any(|&b| b == 0x1b || b == 0x07 || b == b'\r'), "{stream} carries control bytes: {text:?}");
+        assert!(!text.lines().any(|l| l.starts_with("2026-01-01T00:00:00Z")), "{stream} has a forged line: {text}");
+        assert!(text.contains(r"forged line\u{1b}]0;pwned\u{7}"), "{stream} lost the policy's text: {text}");
+    }
+    // The summary is one line of the report, and the log line one line of the log.
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(stdout.lines().filter(|l| l.contains("forged")).count(), 1, "{stdout}");
+    assert!(stdout.contains(r"pass done\r\n2026"), "{stdout}");
+}

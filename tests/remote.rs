@@ -211,6 +211,28 @@ fn a_server_that_is_down_never_stops_a_cache_from_opening() {
 }
 
 #[test]
+fn remote_check_says_whether_values_are_tagged() {
+    let Some(server) = RedisServer::start("remote::check_integrity", &[]) else { return };
+    let dirs = tempfile::tempdir().unwrap();
+    let check = |key: Option<&str>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_capcache"));
+        command.args(["remote", "check", "--dir", &dirs.path().display().to_string(), "--remote", &server.url()]);
+        command.env_remove("CAPCACHE_REMOTE_HMAC_KEY");
+        if let Some(key) = key {
+            command.env("CAPCACHE_REMOTE_HMAC_KEY", key);
+        }
+        let out = command.output().unwrap();
+        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (stdout, stderr) = check(None);
+    assert!(stdout.contains("integrity: WARNING no HMAC key"), "{stdout}");
+    assert!(stderr.contains("without an HMAC key"), "no warning in the log: {stderr}");
+    let (stdout, stderr) = check(Some("0123456789abcdef-fleet-key"));
+    assert!(stdout.contains("integrity: values are tagged"), "{stdout}");
+    assert!(!stderr.contains("without an HMAC key"), "{stderr}");
+}
+
+#[test]
 fn push_and_pull_warm_a_tier_and_a_cache() {
     let Some(server) = RedisServer::start("remote::push_pull", &[]) else { return };
     let dirs = tempfile::tempdir().unwrap();

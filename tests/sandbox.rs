@@ -7,11 +7,13 @@ use std::path::Path;
 use crate::support::*;
 
 
-/// The outcome the hostile policy reported for `call(name)`.
+/// The outcome the hostile policy reported for `call(name)`: one a line, the
+/// line breaks escaped (`\n`) as the host escapes every control character of
+/// a policy's text.
 fn outcome<'a>(summary: &'a str, call: &str, name: &str) -> &'a str {
     let prefix = format!("{call}({:?})=", name.chars().take(48).collect::<String>());
     summary
-        .lines()
+        .split("\\n")
         .find_map(|line| line.strip_prefix(prefix.as_str()))
         .unwrap_or_else(|| panic!("no outcome for {prefix} in:\n{summary}"))
 }

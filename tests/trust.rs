@@ -216,7 +216,9 @@ fn files_are_created_read_only_and_directories_unwritable_by_others() {
     for (kind, at_least) in [("entries", 2), ("manifests", 1), ("state", 1), ("usage.log", 1), ("stats.log", 1)] {
         assert!(seen.get(kind).copied().unwrap_or(0) >= at_least, "fewer than {at_least} {kind}: {seen:?}");
     }
-    for dir in ["", "default", "default/entries", "default/manifests", "default/tmp", "default/state", "policy-code"] {
+    // The root is private; what is below it needs no more.
+    assert_eq!(mode_of(&t.root()), 0o700);
+    for dir in ["default", "default/entries", "default/manifests", "default/tmp", "default/state", "policy-code"] {
         assert_eq!(mode_of(&t.root().join(dir)), 0o755, "{dir}");
     }
 }
@@ -303,8 +305,8 @@ fn under_umask_000_the_cache_opens_its_own_new_directory_again() {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let kinds: Vec<_> = stdout.lines().map(|l| l.split_whitespace().next().unwrap()).collect();
     assert_eq!(kinds, ["miss", "hit"], "{stdout}");
-    for dir in [t.root().join("new"), root.clone(), root.join("default")] {
-        assert_eq!(mode_of(&dir), 0o755, "{}", dir.display());
+    for (dir, mode) in [(t.root().join("new"), 0o755), (root.clone(), 0o700), (root.join("default"), 0o755)] {
+        assert_eq!(mode_of(&dir), mode, "{}", dir.display());
     }
     for (path, _) in snapshot(&root) {
         assert_eq!(mode_of(&path) & 0o022, 0, "{}", path.display());
@@ -430,4 +432,69 @@ fn an_os_error_is_said_once() {
     let err = capcache::Cache::builder().directory("/proc/capcache-cannot-be-here/x").open().unwrap_err();
     let chain = format!("{:#}", anyhow::Error::from(err));
     assert_eq!(chain.matches("os error").count(), 1, "{chain}");
+}
+
+/// Runs `command` with `args` as the user `nobody`; whether it succeeded.
+fn as_nobody(command: &str, args: &[&str]) -> bool {
+    std::process::Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", command])
+        .args(args)
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+#[test]
+fn compiled_code_is_not_readable_by_other_users() {
+    if !have_root("compiled_code_is_not_readable_by_other_users", "reads the cache as the user nobody") {
+        return;
+    }
+    // A module its owner keeps private (0600), with a secret in its data, in
+    // a directory others may traverse: compiled, its code must stay private.
+    let t = TestCache::new();
+    set_mode(t.dir.path(), 0o755);
+    let secret = "capcache-secret-4c1d";
+    let module = t.dir.path().join("app.wasm");
+    let wasm = wat::parse_str(format!(r#"(module (memory 1) (data (i32.const 0) "{secret}"))"#)).unwrap();
+    std::fs::write(&module, &wasm).unwrap();
+    set_mode(&module, 0o600);
+    let cache = t.builder().setting("raw-entries", "always").open().unwrap();
+    load_module_file(&cache, &Engine::default(), &module).unwrap();
+    cache.flush();
+    let entry = t.entries_dir().join(capcache::wasmtime::artifact_name(&Engine::default(), Kind::Module, &wasm));
+    assert!(std::fs::read(&entry).unwrap().windows(secret.len()).any(|w| w == secret.as_bytes()), "the test's premise");
+    assert!(!as_nobody("cat", &[&module.display().to_string()]), "the module itself was readable: the test proves nothing");
+    assert!(!as_nobody("cat", &[&entry.display().to_string()]), "another user read the compiled code");
+    assert!(!as_nobody("ls", &[&t.root().display().to_string()]), "another user listed the cache");
+}
+
+#[test]
+fn a_cache_path_planted_as_another_users_symlink_is_not_followed() {
+    if !have_root("a_cache_path_planted_as_another_users_symlink...", "gives a symbolic link to the user nobody") {
+        return;
+    }
+    // /tmp-like: sticky and world-writable. Another user plants the path the
+    // cache will be opened at, as a link to a directory of their choosing.
+    let t = TestCache::new();
+    let public = t.dir.path().join("tmp");
+    std::fs::create_dir(&public).unwrap();
+    set_mode(&public, 0o1777);
+    let chosen = t.dir.path().join("chosen-by-them");
+    std::fs::create_dir(&chosen).unwrap();
+    let planted = public.join("capcache-demo");
+    std::os::unix::fs::symlink(&chosen, &planted).unwrap();
+    std::os::unix::fs::lchown(&planted, Some(65534), Some(65534)).unwrap();
+    let err = capcache::Cache::builder().directory(&planted).open().unwrap_err();
+    assert!(matches!(err, capcache::Error::UntrustedSymlink { owner: 65534, .. }), "{err}");
+    assert_eq!(std::fs::read_dir(&chosen).unwrap().count(), 0, "something was created through the link");
+    // The command line says why, and creates nothing either.
+    let output = capcache(&["compile", "--dir", &planted.display().to_string(), "/nonexistent.wasm"]);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("symbolic link owned by another user"), "{output:?}");
+    assert_eq!(std::fs::read_dir(&chosen).unwrap().count(), 0);
+    // A link of one's own is followed.
+    let mine = public.join("mine");
+    std::os::unix::fs::symlink(&chosen, &mine).unwrap();
+    drop(capcache::Cache::builder().directory(&mine).open().unwrap());
+    assert!(chosen.join("default").is_dir());
 }

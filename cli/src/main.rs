@@ -231,7 +231,7 @@ impl RemoteArgs {
             settings = settings.mode(capcache::RemoteMode::ReadOnly);
         }
         if let Some(key) = std::env::var_os("CAPCACHE_REMOTE_HMAC_KEY") {
-            settings = settings.hmac_key(key.into_encoded_bytes());
+            settings = settings.hmac_key(key.into_encoded_bytes().trim_ascii().to_vec());
         }
         builder.remote(settings)
     }
@@ -443,6 +443,9 @@ fn main() -> std::process::ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("CAPCACHE_LOG").unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Colours only for a terminal: a log piped to a file or a collector
+        // gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

@@ -116,6 +116,27 @@ pub enum Error {
         /// Who else can write it.
         problem: String,
     },
+    /// The cache directory's path is a symbolic link that another user owns.
+    #[error(
+        "cache directory {path} is a symbolic link owned by another user (uid {owner}): not followed, since in a \
+         directory such as /tmp anyone can plant one that leads to a directory of their choosing; name a \
+         directory you own"
+    )]
+    UntrustedSymlink {
+        /// The link.
+        path: PathBuf,
+        /// Its owner's user ID.
+        owner: u32,
+    },
+    /// The system refused a thread the cache needs.
+    #[error("cannot start {what}'s thread")]
+    Thread {
+        /// Which thread.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// No directory was given and the platform has no cache directory.
     #[error("no directory given for the cache and the platform has no cache directory: give one")]
     NoDirectory,

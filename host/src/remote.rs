@@ -139,12 +139,49 @@ impl RemoteSettings {
     }
 }
 
-/// A URL with its password hidden, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+/// A URL with its password hidden, for messages: the user information of
+/// `redis://user:password@host`, and the `pass` or `password` parameter of
+/// `redis+unix:///path?pass=...` and `unix:///path?pass=...`. Every message,
+/// error and `Debug` output that shows a tier's URL shows this.
+pub(crate) fn redact(url: &str) -> String {
+    let (url, query) = match url.split_once('?') {
+        Some((url, query)) => (url, Some(query)),
+        None => (url, None),
+    };
+    let mut shown = match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
         _ => url.to_string(),
+    };
+    if let Some(query) = query {
+        let parameters: Vec<String> = query
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some((name, _)) if name.eq_ignore_ascii_case("pass") || name.eq_ignore_ascii_case("password") => {
+                    format!("{name}=***")
+                }
+                _ => p.to_string(),
+            })
+            .collect();
+        shown.push('?');
+        shown.push_str(&parameters.join("&"));
     }
+    shown
+}
+
+/// The fewest bytes an HMAC key may have, from any source: a guessable key
+/// lets anyone who can write the tier plant code.
+pub const MIN_HMAC_KEY_LEN: usize = 16;
+
+/// Refuses a key shorter than [`MIN_HMAC_KEY_LEN`] bytes; `source` names
+/// where it came from.
+pub(crate) fn check_hmac_key(key: &[u8], source: &str) -> Result<(), String> {
+    if key.len() < MIN_HMAC_KEY_LEN {
+        return Err(format!(
+            "{source} holds {} bytes: use at least {MIN_HMAC_KEY_LEN} random bytes (e.g. `head -c 32 /dev/urandom | base64`)",
+            key.len()
+        ));
+    }
+    Ok(())
 }
 
 /// The tier as one namespace of one cache uses it.
@@ -179,8 +216,29 @@ impl RemoteTier {
     pub(crate) fn new(settings: RemoteSettings, namespace: &str) -> Result<RemoteTier, Error> {
         let client = redis::Client::open(settings.url.as_str()).map_err(|e| Error::Remote {
             url: redact(&settings.url),
-            reason: format!("not a usable Redis URL ({e}): expected redis://[user:password@]host:port[/db]"),
+            reason: format!("not a usable Redis URL ({}): expected redis://[user:password@]host:port[/db]", redact(&e.to_string())),
         })?;
+        if settings.timeout.is_zero() || settings.connect_timeout.is_zero() {
+            return Err(Error::Remote {
+                url: redact(&settings.url),
+                reason: "a timeout of 0 (connect-timeout-ms or timeout-ms) would leave the tier unusable: give each at least 1 ms".into(),
+            });
+        }
+        match &settings.hmac_key {
+            Some(key) => check_hmac_key(key, "the HMAC key").map_err(|reason| Error::Remote { url: redact(&settings.url), reason })?,
+            None => {
+                // Once per process: a host reading a tier that anyone who can
+                // write to it can plant code in should say so.
+                static SAID: std::sync::Once = std::sync::Once::new();
+                SAID.call_once(|| {
+                    tracing::warn!(
+                        "shared tier {} is used without an HMAC key: its values are checked whole, not who wrote them, \
+                         so anyone who can write to it can plant code here; set hmac-key-file (SECURITY.md)",
+                        redact(&settings.url)
+                    )
+                });
+            }
+        }
         Ok(RemoteTier {
             settings,
             client,
@@ -451,6 +509,16 @@ impl RemoteTier {
             }
             Err(e) => lines.push((true, format!("eviction: unknown, CONFIG GET refused ({}): check maxmemory-policy on the server", describe(&e)))),
         }
+        if self.settings.hmac_key.is_none() {
+            lines.push((
+                true,
+                "integrity: WARNING no HMAC key: values are checked whole, not who wrote them; anyone who can write \
+                 the tier can plant code on this host: set hmac-key-file (SECURITY.md)"
+                    .into(),
+            ));
+        } else {
+            lines.push((true, "integrity: values are tagged and checked with the HMAC key".into()));
+        }
         lines
     }
 }
@@ -483,11 +551,16 @@ mod tests {
         let settings = RemoteSettings::new("redis://:hunter2@host:1").hmac_key(b"k".to_vec());
         let shown = format!("{settings:?}");
         assert!(!shown.contains("hunter2") && shown.contains("<set>"), "{shown}");
+        for url in ["redis+unix:///run/redis.sock?db=1&pass=hunter2", "unix:///run/redis.sock?password=hunter2", "rediss://u:hunter2@h:1/0?pass=hunter2"] {
+            let shown = redact(url);
+            assert!(!shown.contains("hunter2") && shown.contains("***"), "{shown}");
+        }
+        assert_eq!(redact("redis+unix:///run/redis.sock?db=1&pass=x"), "redis+unix:///run/redis.sock?db=1&pass=***");
     }
 
     #[test]
     fn a_tag_binds_the_value_to_its_key() {
-        let tier = RemoteTier::new(RemoteSettings::new("redis://127.0.0.1:1").hmac_key(b"secret".to_vec()), "ns").unwrap();
+        let tier = RemoteTier::new(RemoteSettings::new("redis://127.0.0.1:1").hmac_key(b"a secret of 16 bytes or more".to_vec()), "ns").unwrap();
         let sealed = tier.seal("p:ns:a", b"entry");
         assert_eq!(tier.unseal("p:ns:a", sealed.clone()).unwrap(), b"entry");
         assert!(tier.unseal("p:ns:b", sealed.clone()).is_err(), "a value moved to another key was accepted");

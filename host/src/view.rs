@@ -189,6 +189,7 @@ impl PolicyView {
 
     fn log_line(&self, level: LogLevel, message: &str) {
         let message: String = message.chars().take(MAX_LOG_LINE).collect();
+        let message = printable(&message);
         let policy = &self.policy_name;
         match level {
             LogLevel::Debug => tracing::debug!(policy, "{message}"),
@@ -197,6 +198,17 @@ impl PolicyView {
             LogLevel::Error => tracing::error!(policy, "{message}"),
         }
     }
+}
+
+/// `text` from a policy, fit for a terminal and a log: every control
+/// character (escape sequences, carriage returns, newlines that would forge
+/// another log line) is written as its escape, `\u{1b}`, `\r`, `\n`; all
+/// else is kept as it is.
+pub(crate) fn printable(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_string();
+    }
+    text.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
 }
 
 /// Checks a state or temporary file name: 1 to 128 characters from

@@ -47,13 +47,13 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
-    pub(crate) fn start(namespace: Arc<Namespace>, policy: Arc<Mutex<PolicyRuntime>>, host: HostSettings) -> Worker {
+    /// Starts the worker's thread; fails only if the system refuses a thread.
+    pub(crate) fn start(namespace: Arc<Namespace>, policy: Arc<Mutex<PolicyRuntime>>, host: HostSettings) -> std::io::Result<Worker> {
         let (sender, receiver) = mpsc::sync_channel(host.event_queue_size.max(1));
         let thread = std::thread::Builder::new()
             .name("capcache-worker".into())
-            .spawn(move || run(receiver, &namespace, &policy, &host))
-            .expect("cannot start the cache worker thread");
-        Worker { sender: Some(sender), thread: Some(thread) }
+            .spawn(move || run(receiver, &namespace, &policy, &host))?;
+        Ok(Worker { sender: Some(sender), thread: Some(thread) })
     }
 
     /// Tells the policy of a hit, without waiting; `false` if the queue was

@@ -12,7 +12,8 @@
 //! `call(name)=outcome` a line; the setting `targets` adds names to try),
 //! `namespace` (report the view's namespace as the summary), `lock-then-trap`
 //! (take the cleanup lock in `maintain`, then trap while holding it),
-//! `refuse-and-linger` (admit nothing; in `maintain`, write the state file
+//! `terminal` (log a line and write a summary full of escape sequences and
+//! line breaks), `refuse-and-linger` (admit nothing; in `maintain`, write the state file
 //! `lingering`, then stay busy for `linger-ms`, default 500, by the view's
 //! clock).
 
@@ -167,6 +168,11 @@ impl Policy for Hostile {
                 panic!("lock-then-trap: trapping while holding the lock");
             }
             "huge-summary" => return report("x".repeat(20 << 20)),
+            "terminal" => {
+                let forged = "pass done\r\n2026-01-01T00:00:00Z ERROR capcache: forged line\u{1b}]0;pwned\u{7}\u{1b}[31mred";
+                capcache_policy::log(capcache_policy::LogLevel::Warn, forged);
+                return report(forged.into());
+            }
             "refuse-and-linger" => {
                 let _ = view::write_state("lingering", b"in maintain");
                 let until = view::now() + *LINGER_MS.lock().unwrap();

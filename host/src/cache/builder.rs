@@ -180,12 +180,13 @@ impl CacheBuilder {
         // starts its policy without compiling it.
         let code_options = StoreOptions { if_missing: IfMissing::Create, ..self.open_options };
         let code = EntryStore::open(&root, crate::policy::POLICY_CODE_NAMESPACE, self.clock.clone(), code_options)
-            .map_err(|e| tracing::debug!("no store for compiled policies: {e}"))
+            .map_err(|e| tracing::warn!("compiled policies are not kept ({e}): every start compiles the policy again"))
             .ok()
             .map(Arc::new);
         let runtime = PolicyRuntime::start(&self.policy, &self.settings, namespace.clone(), self.host.clone(), code.as_ref())?;
         let policy = Arc::new(Mutex::new(runtime));
-        let worker = Worker::start(namespace.clone(), policy.clone(), self.host.clone());
+        let worker = Worker::start(namespace.clone(), policy.clone(), self.host.clone())
+            .map_err(|source| Error::Thread { what: "the cache's worker", source })?;
         Ok(Cache { inner: Some(Inner { namespace, policy, worker: Some(worker), host: self.host, direct_mode: self.direct_mode }) })
     }
 }
@@ -205,24 +206,48 @@ fn remote_settings(section: &crate::config::RemoteSection) -> Result<crate::remo
     settings.timeout = ms(section.timeout_ms, settings.timeout);
     settings.cool_off = ms(section.cool_off_ms, settings.cool_off);
     settings.ttl = section.ttl_seconds.map(std::time::Duration::from_secs);
-    settings.hmac_key = match &section.hmac_key_file {
-        Some(path) => {
-            let key = std::fs::read(path).map_err(|e| Error::Remote {
-                url: section.url.clone(),
-                reason: format!("cannot read hmac-key-file {}: {e}", path.display()),
-            })?;
-            let key = key.trim_ascii().to_vec();
-            if key.len() < 16 {
-                return Err(Error::Remote {
-                    url: section.url.clone(),
-                    reason: format!("hmac-key-file {} holds {} bytes: use at least 16 random bytes", path.display(), key.len()),
-                });
-            }
-            Some(key)
+    let url = crate::remote::redact(&section.url);
+    let refuse = |reason: String| Error::Remote { url: url.clone(), reason };
+    for (key, value) in [("connect-timeout-ms", section.connect_timeout_ms), ("timeout-ms", section.timeout_ms)] {
+        if value == Some(0) {
+            return Err(refuse(format!("[cache.remote] {key} = 0 would leave the tier unusable: give it at least 1 ms")));
         }
-        None => std::env::var_os("CAPCACHE_REMOTE_HMAC_KEY").map(|k| k.into_encoded_bytes()),
+    }
+    settings.hmac_key = match &section.hmac_key_file {
+        Some(path) => Some(read_hmac_key_file(path).map_err(refuse)?),
+        None => match std::env::var_os("CAPCACHE_REMOTE_HMAC_KEY") {
+            Some(key) => {
+                let key = key.into_encoded_bytes().trim_ascii().to_vec();
+                crate::remote::check_hmac_key(&key, "CAPCACHE_REMOTE_HMAC_KEY").map_err(refuse)?;
+                Some(key)
+            }
+            None => None,
+        },
     };
     Ok(settings)
+}
+
+/// The HMAC key in the file at `path`: at least 16 bytes (surrounding white
+/// space left out), in a file that neither group nor others can read, as ssh
+/// asks of its keys.
+fn read_hmac_key_file(path: &Path) -> Result<Vec<u8>, String> {
+    let shown = path.display();
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read hmac-key-file {shown}: {e}"))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let mode = file.metadata().map_err(|e| format!("cannot read hmac-key-file {shown}: {e}"))?.mode();
+        if mode & 0o077 != 0 {
+            return Err(format!(
+                "hmac-key-file {shown} can be read or written by group or others (mode {:o}): run `chmod 600 {shown}`",
+                mode & 0o777
+            ));
+        }
+    }
+    let key = crate::input::read_at_most(file, 0, 1 << 20).map_err(|e| format!("cannot read hmac-key-file {shown}: {e}"))?;
+    let key = key.trim_ascii().to_vec();
+    crate::remote::check_hmac_key(&key, &format!("hmac-key-file {shown}"))?;
+    Ok(key)
 }
 
 /// The namespaces that hold a cache under `root`, sorted (the host's own

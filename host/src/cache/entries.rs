@@ -12,11 +12,28 @@ impl Cache {
         let mut usage = namespace.usage.lock();
         usage.refresh(namespace.store.namespace_dir())?;
         let names = namespace.store.list_names(Area::Entries)?;
-        Ok(names
+        let mut unreadable = 0u64;
+        let entries: Vec<EntryInfo> = names
             .iter()
-            .filter_map(|name| namespace.entry_meta_with(&usage, name).ok())
-            .map(EntryInfo::from)
-            .collect())
+            .filter_map(|name| match namespace.entry_meta_with(&usage, name) {
+                Ok(meta) => Some(EntryInfo::from(meta)),
+                // Removed since the listing: not an entry any more.
+                Err(crate::bindings::capcache::policy::types::Error::NotFound) => None,
+                Err(e) => {
+                    unreadable += 1;
+                    tracing::debug!("entry {name} cannot be read: {e:?}");
+                    None
+                }
+            })
+            .collect();
+        if unreadable > 0 {
+            namespace.stats.failures.fetch_add(unreadable, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(
+                "{unreadable} files in {} could not be read as entries and are not listed (`capcache verify` says why)",
+                namespace.store.path().display()
+            );
+        }
+        Ok(entries)
     }
 
     /// What is stored for `key`, without counting a use.

@@ -387,6 +387,11 @@ impl Cache {
             Offered::Stored => {
                 if !inner.worker().inserted(*key) {
                     Stats::bump(&inner.namespace.stats.events_dropped);
+                    // The event was also this entry's upload to the shared tier.
+                    if inner.namespace.remote.as_ref().is_some_and(|r| r.settings().mode == crate::remote::RemoteMode::ReadWrite) {
+                        Stats::bump(&inner.namespace.stats.remote_upload_failures);
+                        tracing::debug!("worker busy: entry {} is not uploaded to the shared tier", key.name());
+                    }
                 }
                 true
             }

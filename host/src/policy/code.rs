@@ -25,7 +25,7 @@ impl Policy {
         if let Some(prepared) = compiled().lock().get(&digest) {
             return Ok(prepared.clone());
         }
-        let optimized = self.code_key(PolicyCode::Optimized);
+        let optimized = self.code_key(PolicyCode::Optimized)?;
         if let Some(component) = code.and_then(|code| load_compiled(code, &optimized, PolicyCode::Optimized)) {
             return self.remember(component, PolicyCode::Optimized);
         }
@@ -41,7 +41,7 @@ impl Policy {
             }
             return Ok(prepared);
         }
-        let quick = self.code_key(PolicyCode::Quick);
+        let quick = self.code_key(PolicyCode::Quick)?;
         let component = match code.and_then(|code| load_compiled(code, &quick, PolicyCode::Quick)) {
             Some(component) => component,
             None => {
@@ -87,8 +87,10 @@ impl Policy {
             match compiled {
                 Ok(component) => {
                     tracing::info!("policy {}: optimized code ready in {:?}", policy.name, started.elapsed());
-                    if let Some(code) = &code {
-                        let _ = store_compiled(code, &policy.code_key(PolicyCode::Optimized), &component);
+                    if let Some(code) = &code
+                        && let Ok(key) = policy.code_key(PolicyCode::Optimized)
+                    {
+                        let _ = store_compiled(code, &key, &component);
                     }
                 }
                 Err(e) => tracing::warn!("policy {}: no optimized code, quick code goes on ({e})", policy.name),
@@ -233,13 +235,24 @@ pub(super) fn store_compiled(code: &EntryStore, key: &Key, component: &Component
     let stored = match stored {
         Ok(stored) => stored,
         Err(e) => {
-            tracing::debug!("cannot store the compiled policy {}: {e}", key.name());
+            // Once a process: every start compiles the policy again until it
+            // is fixed (seconds for a policy in Python), which must not go
+            // unsaid.
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                tracing::warn!(
+                    "cannot keep the compiled policy in {} ({e}): every start compiles it again; make the directory writable",
+                    code.path().display()
+                )
+            });
             return Err(directory_error(e));
         }
     };
-    let mut kept: Vec<_> = code
-        .list_names(Area::Entries)
-        .unwrap_or_default()
+    let names = code.list_names(Area::Entries).unwrap_or_else(|e| {
+        tracing::warn!("cannot list {} to keep it within its bounds ({e}); it may grow past them", code.path().display());
+        Vec::new()
+    });
+    let mut kept: Vec<_> = names
         .into_iter()
         .filter_map(|name| code.file_info(Area::Entries, &name).ok())
         .collect();

@@ -29,22 +29,36 @@ pub(super) fn engine(compiler: PolicyCode) -> Option<&'static Engine> {
                 tracing::debug!("no quick compiler for policies here ({e:#}): the optimizing one compiles them all");
                 return None;
             }
-            Err(e) => panic!("the policy engine's configuration is invalid: {e:#}"),
+            Err(e) => {
+                tracing::error!("no engine for policies ({e:#}): the cache stores nothing");
+                return None;
+            }
         };
         let ticker = engine.weak();
-        std::thread::Builder::new()
-            .name("capcache-policy-clock".into())
-            .spawn(move || {
-                while let Some(engine) = ticker.upgrade() {
-                    engine.increment_epoch();
-                    drop(engine);
-                    std::thread::sleep(TICK);
-                }
-            })
-            .expect("cannot start the policy deadline thread");
+        let clock = std::thread::Builder::new().name("capcache-policy-clock".into()).spawn(move || {
+            while let Some(engine) = ticker.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(TICK);
+            }
+        });
+        // Without its clock no deadline holds: no policy runs on this engine.
+        if let Err(e) = clock {
+            tracing::error!("cannot start the policy deadline thread ({e}): no policy runs in this process");
+            return None;
+        }
         Some(engine)
     })
     .as_ref()
+}
+
+/// The engine for `compiler`'s code, or the optimizing one where there is no
+/// such compiler here; an error where there is no engine at all.
+pub(super) fn engine_for(compiler: PolicyCode, policy: &str) -> Result<&'static Engine, Error> {
+    engine(compiler).or_else(|| engine(PolicyCode::Optimized)).ok_or_else(|| Error::PolicyFault {
+        policy: policy.to_string(),
+        reason: "no engine to run it on (the policy engine or its deadline thread could not start; see the log)".into(),
+    })
 }
 
 pub(super) fn ticks(deadline: Duration) -> u64 {

@@ -36,7 +36,7 @@ pub(crate) use code::POLICY_CODE_NAMESPACE;
 pub use runtime::{MAX_POLICY_INSTANCES, MAX_POLICY_MEMORIES, MAX_POLICY_TABLES, PolicyState};
 pub(crate) use runtime::PolicyRuntime;
 use code::{compiled, load_compiled, store_compiled};
-use engine::engine;
+use engine::{engine, engine_for};
 
 /// The default policy's component, built from `guest/default` and shipped as
 /// bytes, so that no embedder needs the wasm target (`bash guest/build`
@@ -145,7 +145,7 @@ impl Policy {
     fn compile(&self, code: PolicyCode) -> Result<Component, Error> {
         let bytes = self.bytes()?;
         self.check_is_component(&bytes)?;
-        let engine = engine(code).unwrap_or_else(|| engine(PolicyCode::Optimized).expect("the optimizing engine"));
+        let engine = engine_for(code, &self.name)?;
         Component::new(engine, &bytes).map_err(|e| Error::PolicyComponent {
             policy: self.name.clone(),
             reason: format!("not a valid component: {}", crate::input::excerpt(&format!("{e:#}"))),
@@ -199,7 +199,7 @@ impl Policy {
         let started = Instant::now();
         let options = crate::store::StoreOptions::default();
         let code = EntryStore::open(directory.as_ref(), POLICY_CODE_NAMESPACE, Arc::new(crate::clock::SystemClock), options)?;
-        let key = self.code_key(PolicyCode::Optimized);
+        let key = self.code_key(PolicyCode::Optimized)?;
         let already_kept = load_compiled(&code, &key, PolicyCode::Optimized);
         let component = match already_kept.clone() {
             Some(component) => component,
@@ -222,12 +222,12 @@ impl Policy {
     }
 
     /// The key of this component's code compiled by `code`'s compiler.
-    fn code_key(&self, code: PolicyCode) -> Key {
+    fn code_key(&self, code: PolicyCode) -> Result<Key, Error> {
         let mut compatibility = Sha256Hasher::default();
-        let engine = engine(code).or(engine(PolicyCode::Optimized)).expect("the optimizing engine");
+        let engine = engine_for(code, &self.name)?;
         engine.precompile_compatibility_hash().hash(&mut compatibility);
         code.hash(&mut compatibility);
-        Key::derive(KeyDomain::PolicyCode, &[&compatibility.finish_key().0, &self.digest()])
+        Ok(Key::derive(KeyDomain::PolicyCode, &[&compatibility.finish_key().0, &self.digest()]))
     }
 }
 

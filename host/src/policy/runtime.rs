@@ -286,6 +286,9 @@ impl PolicyRuntime {
             report.summary.truncate(end);
             report.summary.push_str(" [truncated]");
         }
+        // ...and unable to move the cursor, recolour or retitle a terminal,
+        // or forge log lines.
+        report.summary = crate::view::printable(&report.summary);
         Some(report)
     }
 }

@@ -56,6 +56,12 @@ pub const JOURNAL_MODE: u32 = 0o644;
 /// others, whatever the umask (under umask 000 a default `mkdir` would make a
 /// world-writable directory, which the opening check then refuses).
 pub const DIR_MODE: u32 = 0o755;
+/// The mode of a cache root capcache creates: private to its owner. Compiled
+/// code holds its module's data (strings, tables, at times secrets), and a
+/// module kept private must not become readable to every local user once
+/// compiled; the directories below it may then be 0755, since no one else
+/// can reach them. (A root that exists keeps its mode.)
+pub const ROOT_MODE: u32 = 0o700;
 
 /// The areas of a namespace, as directory handles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -269,11 +275,25 @@ pub fn valid_namespace(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
-/// Opens the cache root, creating it (and its missing parents, each with
-/// [`DIR_MODE`]) unless told not to or read-only.
+/// Opens the cache root, creating it (with [`ROOT_MODE`], its missing
+/// parents with [`DIR_MODE`]) unless told not to or read-only. A root reached
+/// through a symbolic link that another user owns is refused, as the
+/// kernel's `protected_symlinks` refuses to follow one in a sticky directory:
+/// in `/tmp`, anyone can create the cache's path as a link to a directory of
+/// their choosing.
 pub(crate) fn open_root(root: &Path, options: StoreOptions) -> Result<Dir, Error> {
     let dir_err = |source| Error::Directory { path: root.to_path_buf(), source };
     match std::fs::symlink_metadata(root) {
+        Ok(metadata) if metadata.file_type().is_symlink() && !options.allow_insecure => {
+            use std::os::unix::fs::MetadataExt;
+            let me = rustix::process::geteuid().as_raw();
+            if metadata.uid() != me && metadata.uid() != 0 {
+                return Err(Error::UntrustedSymlink { path: root.to_path_buf(), owner: metadata.uid() });
+            }
+            if !root.is_dir() {
+                return Err(Error::NotADirectory { path: root.to_path_buf() });
+            }
+        }
         Ok(metadata) if !metadata.is_dir() && !root.is_dir() => {
             return Err(Error::NotADirectory { path: root.to_path_buf() });
         }
@@ -284,7 +304,15 @@ pub(crate) fn open_root(root: &Path, options: StoreOptions) -> Result<Dir, Error
             }
             if !options.read_only {
                 use std::os::unix::fs::DirBuilderExt;
-                std::fs::DirBuilder::new().recursive(true).mode(DIR_MODE).create(root).map_err(dir_err)?;
+                if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    std::fs::DirBuilder::new().recursive(true).mode(DIR_MODE).create(parent).map_err(dir_err)?;
+                }
+                match std::fs::DirBuilder::new().mode(ROOT_MODE).create(root) {
+                    Ok(()) => {}
+                    // Another process made it meanwhile.
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(dir_err(e)),
+                }
             }
         }
         Err(e) => return Err(dir_err(e)),
