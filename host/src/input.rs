@@ -110,8 +110,10 @@ pub(crate) fn hash_open_file(file: &File, max_size: u64) -> io::Result<Hashed> {
     let mut head = [0u8; 8];
     let head_len = (len as usize).min(head.len());
     read_exact_at(file, &mut head[..head_len], 0)?;
-    let splits = rayon_core::current_num_threads().max(1).ilog2();
-    let digest = if len < PARALLEL_FILE_HASH_MIN || splits == 0 {
+    // Asked only for a large file: the first ask starts the thread pool,
+    // which a process that hashes only small files never needs.
+    let splits = if len < PARALLEL_FILE_HASH_MIN { 0 } else { rayon_core::current_num_threads().max(1).ilog2() };
+    let digest = if splits == 0 {
         let mut hasher = blake3::Hasher::new();
         hash_range(file, &mut hasher, 0, len)?;
         hasher.finalize()
