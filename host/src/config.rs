@@ -26,10 +26,11 @@
 //! prefix = "capcache"                 # keys are <prefix>:<namespace>:<entry>
 //! mode = "read-write"                 # or "read-only": never write
 //! connect-timeout-ms = 100
-//! timeout-ms = 3000                   # one command
+//! timeout-ms = 3000                   # one whole command, request and reply
 //! cool-off-ms = 30000                 # skip the tier this long after a failure
 //! hmac-key-file = "/etc/capcache/hmac.key"  # or the env CAPCACHE_REMOTE_HMAC_KEY
 //! ttl-seconds = 604800                # an expiry for values written (default none)
+//! max-value-size = 536870912         # bytes: longer values are refused unread
 //! ```
 //!
 //! Every key has a default. Unknown keys and bad values are errors that name
@@ -101,6 +102,9 @@ pub struct RemoteSection {
     pub hmac_key_file: Option<PathBuf>,
     /// `ttl-seconds`: an expiry for every value written.
     pub ttl_seconds: Option<u64>,
+    /// `max-value-size`: the longest value fetched or uploaded, in bytes
+    /// (default 536870912, Redis's own limit).
+    pub max_value_size: Option<u64>,
 }
 
 impl Default for CacheSection {

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod misbehaving_server;
 pub mod redis_server;
 
 use capcache::{Cache, CacheBuilder, ManualClock, Policy};
@@ -265,4 +266,32 @@ pub fn with_custom_section(wasm: &[u8], payload: &[u8]) -> Vec<u8> {
     leb(section.len(), &mut bytes);
     bytes.extend_from_slice(&section);
     bytes
+}
+
+/// Whether the caller, the test at `test` (its path in this binary, e.g.
+/// `remote::a_huge_value...`), is to do its work here. The first call, in
+/// the shared test process, runs that test again alone in a process of its
+/// own, checks that it passed, and returns `false`; in that process it
+/// returns `true`. For measures of the whole process, such as its peak
+/// memory, that the other tests' threads must not blur.
+pub fn in_a_process_of_its_own(test: &str) -> bool {
+    const ALONE: &str = "CAPCACHE_TEST_ALONE";
+    if std::env::var(ALONE).as_deref() == Ok(test) {
+        return true;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(ALONE, test)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && stdout.contains("1 passed"), "{test}, alone in its process, failed:\n{stdout}\n{stderr}");
+    false
+}
+
+/// This process's peak resident set size, in bytes (`VmHWM`).
+pub fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM in /proc/self/status");
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
 }

@@ -206,11 +206,16 @@ fn remote_settings(section: &crate::config::RemoteSection) -> Result<crate::remo
     settings.timeout = ms(section.timeout_ms, settings.timeout);
     settings.cool_off = ms(section.cool_off_ms, settings.cool_off);
     settings.ttl = section.ttl_seconds.map(std::time::Duration::from_secs);
+    settings.max_value_size = section.max_value_size.unwrap_or(settings.max_value_size);
     let url = crate::remote::redact(&section.url);
     let refuse = |reason: String| Error::Remote { url: url.clone(), reason };
-    for (key, value) in [("connect-timeout-ms", section.connect_timeout_ms), ("timeout-ms", section.timeout_ms)] {
+    for (key, value) in [
+        ("connect-timeout-ms", section.connect_timeout_ms),
+        ("timeout-ms", section.timeout_ms),
+        ("max-value-size", section.max_value_size),
+    ] {
         if value == Some(0) {
-            return Err(refuse(format!("[cache.remote] {key} = 0 would leave the tier unusable: give it at least 1 ms")));
+            return Err(refuse(format!("[cache.remote] {key} = 0 would leave the tier unusable: leave it out for the default, or give a positive value")));
         }
     }
     settings.hmac_key = match &section.hmac_key_file {

@@ -8,16 +8,22 @@
 //! worker, after the policy admitted a value locally.
 //!
 //! Failures tolerated, each a miss, counted, and logged: the server
-//! unreachable or slow (bounded by the connect and operation timeouts; the
-//! tier is then skipped for a cool-off period), a value that fails its check
-//! (deleted from the tier if this host may write), a write the server refuses
-//! (`maxmemory` under `noeviction`, an ACL). Nothing here stops a cache from
-//! opening: the tier is reached on first use.
+//! unreachable, slow or dribbling its reply (bounded by the connect timeout
+//! and one operation timeout for the whole command; the tier is then skipped
+//! for a cool-off period), a reply that breaks the protocol (its connection
+//! dropped, the tier cooled off), a value declared longer than
+//! `max_value_size` (refused before any of it is read), a value that fails
+//! its check (deleted from the tier if this host may write), a write the
+//! server refuses (`maxmemory` under `noeviction`, an ACL). Nothing here stops
+//! a cache from opening: the tier is reached on first use.
+
+mod connection;
 
 use crate::entry;
 use crate::error::Error;
 use crate::key::Key;
 use crate::stats::Stats;
+use connection::{Aftermath, Argument, Bounds, Connection, Failure};
 use hmac::{Hmac, Mac};
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -49,7 +55,8 @@ pub struct RemoteSettings {
     /// How long connecting may take. A miss waits at most this plus
     /// [`RemoteSettings::timeout`] for the tier.
     pub connect_timeout: Duration,
-    /// How long one command may take (a GET of a large artifact included).
+    /// How long one command may take, from its first byte sent to its
+    /// reply's last byte read (a GET of a large artifact included).
     pub timeout: Duration,
     /// After a failure, the tier is skipped for this long, then tried again.
     pub cool_off: Duration,
@@ -61,6 +68,10 @@ pub struct RemoteSettings {
     /// An expiry for every value written (Redis `EX`); `None`: none, leave
     /// eviction to the server's `maxmemory-policy`.
     pub ttl: Option<Duration>,
+    /// The longest value fetched or uploaded, in bytes (an entry and its
+    /// tag): a reply that declares more is refused before any of it is read,
+    /// and a larger value is not uploaded.
+    pub max_value_size: u64,
 }
 
 impl std::fmt::Debug for RemoteSettings {
@@ -74,6 +85,7 @@ impl std::fmt::Debug for RemoteSettings {
             .field("cool_off", &self.cool_off)
             .field("hmac_key", &self.hmac_key.as_ref().map(|_| "<set>"))
             .field("ttl", &self.ttl)
+            .field("max_value_size", &self.max_value_size)
             .finish()
     }
 }
@@ -87,6 +99,14 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Long enough that a fleet does not hammer a server that is down, short
 /// enough that a restarted one is used again soon.
 pub const DEFAULT_COOL_OFF: Duration = Duration::from_secs(30);
+/// Redis refuses a value longer than its `proto-max-bulk-len`, 512 MB unless
+/// the server is configured otherwise: a longer reply cannot come from such a
+/// server, and reading it would cost the host its size in memory.
+pub const DEFAULT_MAX_VALUE_SIZE: u64 = 512 << 20;
+/// Connections kept open for later commands; more are opened while several
+/// threads use the tier at once, so that one stalled command holds up only
+/// its own load.
+const MAX_IDLE_CONNECTIONS: usize = 4;
 /// The size of the HMAC-SHA256 tag appended to a value.
 const TAG_LEN: usize = 32;
 
@@ -103,6 +123,7 @@ impl RemoteSettings {
             cool_off: DEFAULT_COOL_OFF,
             hmac_key: None,
             ttl: None,
+            max_value_size: DEFAULT_MAX_VALUE_SIZE,
         }
     }
 
@@ -135,6 +156,12 @@ impl RemoteSettings {
     /// The same, with an expiry for values written.
     pub fn ttl(mut self, ttl: Option<Duration>) -> Self {
         self.ttl = ttl;
+        self
+    }
+
+    /// The same, with another longest value.
+    pub fn max_value_size(mut self, bytes: u64) -> Self {
+        self.max_value_size = bytes;
         self
     }
 }
@@ -187,9 +214,11 @@ pub(crate) fn check_hmac_key(key: &[u8], source: &str) -> Result<(), String> {
 /// The tier as one namespace of one cache uses it.
 pub(crate) struct RemoteTier {
     settings: RemoteSettings,
-    client: redis::Client,
+    /// Where the server is and how to log in, from the URL.
+    server: redis::ConnectionInfo,
     namespace: String,
-    connection: Mutex<Option<redis::Connection>>,
+    /// Connections in step and not in use.
+    idle: Mutex<Vec<Connection>>,
     /// Skipped until this instant (ms since an arbitrary start), after a
     /// failure.
     skip_until_ms: AtomicU64,
@@ -218,6 +247,9 @@ impl RemoteTier {
             url: redact(&settings.url),
             reason: format!("not a usable Redis URL ({}): expected redis://[user:password@]host:port[/db]", redact(&e.to_string())),
         })?;
+        if settings.max_value_size == 0 {
+            return Err(Error::Remote { url: redact(&settings.url), reason: "a max-value-size of 0 would leave the tier unusable".into() });
+        }
         if settings.timeout.is_zero() || settings.connect_timeout.is_zero() {
             return Err(Error::Remote {
                 url: redact(&settings.url),
@@ -241,9 +273,9 @@ impl RemoteTier {
         }
         Ok(RemoteTier {
             settings,
-            client,
+            server: client.get_connection_info().clone(),
             namespace: namespace.to_string(),
-            connection: Mutex::new(None),
+            idle: Mutex::new(Vec::new()),
             skip_until_ms: AtomicU64::new(0),
             started: Instant::now(),
         })
@@ -267,27 +299,43 @@ impl RemoteTier {
         self.now_ms() < self.skip_until_ms.load(Relaxed)
     }
 
-    /// Runs `f` on the connection (made on first use, and again after a
-    /// failure), within the timeouts. A failure drops the connection and
-    /// starts the cool-off.
-    fn with_connection<R>(&self, f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<R>) -> redis::RedisResult<R> {
-        let mut slot = self.connection.lock();
-        let result = (|| {
-            if slot.is_none() {
-                let connection = self.client.get_connection_with_timeout(self.settings.connect_timeout)?;
-                connection.set_read_timeout(Some(self.settings.timeout))?;
-                connection.set_write_timeout(Some(self.settings.timeout))?;
-                *slot = Some(connection);
-            }
-            f(slot.as_mut().expect("connected above"))
-        })();
-        if let Err(e) = &result
-            && !is_refusal(e)
-        {
-            *slot = None;
-            self.skip_until_ms.store(self.now_ms() + self.settings.cool_off.as_millis() as u64, Relaxed);
+    /// Runs `f` on a connection: an idle one still in step, or a new one.
+    /// Several threads each use their own, so one stalled command holds up
+    /// only its own caller. A failure that leaves the connection out of step
+    /// drops it; one that says the server is unreachable or misbehaving
+    /// starts the cool-off too.
+    fn with_connection<R>(&self, f: impl FnOnce(&mut Connection) -> Result<R, Failure>) -> Result<R, Failure> {
+        let pooled = std::iter::from_fn(|| self.idle.lock().pop()).find(|c| c.is_in_step());
+        let bounds = Bounds {
+            connect_timeout: self.settings.connect_timeout,
+            timeout: self.settings.timeout,
+            max_value_size: self.settings.max_value_size,
+        };
+        let mut connection = match pooled {
+            Some(connection) => connection,
+            None => Connection::open(&self.server, bounds).inspect_err(|e| self.after(e))?,
+        };
+        let result = f(&mut connection);
+        match &result {
+            Ok(_) => self.keep(connection),
+            Err(e) if e.aftermath() == Aftermath::KeepConnection => self.keep(connection),
+            Err(e) => self.after(e),
         }
         result
+    }
+
+    /// Starts the cool-off when a failure calls for it.
+    fn after(&self, failure: &Failure) {
+        if failure.aftermath() == Aftermath::CoolOff {
+            self.skip_until_ms.store(self.now_ms() + self.settings.cool_off.as_millis() as u64, Relaxed);
+        }
+    }
+
+    fn keep(&self, connection: Connection) {
+        let mut idle = self.idle.lock();
+        if idle.len() < MAX_IDLE_CONNECTIONS {
+            idle.push(connection);
+        }
     }
 
     /// Looks `key` up in the tier. Never fails: errors, timeouts and values
@@ -299,7 +347,7 @@ impl RemoteTier {
         }
         let redis_key = self.redis_key(key);
         let started = Instant::now();
-        let result = self.with_connection(|c| redis::cmd("GET").arg(&redis_key).query::<Option<Vec<u8>>>(c));
+        let result = self.with_connection(|c| c.get(&redis_key));
         stats.remote_us.fetch_add(started.elapsed().as_micros() as u64, Relaxed);
         let value = match result {
             Ok(Some(value)) => value,
@@ -307,12 +355,17 @@ impl RemoteTier {
                 Stats::bump(&stats.remote_misses);
                 return Fetch::Nothing;
             }
+            Err(e @ Failure::TooLarge { .. }) => {
+                // The server is fine; the value is not one this host takes.
+                Stats::bump(&stats.remote_rejected);
+                tracing::warn!("shared tier value {redis_key} refused: {e}; computing instead");
+                return Fetch::Nothing;
+            }
             Err(e) => {
                 Stats::bump(&stats.remote_errors);
                 tracing::warn!(
-                    "shared tier {} failed on GET {redis_key} ({}); computing, and skipping the tier for {:?}",
+                    "shared tier {} failed on GET {redis_key} ({e}); computing, and skipping the tier for {:?}",
                     redact(&self.settings.url),
-                    describe(&e),
                     self.settings.cool_off
                 );
                 return Fetch::Nothing;
@@ -343,7 +396,7 @@ impl RemoteTier {
         Stats::bump(&stats.remote_rejected);
         tracing::warn!("shared tier value {redis_key} refused: {why}; computing instead");
         if self.settings.mode == RemoteMode::ReadWrite {
-            let _ = self.with_connection(|c| redis::cmd("DEL").arg(redis_key).query::<i64>(c));
+            let _ = self.with_connection(|c| c.del(redis_key));
         }
     }
 
@@ -359,32 +412,30 @@ impl RemoteTier {
             return false;
         }
         let redis_key = self.redis_key(key);
-        let value = self.seal(&redis_key, entry_bytes);
+        let tag = self.tag(&redis_key, entry_bytes);
+        let tag: &[u8] = tag.as_ref().map_or(&[], |t| t.as_slice());
+        let size = (entry_bytes.len() + tag.len()) as u64;
+        if size > self.settings.max_value_size {
+            Stats::bump(&stats.remote_upload_failures);
+            tracing::warn!(
+                "shared tier {}: {redis_key} is not uploaded: its {size} bytes are over max-value-size ({} bytes)",
+                redact(&self.settings.url),
+                self.settings.max_value_size
+            );
+            return false;
+        }
         let started = Instant::now();
-        let result = self.with_connection(|c| {
-            let mut set = redis::cmd("SET");
-            set.arg(&redis_key).arg(&value);
-            if let Some(ttl) = self.settings.ttl {
-                set.arg("EX").arg(ttl.as_secs().max(1));
-            }
-            set.query::<()>(c)
-        });
+        let result = self.with_connection(|c| c.set(&redis_key, Argument::Joined(entry_bytes, tag), self.settings.ttl));
         stats.remote_us.fetch_add(started.elapsed().as_micros() as u64, Relaxed);
         match result {
             Ok(()) => {
                 Stats::bump(&stats.remote_uploads);
-                stats.remote_bytes_out.fetch_add(value.len() as u64, Relaxed);
+                stats.remote_bytes_out.fetch_add(size, Relaxed);
                 true
             }
             Err(e) => {
-                if e.code() == Some("OOM") {
-                    // The server keeps the refused value in this connection's
-                    // query buffer for a while, and counts it against
-                    // maxmemory: a new connection lets the next upload fit.
-                    *self.connection.lock() = None;
-                }
                 Stats::bump(&stats.remote_upload_failures);
-                tracing::warn!("shared tier {} refused SET {redis_key} ({})", redact(&self.settings.url), describe(&e));
+                tracing::warn!("shared tier {} refused SET {redis_key} ({e})", redact(&self.settings.url));
                 false
             }
         }
@@ -392,7 +443,8 @@ impl RemoteTier {
 
     /// The value to store for an entry: the entry file, followed by its tag
     /// when an HMAC key is set.
-    pub(crate) fn seal(&self, redis_key: &str, entry_bytes: &[u8]) -> Vec<u8> {
+    #[cfg(test)]
+    fn seal(&self, redis_key: &str, entry_bytes: &[u8]) -> Vec<u8> {
         let mut value = entry_bytes.to_vec();
         if let Some(tag) = self.tag(redis_key, entry_bytes) {
             value.extend_from_slice(&tag);
@@ -441,7 +493,7 @@ impl RemoteTier {
     /// Whether the tier holds a value for `key`.
     pub(crate) fn contains(&self, key: &Key) -> Result<bool, String> {
         let redis_key = self.redis_key(key);
-        self.with_connection(|c| redis::cmd("EXISTS").arg(&redis_key).query::<bool>(c)).map_err(|e| describe(&e))
+        self.with_connection(|c| c.exists(&redis_key)).map_err(|e| e.to_string())
     }
 
     /// Every entry key the tier holds for this namespace (SCAN, so the server
@@ -453,8 +505,7 @@ impl RemoteTier {
                 let mut names = Vec::new();
                 let mut cursor: u64 = 0;
                 loop {
-                    let (next, batch): (u64, Vec<String>) =
-                        redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000).query(c)?;
+                    let (next, batch) = c.scan(cursor, &pattern)?;
                     names.extend(batch);
                     if next == 0 {
                         return Ok(names);
@@ -462,7 +513,7 @@ impl RemoteTier {
                     cursor = next;
                 }
             })
-            .map_err(|e| describe(&e))?;
+            .map_err(|e| e.to_string())?;
         Ok(names.iter().filter_map(|n| n.rsplit(':').next()).filter_map(Key::from_name).collect())
     }
 
@@ -472,33 +523,33 @@ impl RemoteTier {
         let mut lines = Vec::new();
         let url = redact(&self.settings.url);
         let started = Instant::now();
-        match self.with_connection(|c| redis::cmd("PING").query::<String>(c)) {
+        match self.with_connection(|c| c.ping()) {
             Ok(_) => lines.push((true, format!("reach: {url} answers PING in {:.1} ms", started.elapsed().as_secs_f64() * 1e3))),
             Err(e) => {
-                lines.push((false, format!("reach: {url}: {}", describe(&e))));
+                lines.push((false, format!("reach: {url}: {}", e)));
                 return lines;
             }
         }
         let probe_key = format!("{}:{}:probe-{}", self.settings.prefix, self.namespace, std::process::id());
-        match self.with_connection(|c| redis::cmd("GET").arg(&probe_key).query::<Option<Vec<u8>>>(c)) {
+        match self.with_connection(|c| c.get(&probe_key)) {
             Ok(_) => lines.push((true, "read: GET allowed".into())),
-            Err(e) => lines.push((false, format!("read: GET refused: {}", describe(&e)))),
+            Err(e) => lines.push((false, format!("read: GET refused: {}", e))),
         }
         if self.settings.mode == RemoteMode::ReadWrite {
             let wrote = self.with_connection(|c| {
-                redis::cmd("SET").arg(&probe_key).arg(b"probe".as_slice()).arg("EX").arg(10).query::<()>(c)?;
-                redis::cmd("DEL").arg(&probe_key).query::<i64>(c)
+                c.set(&probe_key, Argument::Bytes(b"probe"), Some(Duration::from_secs(10)))?;
+                c.del(&probe_key)
             });
             match wrote {
                 Ok(_) => lines.push((true, "write: SET and DEL allowed".into())),
-                Err(e) => lines.push((false, format!("write: refused ({}); use mode = \"read-only\" on this host, or grant SET and DEL", describe(&e)))),
+                Err(e) => lines.push((false, format!("write: refused ({}); use mode = \"read-only\" on this host, or grant SET and DEL", e))),
             }
         } else {
             lines.push((true, "write: not attempted (read-only mode)".into()));
         }
-        match self.with_connection(|c| redis::cmd("CONFIG").arg("GET").arg("maxmemory-policy").query::<Vec<String>>(c)) {
+        match self.with_connection(|c| c.config_get("maxmemory-policy")) {
             Ok(reply) => {
-                let policy = reply.get(1).cloned().unwrap_or_default();
+                let policy = reply.unwrap_or_default();
                 let good = policy.starts_with("allkeys-") || policy.starts_with("volatile-") && self.settings.ttl.is_some();
                 let advice = if good {
                     String::new()
@@ -507,7 +558,7 @@ impl RemoteTier {
                 };
                 lines.push((good, format!("eviction: maxmemory-policy {policy}{advice}")));
             }
-            Err(e) => lines.push((true, format!("eviction: unknown, CONFIG GET refused ({}): check maxmemory-policy on the server", describe(&e)))),
+            Err(e) => lines.push((true, format!("eviction: unknown, CONFIG GET refused ({}): check maxmemory-policy on the server", e))),
         }
         if self.settings.hmac_key.is_none() {
             lines.push((
@@ -520,23 +571,6 @@ impl RemoteTier {
             lines.push((true, "integrity: values are tagged and checked with the HMAC key".into()));
         }
         lines
-    }
-}
-
-/// Whether the server answered with a refusal (an error reply such as
-/// `OOM` or `NOPERM`), as opposed to a failure to talk to it.
-fn is_refusal(e: &redis::RedisError) -> bool {
-    !(e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal())
-}
-
-/// A Redis error in a line.
-fn describe(e: &redis::RedisError) -> String {
-    if e.is_timeout() {
-        format!("timed out: {e}")
-    } else if e.is_connection_refusal() {
-        format!("connection refused: {e}")
-    } else {
-        e.to_string()
     }
 }
 
