@@ -351,3 +351,71 @@ fn text_from_a_policy_reaches_the_terminal_and_the_log_escaped() {
     assert_eq!(stdout.lines().filter(|l| l.contains("forged")).count(), 1, "{stdout}");
     assert!(stdout.contains(r"pass done\r\n2026"), "{stdout}");
 }
+
+/// A cache on `hoard-state` with this state quota.
+fn hoarding(t: &TestCache, state_bytes: u64, files: u64, bytes: u64) -> Cache {
+    t.builder()
+        .policy(guest_policy("hostile"))
+        .setting("mode", "hoard-state")
+        .setting("state-bytes", state_bytes.to_string())
+        .host_settings(HostSettings { max_state_files: files, max_state_bytes: bytes, ..HostSettings::default() })
+        .open()
+        .unwrap()
+}
+
+#[test]
+fn a_policy_that_writes_state_until_refused_stops_at_its_quota() {
+    // By bytes: 1 MiB files against 5 MiB.
+    let t = TestCache::new();
+    let cache = hoarding(&t, 1 << 20, 256, 5 << 20);
+    let report = cache.maintain().unwrap();
+    // Full, an existing file may still be rewritten at its size; a lock, a
+    // new state file, is refused like any other.
+    let expected = format!("files=5 bytes={} refused=Error::TooLarge rewrite=Ok(()) lock=Err(\"Error::TooLarge\")", 5u64 << 20);
+    assert_eq!(report.summary, expected);
+    let state = cache.state_usage().unwrap();
+    assert_eq!((state.files, state.bytes, state.over_quota()), (5, 5 << 20, false), "{state:?}");
+
+    // By files: 100-byte files against 20 files.
+    let t = TestCache::new();
+    let cache = hoarding(&t, 100, 20, 16 << 20);
+    assert_eq!(cache.maintain().unwrap().summary, "files=20 bytes=2000 refused=Error::TooLarge rewrite=Ok(()) lock=Err(\"Error::TooLarge\")");
+
+    // The defaults: 16 MiB, 16 files of the largest size.
+    let t = TestCache::new();
+    let defaults = HostSettings::default();
+    assert_eq!((defaults.max_state_files, defaults.max_state_bytes), (256, 16 << 20));
+    let cache = t.builder().policy(guest_policy("hostile")).setting("mode", "hoard-state").open().unwrap();
+    assert!(cache.maintain().unwrap().summary.starts_with("files=16 bytes=16777216 refused=Error::TooLarge"));
+    // A second process adds nothing (it rewrites the same 16 names, then is
+    // refused the 17th): the quota is the namespace's, not a call's or a
+    // process's.
+    drop(cache);
+    let again = t.builder().policy(guest_policy("hostile")).setting("mode", "hoard-state").open().unwrap();
+    assert!(again.maintain().unwrap().summary.starts_with("files=16 bytes=16777216 refused=Error::TooLarge"));
+    assert_eq!(again.state_usage().unwrap().files, 16);
+    drop(again);
+
+    // Counted by `stats`, removed by `clear`.
+    let root = t.root().display().to_string();
+    let stats = capcache(&["stats", "--dir", &root]);
+    let text = String::from_utf8_lossy(&stats.stdout);
+    assert!(text.contains("policy state    16 files, 16777216 bytes (quota 256 files, 16777216 bytes)"), "{text}");
+    assert!(capcache(&["clear", "--dir", &root]).status.success());
+    assert_eq!(t.open().state_usage().unwrap().files, 0);
+}
+
+#[test]
+fn state_over_a_lowered_quota_is_said_by_stats_verify_and_gc() {
+    let t = TestCache::new();
+    let cache = hoarding(&t, 1 << 20, 256, 16 << 20);
+    cache.maintain().unwrap();
+    drop(cache);
+    let config = t.dir.path().join("capcache.toml");
+    std::fs::write(&config, format!("[cache]\ndirectory = {:?}\n\n[cache.host]\nmax-state-bytes = 4194304\n", t.root())).unwrap();
+    for command in ["stats", "verify", "gc"] {
+        let out = capcache(&[command, "--config", &config.display().to_string()]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("16 files, 16777216 bytes (quota 256 files, 4194304 bytes): OVER QUOTA"), "{command}: {text}");
+    }
+}

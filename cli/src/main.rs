@@ -93,7 +93,7 @@ enum Command {
         #[command(flatten)]
         location: Location,
     },
-    /// Remove every entry of every namespace (or of the one named).
+    /// Remove every entry and the policy's state, of every namespace (or of the one named).
     Clear {
         #[command(flatten)]
         location: Location,
@@ -637,8 +637,22 @@ fn gc(location: &Location, policy: &PolicyArgs) -> Result<()> {
             format!("namespace {namespace}: the policy's maintenance pass failed (its fault is logged above)")
         })?;
         out!("{namespace}: {}", report.summary)?;
+        let state = cache.state_usage().with_context(|| format!("namespace {namespace}: cannot list the policy's state"))?;
+        if state.over_quota() {
+            out!("{namespace}: {}", state_line(&state))?;
+        }
     }
     Ok(())
+}
+
+/// The policy's state in a line, with a way out when it is over its quota.
+fn state_line(state: &capcache::StateUsage) -> String {
+    let line = format!("policy state    {} files, {} bytes (quota {} files, {} bytes)", state.files, state.bytes, state.max_files, state.max_bytes);
+    if state.over_quota() {
+        format!("{line}: OVER QUOTA, the policy's writes are refused; `capcache clear` removes it with the entries")
+    } else {
+        line
+    }
 }
 
 fn stats(location: &Location, json: bool, zero: bool) -> Result<()> {
@@ -653,12 +667,13 @@ fn stats(location: &Location, json: bool, zero: bool) -> Result<()> {
     let mut reports = Vec::new();
     for (namespace, cache) in &caches {
         let entries = cache.entries().with_context(|| format!("namespace {namespace}: cannot list the entries"))?;
-        reports.push((namespace, cache.lifetime_stats(), entries));
+        let state = cache.state_usage().with_context(|| format!("namespace {namespace}: cannot list the policy's state"))?;
+        reports.push((namespace, cache.lifetime_stats(), entries, state));
     }
     if json {
         let namespaces: Vec<_> = reports
             .iter()
-            .map(|(namespace, stats, entries)| {
+            .map(|(namespace, stats, entries, state)| {
                 serde_json::json!({
                     "namespace": namespace,
                     "counters": stats,
@@ -666,6 +681,8 @@ fn stats(location: &Location, json: bool, zero: bool) -> Result<()> {
                     "entries": entries.len(),
                     "bytes_stored": entries.iter().map(|e| e.stored_size).sum::<u64>(),
                     "bytes_raw": entries.iter().map(|e| e.raw_size).sum::<u64>(),
+                    "state_files": state.files,
+                    "state_bytes": state.bytes,
                 })
             })
             .collect();
@@ -674,7 +691,7 @@ fn stats(location: &Location, json: bool, zero: bool) -> Result<()> {
         return Ok(());
     }
     out!("directory       {}", location.root()?.display())?;
-    for (namespace, stats, entries) in &reports {
+    for (namespace, stats, entries, state) in &reports {
         out!()?;
         out!("namespace       {namespace}")?;
         out!("hits            {}", stats.hits)?;
@@ -683,6 +700,7 @@ fn stats(location: &Location, json: bool, zero: bool) -> Result<()> {
         out!("entries         {}", entries.len())?;
         out!("bytes stored    {}", entries.iter().map(|e| e.stored_size).sum::<u64>())?;
         out!("bytes decoded   {}", entries.iter().map(|e| e.raw_size).sum::<u64>())?;
+        out!("{}", state_line(state))?;
         out!("inserts         {}", stats.inserts)?;
         out!("skipped         {}", stats.skipped)?;
         out!("evictions       {}", stats.removed)?;
@@ -792,6 +810,10 @@ fn verify(location: &Location, fix: bool) -> Result<()> {
         bar.finish_and_clear();
         for (name, problem) in &report.bad {
             out!("bad  {name} ({namespace}): {problem}")?;
+        }
+        let state = cache.state_usage().with_context(|| format!("namespace {namespace}: cannot list the policy's state"))?;
+        if state.over_quota() {
+            out!("{namespace}: {}", state_line(&state))?;
         }
         checked += report.checked;
         bad += report.bad.len() as u64;

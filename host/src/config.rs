@@ -20,6 +20,8 @@
 //! event-deadline-ms = 250
 //! maintain-deadline-ms = 30000
 //! max-module-size = 1073741824        # bytes: the largest module file read
+//! max-state-files = 256               # the policy's state files in a namespace
+//! max-state-bytes = 16777216          # bytes: all of them together
 //!
 //! [cache.remote]                      # a shared tier on Redis (off without it)
 //! url = "redis://cache.internal:6379" # redis://[user:password@]host:port[/db]
@@ -250,6 +252,10 @@ pub struct HostSection {
     pub maintain_deadline_ms: Option<u64>,
     /// `max-module-size`, bytes.
     pub max_module_size: Option<u64>,
+    /// `max-state-files`.
+    pub max_state_files: Option<u64>,
+    /// `max-state-bytes`.
+    pub max_state_bytes: Option<u64>,
 }
 
 /// Why a configuration cannot be used.
@@ -281,13 +287,15 @@ impl Config {
         let config: Config = toml::from_str(text)
             .map_err(|e| ConfigError::Invalid { origin: origin.to_string(), message: e.to_string().trim_end().to_string() })?;
         let host = &config.cache.host;
-        let checks: [(&str, Option<u64>, u64, u64); 6] = [
+        let checks: [(&str, Option<u64>, u64, u64); 8] = [
             ("event-queue-size", host.event_queue_size.map(u64::from), 1, 1 << 20),
             ("policy-memory-limit", host.policy_memory_limit, 1 << 20, 4 << 30),
             ("admit-deadline-ms", host.admit_deadline_ms, 1, 60_000),
             ("event-deadline-ms", host.event_deadline_ms, 1, 60_000),
             ("maintain-deadline-ms", host.maintain_deadline_ms, 1, 3_600_000),
             ("max-module-size", host.max_module_size, 1, 1 << 40),
+            ("max-state-files", host.max_state_files, 1, 1 << 20),
+            ("max-state-bytes", host.max_state_bytes, 1, 1 << 40),
         ];
         for (key, value, min, max) in checks {
             if let Some(value) = value.filter(|v| !(min..=max).contains(v)) {

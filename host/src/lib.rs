@@ -59,7 +59,7 @@ pub mod wasmtime;
 mod worker;
 
 pub use cache::{
-    Cache, CacheBuilder, Cached, EntryInfo, MaintainReport, RemoteCheck, RemoteTransfer, Source, VerifyMode, VerifyReport,
+    Cache, CacheBuilder, Cached, EntryInfo, MaintainReport, RemoteCheck, RemoteTransfer, Source, StateUsage, VerifyMode, VerifyReport,
     default_directory, namespaces,
 };
 pub use clock::{Clock, ManualClock, SystemClock};

@@ -32,6 +32,15 @@ pub struct HostSettings {
     /// `capcache compile`): a bound on what a mistaken path such as a device
     /// can cost. The largest real modules are tens of megabytes.
     pub max_module_size: u64,
+    /// The most state files a policy may keep in its namespace: a policy's
+    /// state is a few named counters and timestamps, and locks; past this,
+    /// `write-state` and `create-state` of a new name (and taking a lock) are
+    /// refused with `too-large`.
+    pub max_state_files: u64,
+    /// The most bytes the namespace's state files may hold together (each is
+    /// at most 1 MiB); past this, a write that would grow them is refused
+    /// with `too-large`.
+    pub max_state_bytes: u64,
 }
 
 impl Default for HostSettings {
@@ -46,6 +55,8 @@ impl Default for HostSettings {
             admit_wait: Duration::from_millis(20),
             max_entry_size: 4 << 30,
             max_module_size: 1 << 30,
+            max_state_files: 256,
+            max_state_bytes: 16 << 20,
         }
     }
 }

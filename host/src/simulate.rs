@@ -761,6 +761,10 @@ impl ViewBackend for SimulatedCache {
         state.files.insert(name.into(), (contents.to_vec(), now));
         Ok(())
     }
+
+    fn state_files(&self) -> Result<Vec<(String, u64)>, WitError> {
+        Ok(self.state.lock().files.iter().map(|(name, (contents, _))| (name.clone(), contents.len() as u64)).collect())
+    }
 }
 
 #[cfg(test)]

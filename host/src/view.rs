@@ -64,6 +64,8 @@ pub(crate) trait ViewBackend: Send + Sync {
     fn write_state(&self, name: &str, contents: &[u8]) -> Result<(), Error>;
     /// Creates a state file if it does not exist.
     fn create_state(&self, name: &str, contents: &[u8]) -> Result<(), Error>;
+    /// Every state file's name and size.
+    fn state_files(&self) -> Result<Vec<(String, u64)>, Error>;
 }
 
 impl ViewBackend for Namespace {
@@ -138,6 +140,20 @@ impl ViewBackend for Namespace {
     fn create_state(&self, name: &str, contents: &[u8]) -> Result<(), Error> {
         self.store.create_exclusive(Area::State, name, contents).map_err(io_error)
     }
+
+    fn state_files(&self) -> Result<Vec<(String, u64)>, Error> {
+        let names = self.store.list_names(Area::State).map_err(io_error)?;
+        // Removed since the listing: gone, and so not counted.
+        Ok(names.into_iter().filter_map(|name| self.store.file_info(Area::State, &name).ok().map(|f| (name, f.size))).collect())
+    }
+}
+
+/// How much state a policy may keep in its namespace, from
+/// [`crate::HostSettings`]'s `max_state_files` and `max_state_bytes`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StateQuota {
+    pub(crate) files: u64,
+    pub(crate) bytes: u64,
 }
 
 /// One policy instance's view of the cache.
@@ -151,11 +167,40 @@ pub struct PolicyView {
     /// The locks the policy holds. Dropping the instance drops them, and so
     /// releases them.
     locks: ResourceTable,
+    quota: StateQuota,
+    /// Whether this instance was told once that its state is over quota.
+    warned_over_quota: bool,
 }
 
 impl PolicyView {
-    pub(crate) fn new(backend: Arc<dyn ViewBackend>, policy_name: String) -> Self {
-        PolicyView { backend, policy_name, listing: None, locks: ResourceTable::new() }
+    pub(crate) fn new(backend: Arc<dyn ViewBackend>, policy_name: String, quota: StateQuota) -> Self {
+        PolicyView { backend, policy_name, listing: None, locks: ResourceTable::new(), quota, warned_over_quota: false }
+    }
+
+    /// Refuses, with `too-large`, writing `len` bytes to the state file
+    /// `name` if the namespace's state would then pass its quota. Processes
+    /// that write at the same moment may each pass the check: the state
+    /// then exceeds the quota by at most one file each, and no further.
+    fn within_state_quota(&mut self, name: &str, len: usize) -> Result<(), Error> {
+        if len > MAX_STATE_FILE {
+            return Err(Error::TooLarge);
+        }
+        let files = self.backend.state_files()?;
+        let others = files.iter().filter(|(n, _)| n != name);
+        let (count, bytes) = others.fold((1u64, len as u64), |(c, b), (_, size)| (c + 1, b + size));
+        if count <= self.quota.files && bytes <= self.quota.bytes {
+            return Ok(());
+        }
+        if !std::mem::replace(&mut self.warned_over_quota, true) {
+            tracing::warn!(
+                policy = self.policy_name,
+                "the policy's state in {} would hold {count} files, {bytes} bytes: over its quota of {} files, {} bytes                  (max-state-files, max-state-bytes in [cache.host]); the write is refused",
+                self.backend.namespace_name(),
+                self.quota.files,
+                self.quota.bytes
+            );
+        }
+        Err(Error::TooLarge)
     }
 
     /// Forgets per-call state; called before each call into the policy.
@@ -252,6 +297,7 @@ impl PolicyView {
             let now = self.backend.now_ms();
             let token = LOCK_TOKENS.fetch_add(1, Ordering::Relaxed);
             let contents = format!("{now} {}-{token}\n", std::process::id()).into_bytes();
+            self.within_state_quota(name, contents.len())?;
             match self.backend.create_state(name, &contents) {
                 Ok(()) => {
                     let (backend, name) = (self.backend.clone(), name.to_string());
@@ -381,18 +427,14 @@ impl view::Host for PolicyView {
     fn write_state(&mut self, name: String, contents: Vec<u8>) -> Result<(), Error> {
         check_plain_name(&name)?;
         self.writable()?;
-        if contents.len() > MAX_STATE_FILE {
-            return Err(Error::TooLarge);
-        }
+        self.within_state_quota(&name, contents.len())?;
         self.backend.write_state(&name, &contents)
     }
 
     fn create_state(&mut self, name: String, contents: Vec<u8>) -> Result<(), Error> {
         check_plain_name(&name)?;
         self.writable()?;
-        if contents.len() > MAX_STATE_FILE {
-            return Err(Error::TooLarge);
-        }
+        self.within_state_quota(&name, contents.len())?;
         self.backend.create_state(&name, &contents)
     }
 

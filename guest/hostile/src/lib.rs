@@ -15,7 +15,10 @@
 //! `terminal` (log a line and write a summary full of escape sequences and
 //! line breaks), `refuse-and-linger` (admit nothing; in `maintain`, write the state file
 //! `lingering`, then stay busy for `linger-ms`, default 500, by the view's
-//! clock).
+//! clock), `hoard-state` (in `maintain`, write state files of `state-bytes`
+//! bytes each, default 1 MiB, until refused; then rewrite the first, and take
+//! a lock; the summary says what happened, as `files=N bytes=N refused=..
+//! rewrite=.. lock=..`).
 
 use capcache_policy::{Action, Admission, Candidate, Codec, EntryMeta, Lock, MaintainReport, Policy, Setting, SettingsError, view};
 use std::sync::Mutex;
@@ -26,6 +29,8 @@ static MODE: Mutex<String> = Mutex::new(String::new());
 static TARGETS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 /// How long `refuse-and-linger` stays in `maintain` (setting `linger-ms`).
 static LINGER_MS: Mutex<u64> = Mutex::new(500);
+/// The size of each file `hoard-state` writes (setting `state-bytes`).
+static STATE_BYTES: Mutex<u64> = Mutex::new(1 << 20);
 
 fn mode() -> String {
     MODE.lock().unwrap().clone()
@@ -115,6 +120,7 @@ impl Policy for Hostile {
             match setting.key.as_str() {
                 "mode" => *MODE.lock().unwrap() = setting.value,
                 "linger-ms" => *LINGER_MS.lock().unwrap() = setting.count()?,
+                "state-bytes" => *STATE_BYTES.lock().unwrap() = setting.count()?,
                 "targets" => {
                     *TARGETS.lock().unwrap() = setting.value.split(',').map(str::to_string).collect()
                 }
@@ -168,6 +174,7 @@ impl Policy for Hostile {
                 panic!("lock-then-trap: trapping while holding the lock");
             }
             "huge-summary" => return report("x".repeat(20 << 20)),
+            "hoard-state" => return report(hoard_state()),
             "terminal" => {
                 let forged = "pass done\r\n2026-01-01T00:00:00Z ERROR capcache: forged line\u{1b}]0;pwned\u{7}\u{1b}[31mred";
                 capcache_policy::log(capcache_policy::LogLevel::Warn, forged);
@@ -192,6 +199,24 @@ impl Policy for Hostile {
         }
         report(format!("hostile policy in mode {:?}: nothing done", mode()))
     }
+}
+
+/// Writes state files until the host refuses one (or 100,000 went in).
+fn hoard_state() -> String {
+    let contents = vec![b's'; *STATE_BYTES.lock().unwrap() as usize];
+    let (mut files, mut refused) = (0u64, String::from("never"));
+    while files < 100_000 {
+        match view::write_state(&format!("hoard-{files}"), &contents) {
+            Ok(()) => files += 1,
+            Err(e) => {
+                refused = format!("{e:?}");
+                break;
+            }
+        }
+    }
+    let rewrite = view::write_state("hoard-0", &contents).map_err(|e| format!("{e:?}"));
+    let lock = Lock::take("hoard.lock", 60_000).map(|l| l.is_some()).map_err(|e| format!("{e:?}"));
+    format!("files={files} bytes={} refused={refused} rewrite={rewrite:?} lock={lock:?}", files * contents.len() as u64)
 }
 
 /// A report of a pass that "ran", saying `summary`.

@@ -63,6 +63,8 @@ impl CacheBuilder {
             event_deadline: ms(h.event_deadline_ms, defaults.event_deadline),
             maintain_deadline: ms(h.maintain_deadline_ms, defaults.maintain_deadline),
             max_module_size: h.max_module_size.unwrap_or(defaults.max_module_size),
+            max_state_files: h.max_state_files.unwrap_or(defaults.max_state_files),
+            max_state_bytes: h.max_state_bytes.unwrap_or(defaults.max_state_bytes),
             ..defaults
         };
         Ok(builder)

@@ -84,8 +84,10 @@ impl Cache {
         Ok(report)
     }
 
-    /// Removes every entry, manifest, temporary file and usage record of the
-    /// namespace (the policy's state stays). Returns how many entries went;
+    /// Removes every entry, manifest, temporary file, usage record and policy
+    /// state file of the namespace (the policy starts afresh, as in a new
+    /// cache; a lock another process holds is then free, which costs at
+    /// most one maintenance pass run twice). Returns how many entries went;
     /// fails if the cache is read-only or an entry could not be removed (the
     /// error says how many were).
     pub fn clear(&self) -> std::io::Result<u64> {
@@ -109,7 +111,7 @@ impl Cache {
                 }
             }
         }
-        for area in [Area::Manifests, Area::Tmp] {
+        for area in [Area::Manifests, Area::Tmp, Area::State] {
             for name in store.list_names(area)? {
                 let _ = store.remove(area, &name);
             }
@@ -119,6 +121,22 @@ impl Cache {
             Some(e) => Err(std::io::Error::new(e.kind(), format!("{removed} entries removed, then: {e}"))),
             None => Ok(removed),
         }
+    }
+
+    /// The policy's state files in the namespace, beside their quota. A
+    /// listing that fails is an error.
+    pub fn state_usage(&self) -> std::io::Result<StateUsage> {
+        let Some(inner) = &self.inner else { return Ok(StateUsage::default()) };
+        let store = &inner.namespace.store;
+        let mut usage =
+            StateUsage { files: 0, bytes: 0, max_files: inner.host.max_state_files, max_bytes: inner.host.max_state_bytes };
+        for name in store.list_names(Area::State)? {
+            if let Ok(info) = store.file_info(Area::State, &name) {
+                usage.files += 1;
+                usage.bytes += info.size;
+            }
+        }
+        Ok(usage)
     }
 
     /// Runs the policy's maintenance pass now (after queued events) and

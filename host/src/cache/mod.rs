@@ -110,6 +110,30 @@ impl From<crate::bindings::exports::capcache::policy::policy::MaintainReport> fo
     }
 }
 
+/// The policy's state in a namespace ([`Cache::state_usage`]): named
+/// counters, timestamps and locks, which the policy writes and the host
+/// bounds ([`crate::HostSettings::max_state_files`] and `max_state_bytes`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StateUsage {
+    /// State files.
+    pub files: u64,
+    /// Bytes they hold.
+    pub bytes: u64,
+    /// The quota's files.
+    pub max_files: u64,
+    /// The quota's bytes.
+    pub max_bytes: u64,
+}
+
+impl StateUsage {
+    /// Whether the state is over its quota (a quota lowered since it was
+    /// written, or writers racing): writes that grow it are refused.
+    pub fn over_quota(&self) -> bool {
+        self.files > self.max_files || self.bytes > self.max_bytes
+    }
+}
+
 /// What [`Cache::verify`] does with a bad entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

@@ -18,7 +18,7 @@ use std::hash::Hash;
 use crate::settings::HostSettings;
 use crate::stats::Stats;
 use crate::namespace::{Admit, AdmitWait, Decision};
-use crate::view::{PolicyView, ViewBackend};
+use crate::view::{PolicyView, StateQuota, ViewBackend};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -172,7 +172,8 @@ impl PolicyRuntime {
             self.code = PolicyCode::Optimized;
         }
         let limits = InstanceLimits::new(self.host.policy_memory_limit);
-        let view = PolicyView::new(self.backend.clone(), self.name.clone());
+        let quota = StateQuota { files: self.host.max_state_files, bytes: self.host.max_state_bytes };
+        let view = PolicyView::new(self.backend.clone(), self.name.clone(), quota);
         let mut store = Store::new(self.pre.engine(), PolicyState { view, limits });
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(ticks(self.host.configure_deadline));
