@@ -488,3 +488,60 @@ fn compiled_policy_code_that_cannot_be_kept_is_said_not_hidden() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success() && stderr.contains("compiled policies are not kept"), "{stderr}");
 }
+
+/// A cgroup that lets at most `max` tasks run in it (the pids controller,
+/// cgroup v1 or v2), removed when dropped; `None` where there is none.
+struct PidsLimit(PathBuf);
+
+impl PidsLimit {
+    fn new(test: &str, max: u32) -> Option<PidsLimit> {
+        let base = [Path::new("/sys/fs/cgroup/pids"), Path::new("/sys/fs/cgroup")]
+            .into_iter()
+            .find(|base| base.join("cgroup.procs").exists() && (base.ends_with("pids") || read_controllers(base).contains("pids")))?;
+        let dir = base.join(format!("capcache-{test}-{}", std::process::id()));
+        std::fs::create_dir(&dir).ok()?;
+        std::fs::write(dir.join("pids.max"), max.to_string()).ok()?;
+        Some(PidsLimit(dir))
+    }
+
+    /// `program args`, started as the only task of the group: a shell joins
+    /// it, then becomes the program.
+    fn run(&self, program: &Path, args: &[&str]) -> std::process::Output {
+        let script = format!("echo $$ > {}/cgroup.procs && exec \"$0\" \"$@\"", self.0.display());
+        Command::new("sh").arg("-c").arg(script).arg(program).args(args).output().unwrap()
+    }
+}
+
+fn read_controllers(base: &Path) -> String {
+    std::fs::read_to_string(base.join("cgroup.controllers")).unwrap_or_default()
+}
+
+impl Drop for PidsLimit {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn a_thread_that_cannot_start_is_an_error_that_says_so_not_a_panic() {
+    if !have_root("faults::a_thread_that_cannot_start", "makes a cgroup") {
+        return;
+    }
+    let t = TestCache::new();
+    drop(t.open());
+    let root = t.root().display().to_string();
+    let capcache = Path::new(env!("CARGO_BIN_EXE_capcache"));
+    // One task: the policy engine's deadline thread cannot start. Two: the
+    // cache's worker cannot.
+    for (max, says) in [(1, "deadline thread"), (2, "cannot start the cache's worker's thread")] {
+        let Some(limit) = PidsLimit::new("thread", max) else {
+            skip("faults::a_thread_that_cannot_start", "no cgroup pids controller here", "CI's machine has one");
+            return;
+        };
+        let out = limit.run(capcache, &["stats", "--dir", &root]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "with {max} tasks: {stderr}");
+        assert!(stderr.contains(says) && stderr.contains("Resource temporarily unavailable"), "with {max} tasks: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}

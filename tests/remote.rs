@@ -469,3 +469,34 @@ fn a_user_a_password_and_a_database_in_the_url_are_used() {
     let shown = format!("{checks:?}");
     assert!(!checks[0].ok && shown.contains("WRONGPASS") && !shown.contains("not-the-password"), "{shown}");
 }
+
+#[test]
+fn an_upload_lost_to_a_full_event_queue_is_counted_as_a_failed_upload() {
+    let Some(server) = RedisServer::start("remote::lost_uploads", &[]) else { return };
+    let dirs = tempfile::tempdir().unwrap();
+    // A policy that spins in on-insert until its deadline, behind a queue of
+    // one: the worker cannot keep up, and events (each the upload of its
+    // entry) are dropped.
+    let host_settings = capcache::HostSettings {
+        event_queue_size: 1,
+        event_deadline: Duration::from_millis(100),
+        ..capcache::HostSettings::default()
+    };
+    let cache = Cache::builder()
+        .directory(dirs.path())
+        .remote(RemoteSettings::new(server.url()))
+        .policy(guest_policy("hostile"))
+        .setting("mode", "loop-insert")
+        .host_settings(host_settings)
+        .open()
+        .unwrap();
+    for n in 0..20 {
+        assert!(cache.insert(format!("key {n}").as_bytes(), b"a value"));
+    }
+    cache.flush();
+    let stats = cache.stats();
+    assert!(stats.events_dropped > 0, "nothing was dropped, so nothing is tested: {stats:?}");
+    // Every stored entry was either uploaded or counted as lost.
+    assert_eq!(stats.remote_uploads + stats.remote_upload_failures, 20, "{stats:?}");
+    assert_eq!(server.keys().len() as u64, stats.remote_uploads);
+}
