@@ -297,8 +297,9 @@ fn the_compiled_policy_is_kept_and_a_damaged_one_compiled_again() {
     stdout(&capcache(&["compile", "--dir", &root, &modules[0]]));
     let stored = only_file();
     let inode = std::fs::metadata(&stored).unwrap().ino();
-    // The next process loads it: it is neither rewritten nor joined by another.
-    stdout(&capcache(&["stats", "--dir", &root]));
+    // The next process that starts the policy (gc does) loads it: it is
+    // neither rewritten nor joined by another.
+    stdout(&capcache(&["gc", "--dir", &root]));
     assert_eq!(std::fs::metadata(only_file()).unwrap().ino(), inode);
     // Damaged in place: the next process notices, compiles and stores it anew.
     let mut bytes = std::fs::read(&stored).unwrap();
@@ -306,7 +307,7 @@ fn the_compiled_policy_is_kept_and_a_damaged_one_compiled_again() {
     bytes[middle] ^= 0x01;
     make_writable(&stored);
     std::fs::write(&stored, &bytes).unwrap();
-    stdout(&capcache(&["stats", "--dir", &root]));
+    stdout(&capcache(&["gc", "--dir", &root]));
     let again = std::fs::read(only_file()).unwrap();
     assert_ne!(again, bytes, "the damaged code was kept");
     assert_eq!(again.len(), bytes.len());

@@ -491,12 +491,14 @@ fn an_upload_lost_to_a_full_event_queue_is_counted_as_a_failed_upload() {
         .open()
         .unwrap();
     for n in 0..20 {
-        assert!(cache.insert(format!("key {n}").as_bytes(), b"a value"));
+        cache.insert(format!("key {n}").as_bytes(), b"a value");
     }
     cache.flush();
     let stats = cache.stats();
     assert!(stats.events_dropped > 0, "nothing was dropped, so nothing is tested: {stats:?}");
-    // Every stored entry was either uploaded or counted as lost.
-    assert_eq!(stats.remote_uploads + stats.remote_upload_failures, 20, "{stats:?}");
+    // Every stored entry (some were stored by the worker, once the policy
+    // was free) was either uploaded or counted as lost.
+    assert!(stats.inserts > 0, "{stats:?}");
+    assert_eq!(stats.remote_uploads + stats.remote_upload_failures, stats.inserts, "{stats:?}");
     assert_eq!(server.keys().len() as u64, stats.remote_uploads);
 }

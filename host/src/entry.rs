@@ -168,7 +168,7 @@ impl Trailer {
 /// Adds `bytes` to `hasher`, on all cores when there are enough of them to
 /// pay for the threads.
 pub fn hash_into(hasher: &mut blake3::Hasher, bytes: &[u8]) {
-    if bytes.len() >= PARALLEL_HASH_MIN {
+    if bytes.len() >= PARALLEL_HASH_MIN && crate::input::all_cores() {
         hasher.update_rayon(bytes);
     } else {
         hasher.update(bytes);

@@ -7,6 +7,23 @@ use std::io::{self, Read};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
+/// Whether hashing may use the global thread pool: it is started here on
+/// first ask. A system that refuses its threads (a process limit, a cgroup's
+/// `pids.max`) leaves hashing on the caller's thread, said once, rather than
+/// a panic in the pool's first use.
+pub(crate) fn all_cores() -> bool {
+    static POOL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *POOL.get_or_init(|| match rayon_core::ThreadPoolBuilder::new().build_global() {
+        Ok(()) => true,
+        // Already built by another part of the process: it is there.
+        Err(e) if std::error::Error::source(&e).is_none() => true,
+        Err(e) => {
+            tracing::warn!("cannot start threads to hash on all cores ({e}): hashing on one");
+            false
+        }
+    })
+}
+
 /// The most characters of a message quoted from a parser or a file: a
 /// one-line text file of 200 MB must not become a 200 MB error message.
 pub(crate) const MAX_EXCERPT: usize = 400;
@@ -112,7 +129,7 @@ pub(crate) fn hash_open_file(file: &File, max_size: u64) -> io::Result<Hashed> {
     read_exact_at(file, &mut head[..head_len], 0)?;
     // Asked only for a large file: the first ask starts the thread pool,
     // which a process that hashes only small files never needs.
-    let splits = if len < PARALLEL_FILE_HASH_MIN { 0 } else { rayon_core::current_num_threads().max(1).ilog2() };
+    let splits = if len < PARALLEL_FILE_HASH_MIN || !all_cores() { 0 } else { rayon_core::current_num_threads().max(1).ilog2() };
     let digest = if splits == 0 {
         let mut hasher = blake3::Hasher::new();
         hash_range(file, &mut hasher, 0, len)?;

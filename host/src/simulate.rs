@@ -448,7 +448,7 @@ impl Simulation {
     ) -> Result<Simulation, Error> {
         let settings: Vec<(String, String)> = settings.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
         let cache = Arc::new(SimulatedCache::new());
-        let mut runtime = PolicyRuntime::start(policy, &settings, cache.clone(), host, None)?;
+        let mut runtime = PolicyRuntime::start(policy, &settings, cache.clone(), host, None, crate::policy::StartAt::Now)?;
         runtime.record_calls();
         Ok(Simulation { runtime, cache, report: SimulationReport::default(), crashes: 0, rng: fastrand::Rng::with_seed(0) })
     }

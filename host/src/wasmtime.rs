@@ -83,7 +83,7 @@ pub fn compatibility_digest(engine: &Engine) -> [u8; 32] {
 pub(crate) fn artifact_key(engine: &Engine, kind: Kind, wasm: &[u8]) -> Key {
     let mut hasher = blake3::Hasher::new();
     // As a file load hashes the same bytes: on all cores from the same size.
-    if wasm.len() as u64 >= crate::input::PARALLEL_FILE_HASH_MIN {
+    if wasm.len() as u64 >= crate::input::PARALLEL_FILE_HASH_MIN && crate::input::all_cores() {
         hasher.update_rayon(wasm);
     } else {
         hasher.update(wasm);

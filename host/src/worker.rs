@@ -2,6 +2,12 @@
 //! events on a bounded queue (a full queue drops the event and counts it, as
 //! wasmtime's worker does, so the caller never waits); the worker records
 //! usage, asks the policy what to do and does it: recode, remove, maintain.
+//!
+//! A policy that starts at its first call (see `StartAt::FirstCall`) is
+//! started here, ahead of a miss's `admit`, or for events; not for hits
+//! alone in the first [`HITS_ALONE_WAIT`] of the cache: a short-lived
+//! process that only hits exits without ever starting it. Such hits are
+//! still recorded as usage, and counted as dropped events.
 
 use crate::bindings::codec_from_wit;
 use crate::bindings::exports::capcache::policy::policy::{Action, MaintainReport};
@@ -14,8 +20,15 @@ use crate::store::Area;
 use crate::usage::{self, Usage};
 use parking_lot::Mutex;
 use std::sync::Arc;
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How long after the cache opened hits alone wait before a policy that has
+/// not started is started to hear of them. Long enough for a process that
+/// loads its modules and exits (a CLI, a CI step, a request's worker), short
+/// enough that a long-lived host's policy hears of its first hits soon.
+pub(crate) const HITS_ALONE_WAIT: Duration = Duration::from_millis(100);
 
 /// A value to make, admit and store on the worker; `None` if there is nothing
 /// to store after all.
@@ -32,6 +45,8 @@ enum Message {
     Flush(SyncSender<()>),
     /// Run `maintain` now and answer with its report.
     Maintain(SyncSender<Option<MaintainReport>>),
+    /// Start the policy now if it has not started: a miss will ask it.
+    StartPolicy,
 }
 
 /// Which event of an entry the policy hears of.
@@ -74,6 +89,15 @@ impl Worker {
             Ok(()) => Ok(()),
             Err(Message::Store(_, produce)) => Err(produce),
             Err(_) => unreachable!("offer hands back what it was given"),
+        }
+    }
+
+    /// Starts the policy on the worker, without waiting, unless it has
+    /// started (or is being called): a miss calls this before computing its
+    /// value, so that `admit` finds the policy running.
+    pub(crate) fn start_policy(&self, policy: &Mutex<PolicyRuntime>) {
+        if policy.try_lock().is_some_and(|p| !p.is_started()) {
+            let _ = self.offer(Message::StartPolicy);
         }
     }
 
@@ -125,10 +149,36 @@ impl Drop for Worker {
     }
 }
 
+/// Whether the policy has started, or is being called (and so starting).
+fn policy_started(policy: &Mutex<PolicyRuntime>) -> bool {
+    policy.try_lock().is_none_or(|p| p.is_started())
+}
+
 fn run(receiver: Receiver<Message>, namespace: &Namespace, policy: &Mutex<PolicyRuntime>, host: &HostSettings) {
+    let opened = Instant::now();
     while let Ok(first) = receiver.recv() {
         let mut batch = vec![first];
         batch.extend(receiver.try_iter());
+        // Hits alone do not start a policy early in the cache's life: wait
+        // for the process to go on (or for it to close the cache).
+        let mut closing = false;
+        while batch.iter().all(|m| matches!(m, Message::Hit(_))) && !policy_started(policy) {
+            let left = HITS_ALONE_WAIT.saturating_sub(opened.elapsed());
+            if left.is_zero() {
+                break;
+            }
+            match receiver.recv_timeout(left) {
+                Ok(message) => {
+                    batch.push(message);
+                    batch.extend(receiver.try_iter());
+                }
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => {
+                    closing = true;
+                    break;
+                }
+            }
+        }
         // All hits of the batch go to the journal in one append.
         let hits: Vec<_> = batch
             .iter()
@@ -148,8 +198,13 @@ fn run(receiver: Receiver<Message>, namespace: &Namespace, policy: &Mutex<Policy
                     if !namespace.read_only {
                         let _ = namespace.store.touch_entry(&key);
                     }
-                    handle_entry_event(namespace, policy, &key, EntryEvent::Hit);
+                    if closing {
+                        Stats::bump(&namespace.stats.events_dropped);
+                    } else {
+                        handle_entry_event(namespace, policy, &key, EntryEvent::Hit);
+                    }
                 }
+                Message::StartPolicy => policy.lock().start_ahead(),
                 Message::Inserted(key) => handle_entry_event(namespace, policy, &key, EntryEvent::Inserted),
                 Message::Store(key, produce) => {
                     if let Some(value) = produce()

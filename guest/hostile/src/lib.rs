@@ -18,7 +18,8 @@
 //! clock), `hoard-state` (in `maintain`, write state files of `state-bytes`
 //! bytes each, default 1 MiB, until refused; then rewrite the first, and take
 //! a lock; the summary says what happened, as `files=N bytes=N refused=..
-//! rewrite=.. lock=..`).
+//! rewrite=.. lock=..`), `slow-configure` (stay busy in `configure` for
+//! `linger-ms` by the view's clock, then accept the settings).
 
 use capcache_policy::{Action, Admission, Candidate, Codec, EntryMeta, Lock, MaintainReport, Policy, Setting, SettingsError, view};
 use std::sync::Mutex;
@@ -129,6 +130,12 @@ impl Policy for Hostile {
         }
         if mode() == "loop-configure" {
             spin();
+        }
+        if mode() == "slow-configure" {
+            let until = view::now() + *LINGER_MS.lock().unwrap();
+            while view::now() < until {
+                core::hint::spin_loop();
+            }
         }
         if mode() == "alloc-configure" {
             hoard();

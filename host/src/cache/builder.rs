@@ -185,7 +185,20 @@ impl CacheBuilder {
             .map_err(|e| tracing::warn!("compiled policies are not kept ({e}): every start compiles the policy again"))
             .ok()
             .map(Arc::new);
-        let runtime = PolicyRuntime::start(&self.policy, &self.settings, namespace.clone(), self.host.clone(), code.as_ref())?;
+        // A policy that started well here before, with these settings, starts
+        // at its first call, off the caller's path; any other starts now,
+        // so that its errors are the caller's.
+        let at = match &code {
+            Some(code) if crate::policy::known_good(code, &self.policy, &self.settings, &self.host) => StartAt::FirstCall,
+            _ => StartAt::Now,
+        };
+        let runtime = PolicyRuntime::start(&self.policy, &self.settings, namespace.clone(), self.host.clone(), code.as_ref(), at)?;
+        if at == StartAt::Now
+            && let Some(code) = &code
+            && !read_only
+        {
+            crate::policy::mark_known_good(code, &self.policy, &self.settings, &self.host);
+        }
         let policy = Arc::new(Mutex::new(runtime));
         let worker = Worker::start(namespace.clone(), policy.clone(), self.host.clone())
             .map_err(|source| Error::Thread { what: "the cache's worker", source })?;

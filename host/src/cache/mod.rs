@@ -14,7 +14,7 @@ use crate::config::DirectMode;
 use crate::entry::StoredCodec;
 use crate::error::Error;
 use crate::key::{Key, ValueKey};
-use crate::policy::{Policy, PolicyRuntime};
+use crate::policy::{Policy, PolicyRuntime, StartAt};
 use crate::settings::HostSettings;
 use crate::stats::{Stats, StatsSnapshot};
 use crate::store::{Area, EntryOutcome, EntryStore, Found, IfMissing, RawEntryAs, StoreOptions};
@@ -283,7 +283,12 @@ impl Cache {
                     Stats::bump(&namespace.stats.events_dropped);
                 }
             }
-            None => Stats::bump(&namespace.stats.misses),
+            None => {
+                Stats::bump(&namespace.stats.misses);
+                // The caller computes the value now, then offers it: the
+                // policy starts meanwhile, if it has not.
+                inner.worker().start_policy(&inner.policy);
+            }
         }
         found.map(|found| (found, source))
     }
@@ -495,6 +500,6 @@ impl Cache {
     /// large policy whose optimized code is not kept yet (see
     /// [`Policy::install`](crate::Policy::install)).
     pub fn policy_code(&self) -> Option<crate::PolicyCode> {
-        self.inner.as_ref().map(|i| i.policy.lock().code())
+        self.inner.as_ref().and_then(|i| i.policy.lock().code().ok())
     }
 }

@@ -22,6 +22,9 @@ pub(super) fn engine(compiler: PolicyCode) -> Option<&'static Engine> {
         config.wasm_component_model(true);
         config.epoch_interruption(true);
         config.max_wasm_stack(1 << 20);
+        // Compiling on all cores needs the global thread pool, which panics
+        // when the system refuses its threads: then compile on this one.
+        config.parallel_compilation(crate::input::all_cores());
         config.strategy(strategy);
         let engine = match Engine::new(&config) {
             Ok(engine) => engine,

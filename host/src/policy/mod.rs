@@ -34,7 +34,7 @@ mod runtime;
 pub use code::{POLICY_CODE_KEPT_BYTES, PolicyCode, QUICK_CODE_MIN};
 pub(crate) use code::POLICY_CODE_NAMESPACE;
 pub use runtime::{MAX_POLICY_INSTANCES, MAX_POLICY_MEMORIES, MAX_POLICY_TABLES, PolicyState};
-pub(crate) use runtime::PolicyRuntime;
+pub(crate) use runtime::{PolicyRuntime, StartAt, known_good, mark_known_good};
 use code::{compiled, load_compiled, store_compiled};
 use engine::{engine, engine_for};
 

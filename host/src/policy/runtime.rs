@@ -82,10 +82,25 @@ struct Live {
     bindings: PolicyWorld,
 }
 
+/// When a policy starts: its code loaded (or compiled), an instance made,
+/// `configure` called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StartAt {
+    /// Before [`PolicyRuntime::start`] returns: its errors are the caller's.
+    Now,
+    /// At the first call into it, on whichever thread makes it (for a
+    /// policy and settings that started well before: see [`known_good`]).
+    FirstCall,
+}
+
 /// A running policy, re-made after any fault.
 pub(crate) struct PolicyRuntime {
     name: String,
-    pre: PolicyWorldPre<PolicyState>,
+    /// The policy and where its compiled code is kept, until its code is
+    /// prepared.
+    source: Option<(Policy, Option<Arc<EntryStore>>)>,
+    /// Its code, linked; `None` until prepared.
+    pre: Option<PolicyWorldPre<PolicyState>>,
     /// Which compiler made `pre`'s code.
     code: PolicyCode,
     /// The policy's digest, under which this process keeps its best code.
@@ -116,20 +131,24 @@ impl CallRecord {
 }
 
 impl PolicyRuntime {
-    /// Instantiates and configures the policy; a refusal of the settings or a
-    /// fault is an error for the user.
+    /// The policy, with its settings, under the host's bounds. With
+    /// [`StartAt::Now`], instantiates and configures it: a refusal of the
+    /// settings or a fault is an error for the user. With
+    /// [`StartAt::FirstCall`], does nothing more: the first call does it, and
+    /// its failure is that call's fault.
     pub(crate) fn start(
         policy: &Policy,
         settings: &[(String, String)],
         backend: Arc<dyn ViewBackend>,
         host: HostSettings,
         code: Option<&Arc<EntryStore>>,
+        at: StartAt,
     ) -> Result<PolicyRuntime, Error> {
-        let (pre, code) = policy.prepare(code)?;
         let mut runtime = PolicyRuntime {
             name: policy.name.clone(),
-            pre,
-            code,
+            source: Some((policy.clone(), code.cloned())),
+            pre: None,
+            code: PolicyCode::Optimized,
             digest: policy.digest(),
             settings: settings.iter().map(|(key, value)| Setting { key: key.clone(), value: value.clone() }).collect(),
             backend,
@@ -137,6 +156,9 @@ impl PolicyRuntime {
             live: None,
             record: None,
         };
+        if at == StartAt::FirstCall {
+            return Ok(runtime);
+        }
         match runtime.instantiate() {
             Ok(live) => runtime.live = Some(live),
             Err(StartError::Settings(SettingsError::UnknownKey(key))) => {
@@ -149,35 +171,64 @@ impl PolicyRuntime {
                 let reason = describe_fault(&e, runtime.host.configure_deadline);
                 return Err(Error::PolicyFault { policy: runtime.name, reason });
             }
+            Err(StartError::Code(e)) => return Err(e),
         }
         Ok(runtime)
+    }
+
+    /// Whether the policy's code is prepared (it was started at least once).
+    pub(crate) fn is_started(&self) -> bool {
+        self.pre.is_some()
+    }
+
+    /// Starts the policy now if no instance is running, ahead of the call
+    /// that will need it; a failure is that call's fault, logged and counted
+    /// as any.
+    pub(crate) fn start_ahead(&mut self) {
+        let _ = self.call("configure", Duration::ZERO, |_, _| Ok(()));
     }
 
     pub(crate) fn name(&self) -> &str {
         &self.name
     }
 
-    /// Which compiler made the code the policy runs now.
-    pub(crate) fn code(&self) -> PolicyCode {
-        self.code
+    /// Which compiler made the code the policy runs now (its code is
+    /// prepared first if it was not yet).
+    pub(crate) fn code(&mut self) -> Result<PolicyCode, Error> {
+        self.prepare()?;
+        Ok(self.code)
+    }
+
+    /// Loads (or compiles) the policy's code, once.
+    fn prepare(&mut self) -> Result<&PolicyWorldPre<PolicyState>, Error> {
+        if self.pre.is_none() {
+            let (policy, code) = self.source.as_ref().expect("the source is kept until the code is prepared");
+            let (pre, code) = policy.prepare(code.as_ref())?;
+            self.code = code;
+            self.pre = Some(pre);
+            self.source = None;
+        }
+        Ok(self.pre.as_ref().expect("prepared above"))
     }
 
     fn instantiate(&mut self) -> Result<Live, StartError> {
+        self.prepare().map_err(StartError::Code)?;
         // An instance made anew runs the best code this process has: the
         // optimized code, once its compilation in the background is done.
         if self.code == PolicyCode::Quick
             && let Some((pre, PolicyCode::Optimized)) = compiled().lock().get(&self.digest).cloned()
         {
-            self.pre = pre;
+            self.pre = Some(pre);
             self.code = PolicyCode::Optimized;
         }
+        let pre = self.pre.as_ref().expect("prepared above");
         let limits = InstanceLimits::new(self.host.policy_memory_limit);
         let quota = StateQuota { files: self.host.max_state_files, bytes: self.host.max_state_bytes };
         let view = PolicyView::new(self.backend.clone(), self.name.clone(), quota);
-        let mut store = Store::new(self.pre.engine(), PolicyState { view, limits });
+        let mut store = Store::new(pre.engine(), PolicyState { view, limits });
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(ticks(self.host.configure_deadline));
-        let bindings = self.pre.instantiate(&mut store).map_err(StartError::Fault)?;
+        let bindings = pre.instantiate(&mut store).map_err(StartError::Fault)?;
         bindings
             .capcache_policy_policy()
             .call_configure(&mut store, &self.settings)
@@ -200,7 +251,8 @@ impl PolicyRuntime {
                 Err(e) => {
                     let reason = match e {
                         StartError::Fault(e) => describe_fault(&e, self.host.configure_deadline),
-                        StartError::Settings(e) => format!("settings refused on restart: {e:?}"),
+                        StartError::Settings(e) => format!("settings refused: {e:?}"),
+                        StartError::Code(e) => e.to_string(),
                     };
                     self.fault(what, started, &reason);
                     return None;
@@ -338,6 +390,49 @@ fn describe_fault(e: &wasmtime::Error, deadline: Duration) -> String {
 enum StartError {
     Settings(SettingsError),
     Fault(wasmtime::Error),
+    /// Its code could not be loaded or compiled.
+    Code(Error),
+}
+
+/// The name of the mark that `policy`, with `settings`, under `host`'s
+/// bounds, started well in this cache before: a state file of the kept
+/// compiled policies, named by a digest of all that (and of this capcache's
+/// version).
+fn known_good_mark(policy: &Policy, settings: &[(String, String)], host: &HostSettings) -> String {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(env!("CARGO_PKG_VERSION").as_bytes());
+    hasher.update(policy.digest());
+    for (key, value) in settings {
+        for part in [key, value] {
+            hasher.update((part.len() as u64).to_le_bytes());
+            hasher.update(part.as_bytes());
+        }
+    }
+    hasher.update((host.policy_memory_limit as u64).to_le_bytes());
+    hasher.update((host.configure_deadline.as_nanos() as u64).to_le_bytes());
+    let digest = hasher.finalize();
+    format!("started-{}", digest[..16].iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+/// Whether this policy, with these settings and bounds, started well in this
+/// cache before. Then a cache can open without starting it: the settings
+/// were checked, and whatever the first call meets is a fault as any other.
+/// Starting is what a short-lived process that only hits would otherwise
+/// pay most for.
+pub(crate) fn known_good(code: &EntryStore, policy: &Policy, settings: &[(String, String)], host: &HostSettings) -> bool {
+    code.file_info(Area::State, &known_good_mark(policy, settings, host)).is_ok()
+}
+
+/// Marks this policy, settings and bounds as started well (see
+/// [`known_good`]); a mark that cannot be written costs the next process a
+/// start at open, nothing more.
+pub(crate) fn mark_known_good(code: &EntryStore, policy: &Policy, settings: &[(String, String)], host: &HostSettings) {
+    match code.create_exclusive(Area::State, &known_good_mark(policy, settings, host), b"") {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => tracing::debug!("cannot mark the policy as started well: {e}"),
+    }
 }
 
 /// A policy may answer an event with any list; the host acts on at most one

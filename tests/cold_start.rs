@@ -1,0 +1,87 @@
+//! A short-lived process pays for its hit, not for its policy: a policy that
+//! started well in a cache before, with the same settings, starts off the
+//! caller's path (on the worker, ahead of a miss's `admit`), and not at all
+//! in a process that only hits and exits. A policy not seen before starts
+//! when the cache opens, so that a bad setting is the opener's error.
+
+use crate::support::*;
+use capcache::{Cache, HostSettings, Source};
+use std::time::{Duration, Instant};
+
+/// How long the slow policy's `configure` takes.
+const SLOW_START: Duration = Duration::from_millis(1000);
+
+fn slow_policy(t: &TestCache) -> Cache {
+    // The policy's configure waits by the view's clock: the real one.
+    t.builder()
+        .clock(std::sync::Arc::new(capcache::SystemClock))
+        .policy(guest_policy("hostile"))
+        .setting("mode", "slow-configure")
+        .setting("linger-ms", SLOW_START.as_millis().to_string())
+        .host_settings(HostSettings { configure_deadline: SLOW_START * 3, ..HostSettings::default() })
+        .open()
+        .unwrap()
+}
+
+#[test]
+fn a_hit_does_not_wait_for_a_policy_whose_start_is_slow() {
+    let t = TestCache::new();
+    // First, in this cache: the policy starts at open, its settings checked.
+    let started = Instant::now();
+    let cache = slow_policy(&t);
+    assert!(started.elapsed() >= SLOW_START, "the first open did not start the policy ({:?})", started.elapsed());
+    assert!(cache.insert(b"k", b"value"));
+    drop(cache);
+
+    // Then: open, hit and close return long before its configure would end.
+    let started = Instant::now();
+    let cache = slow_policy(&t);
+    assert_eq!(cache.get(b"k").as_deref(), Some(&b"value"[..]));
+    let hit = started.elapsed();
+    drop(cache);
+    let all = started.elapsed();
+    assert!(all < SLOW_START / 4, "open {hit:?}, then close {all:?}: the process waited for the policy's start of {SLOW_START:?}");
+    // The hit is recorded all the same (its event, unheard by the policy,
+    // counts as dropped).
+    let cache = slow_policy(&t);
+    assert_eq!(cache.entry_info(b"k").unwrap().hits, 1);
+
+    // A miss does not wait either: the lookup starts the policy on the
+    // worker while the caller computes its value, and the value offered
+    // meanwhile goes to the worker, which stores what the policy admits.
+    let started = Instant::now();
+    assert_eq!(cache.get(b"new"), None);
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(!cache.insert(b"new", b"value"), "stored before the policy could admit it");
+    assert!(started.elapsed() < SLOW_START / 4, "the miss waited {:?}", started.elapsed());
+    cache.flush();
+    assert_eq!(cache.get(b"new").as_deref(), Some(&b"value"[..]), "the worker did not store it once the policy ran");
+}
+
+#[test]
+fn a_module_hit_in_a_fresh_process_does_not_start_the_policy() {
+    let t = TestCache::new();
+    let engine = wasmtime::Engine::default();
+    let wasm = tiny_module(5);
+    let cache = slow_policy(&t);
+    assert_eq!(capcache::wasmtime::load_module_with_source(&cache, &engine, &wasm).unwrap().1, Source::Miss);
+    drop(cache);
+    let started = Instant::now();
+    let cache = slow_policy(&t);
+    assert_eq!(capcache::wasmtime::load_module_with_source(&cache, &engine, &wasm).unwrap().1, Source::Hit);
+    drop(cache);
+    assert!(started.elapsed() < SLOW_START / 4, "a hit cost {:?}", started.elapsed());
+}
+
+#[test]
+fn a_policy_or_settings_not_seen_before_are_checked_when_the_cache_opens() {
+    let t = TestCache::new();
+    drop(t.open());
+    // The default policy started well here; with a setting it does not know,
+    // it is another start, made at open, and refused there.
+    let err = t.builder().setting("no-such-setting", "1").open().unwrap_err();
+    assert!(err.to_string().contains("no-such-setting"), "{err}");
+    // Known good: the mark is in the kept compiled policies' state.
+    let marks = std::fs::read_dir(t.root().join("policy-code/state")).unwrap().count();
+    assert_eq!(marks, 1, "one mark, for the default policy without settings");
+}
