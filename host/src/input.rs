@@ -84,15 +84,6 @@ pub(crate) fn read_regular_file(path: &Path, max_size: u64) -> io::Result<std::s
     Ok(bytes)
 }
 
-/// The BLAKE3 hash and the size of the regular file at `path`, of at most
-/// `max_size` bytes, read through one buffer (the file is never held whole,
-/// nor mapped: a file someone truncates while it is mapped kills the reader).
-pub(crate) fn hash_regular_file(path: &Path, max_size: u64) -> io::Result<([u8; 32], u64)> {
-    let (file, _) = open_regular_file(path, max_size)?;
-    let hashed = hash_open_file(&file, max_size)?;
-    Ok((hashed.digest, hashed.len))
-}
-
 /// What [`hash_open_file`] read.
 pub(crate) struct Hashed {
     /// The BLAKE3 digest of every byte read.

@@ -6,8 +6,10 @@
 //! A policy that starts at its first call (see `StartAt::FirstCall`) is
 //! started here, ahead of a miss's `admit`, or for events; not for hits
 //! alone in the first [`HITS_ALONE_WAIT`] of the cache: a short-lived
-//! process that only hits exits without ever starting it. Such hits are
-//! still recorded as usage, and counted as dropped events.
+//! process that only hits raw entries (already in the form that loads
+//! fastest) exits without ever starting it. Such hits are still recorded as
+//! usage, and counted as dropped events. A hit on an encoded entry is
+//! always told, as the policy may decide to store it raw.
 
 use crate::bindings::codec_from_wit;
 use crate::bindings::exports::capcache::policy::policy::{Action, MaintainReport};
@@ -36,7 +38,8 @@ pub(crate) type Produce = Box<dyn FnOnce() -> Option<Vec<u8>> + Send>;
 
 /// What the worker is asked to do.
 enum Message {
-    Hit(Key),
+    /// A hit, on a raw entry or not.
+    Hit(Key, bool),
     Inserted(Key),
     /// Make a value, then admit and store it (a miss's store, off the
     /// caller's path).
@@ -73,8 +76,8 @@ impl Worker {
 
     /// Tells the policy of a hit, without waiting; `false` if the queue was
     /// full and the event dropped.
-    pub(crate) fn hit(&self, key: Key) -> bool {
-        self.offer(Message::Hit(key)).is_ok()
+    pub(crate) fn hit(&self, key: Key, raw: bool) -> bool {
+        self.offer(Message::Hit(key, raw)).is_ok()
     }
 
     /// Tells the policy of an insert, without waiting; `false` if dropped.
@@ -162,7 +165,7 @@ fn run(receiver: Receiver<Message>, namespace: &Namespace, policy: &Mutex<Policy
         // Hits alone do not start a policy early in the cache's life: wait
         // for the process to go on (or for it to close the cache).
         let mut closing = false;
-        while batch.iter().all(|m| matches!(m, Message::Hit(_))) && !policy_started(policy) {
+        while batch.iter().all(|m| matches!(m, Message::Hit(..))) && !policy_started(policy) {
             let left = HITS_ALONE_WAIT.saturating_sub(opened.elapsed());
             if left.is_zero() {
                 break;
@@ -174,7 +177,7 @@ fn run(receiver: Receiver<Message>, namespace: &Namespace, policy: &Mutex<Policy
                 }
                 Err(RecvTimeoutError::Timeout) => break,
                 Err(RecvTimeoutError::Disconnected) => {
-                    closing = true;
+                    closing = batch.iter().all(|m| matches!(m, Message::Hit(_, true)));
                     break;
                 }
             }
@@ -183,7 +186,7 @@ fn run(receiver: Receiver<Message>, namespace: &Namespace, policy: &Mutex<Policy
         let hits: Vec<_> = batch
             .iter()
             .filter_map(|e| match e {
-                Message::Hit(key) => Some((usage::id_of(key), Some(1))),
+                Message::Hit(key, _) => Some((usage::id_of(key), Some(1))),
                 _ => None,
             })
             .collect();
@@ -194,7 +197,7 @@ fn run(receiver: Receiver<Message>, namespace: &Namespace, policy: &Mutex<Policy
         }
         for message in batch {
             match message {
-                Message::Hit(key) => {
+                Message::Hit(key, _) => {
                     if !namespace.read_only {
                         let _ = namespace.store.touch_entry(&key);
                     }

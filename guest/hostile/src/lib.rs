@@ -1,5 +1,6 @@
 //! A misbehaving policy, for the host's tests. The setting `mode` chooses the
-//! misbehaviour; in every other respect it behaves (stores at zstd level 1).
+//! misbehaviour; in every other respect it behaves (stores at zstd level 1,
+//! or raw with the setting `raw` = `yes`).
 //!
 //! Modes: `loop-admit`, `loop-hit`, `loop-insert`, `loop-maintain` (spin
 //! forever), `alloc-<export>` (allocate without bound in `configure`,
@@ -32,6 +33,8 @@ static TARGETS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 static LINGER_MS: Mutex<u64> = Mutex::new(500);
 /// The size of each file `hoard-state` writes (setting `state-bytes`).
 static STATE_BYTES: Mutex<u64> = Mutex::new(1 << 20);
+/// Whether it stores raw (setting `raw`).
+static RAW: Mutex<bool> = Mutex::new(false);
 
 fn mode() -> String {
     MODE.lock().unwrap().clone()
@@ -122,6 +125,7 @@ impl Policy for Hostile {
                 "mode" => *MODE.lock().unwrap() = setting.value,
                 "linger-ms" => *LINGER_MS.lock().unwrap() = setting.count()?,
                 "state-bytes" => *STATE_BYTES.lock().unwrap() = setting.count()?,
+                "raw" => *RAW.lock().unwrap() = setting.value == "yes",
                 "targets" => {
                     *TARGETS.lock().unwrap() = setting.value.split(',').map(str::to_string).collect()
                 }
@@ -150,6 +154,9 @@ impl Policy for Hostile {
         }
         if mode() == "garbage" {
             return Admission::Store(Codec::Zstd(255));
+        }
+        if *RAW.lock().unwrap() {
+            return Admission::Store(Codec::Raw);
         }
         Admission::Store(Codec::Zstd(1))
     }

@@ -279,7 +279,8 @@ impl Cache {
         match &found {
             Some(_) => {
                 Stats::bump(&namespace.stats.hits);
-                if !inner.worker().hit(*key) {
+                let raw = matches!(found, Some(Found::RawFile(_)));
+                if !inner.worker().hit(*key, raw) {
                     Stats::bump(&namespace.stats.events_dropped);
                 }
             }

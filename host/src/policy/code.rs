@@ -21,7 +21,7 @@ impl Policy {
     /// while its optimized code compiles on a thread of its own and is kept
     /// for the next start; a small one is compiled optimized at once.
     pub(crate) fn prepare(&self, code: Option<&Arc<EntryStore>>) -> Result<Prepared, Error> {
-        let digest = self.digest();
+        let digest = self.digest()?;
         if let Some(prepared) = compiled().lock().get(&digest) {
             return Ok(prepared.clone());
         }
@@ -62,7 +62,7 @@ impl Policy {
     pub(super) fn remember(&self, component: Component, code: PolicyCode) -> Result<Prepared, Error> {
         let pre = self.link(&component)?;
         let mut compiled = compiled().lock();
-        let kept = compiled.entry(self.digest()).or_insert_with(|| (pre.clone(), code));
+        let kept = compiled.entry(self.digest()?).or_insert_with(|| (pre.clone(), code));
         if kept.1 == PolicyCode::Quick && code == PolicyCode::Optimized {
             *kept = (pre, code);
         }
@@ -74,7 +74,9 @@ impl Policy {
     /// started from now on). Once per policy per process.
     fn optimize_in_background(&self, code: Option<Arc<EntryStore>>) {
         static OPTIMIZING: OnceLock<Mutex<std::collections::HashSet<[u8; 32]>>> = OnceLock::new();
-        if !OPTIMIZING.get_or_init(Default::default).lock().insert(self.digest()) {
+        // Taken by the start that calls this.
+        let Ok(digest) = self.digest() else { return };
+        if !OPTIMIZING.get_or_init(Default::default).lock().insert(digest) {
             return;
         }
         let policy = self.clone();

@@ -74,10 +74,13 @@ pub struct Policy {
 #[derive(Clone)]
 enum PolicySource {
     Bytes(Arc<[u8]>),
-    /// A file of `size` bytes, hashed when the policy was made and read again
-    /// only to compile it: a host that finds the policy's compiled code never
-    /// holds the component (tens of megabytes for a language runtime).
-    File { path: PathBuf, size: u64 },
+    /// A file of `size` bytes, as `identity` described it when the policy
+    /// was made; hashed at the first start that needs its contents (to find
+    /// its compiled code), and read again only to compile it: a host that
+    /// finds the policy's compiled code never holds the component (tens of
+    /// megabytes for a language runtime), and a host whose policy starts at
+    /// its first call hashes nothing until then.
+    File { path: PathBuf, size: u64, identity: crate::store::FileIdentity },
 }
 
 impl std::fmt::Debug for Policy {
@@ -104,17 +107,19 @@ impl Policy {
     /// [`MAX_POLICY_SIZE`] bytes). `"default"` is not a path here: use
     /// [`Policy::default`], or [`Policy::named`] for user input.
     ///
-    /// The file is hashed now and read again only if the policy must be
-    /// compiled; if it has changed by then, that start fails (the caller's
-    /// cache degrades as for any policy that cannot start).
+    /// The file is opened and checked now, hashed when the policy first
+    /// starts, and read again only if the policy must be compiled; if it has
+    /// changed between, that start fails (the caller's cache degrades as for
+    /// any policy that cannot start).
     pub fn from_file(path: impl AsRef<Path>) -> Result<Policy, Error> {
         let path = path.as_ref();
         let file_error = |source| Error::PolicyFile { path: path.to_path_buf(), source };
-        let (digest, size) = crate::input::hash_regular_file(path, MAX_POLICY_SIZE).map_err(file_error)?;
+        let (_, metadata) = crate::input::open_regular_file(path, MAX_POLICY_SIZE).map_err(file_error)?;
+        let identity = crate::store::FileIdentity::of(&metadata);
         Ok(Policy {
             name: path.display().to_string(),
-            source: PolicySource::File { path: path.to_path_buf(), size },
-            digest: Arc::new(OnceLock::from(digest)),
+            source: PolicySource::File { path: path.to_path_buf(), size: metadata.len(), identity },
+            digest: Default::default(),
         })
     }
 
@@ -170,8 +175,9 @@ impl Policy {
             PolicySource::File { path, .. } => path,
         };
         let file_error = |source| Error::PolicyFile { path: path.clone(), source };
+        let expected = self.digest()?;
         let bytes = crate::input::read_regular_file(path, MAX_POLICY_SIZE).map_err(file_error)?;
-        if Some(&digest_of(&bytes)) != self.digest.get() {
+        if digest_of(&bytes) != expected {
             return Err(file_error(std::io::Error::other(
                 "it changed after this process first read it: start the host again to use the new policy",
             )));
@@ -214,10 +220,46 @@ impl Policy {
     }
 
     /// The BLAKE3 hash of the component.
-    fn digest(&self) -> [u8; 32] {
-        *self.digest.get_or_init(|| match &self.source {
+    fn digest(&self) -> Result<[u8; 32], Error> {
+        if let Some(digest) = self.digest.get() {
+            return Ok(*digest);
+        }
+        let digest = match &self.source {
             PolicySource::Bytes(bytes) => digest_of(bytes),
-            PolicySource::File { .. } => unreachable!("a policy from a file is hashed when it is made"),
+            PolicySource::File { path, size, identity } => {
+                let file_error = |source| Error::PolicyFile { path: path.clone(), source };
+                let (file, metadata) = crate::input::open_regular_file(path, MAX_POLICY_SIZE).map_err(file_error)?;
+                if metadata.len() != *size || crate::store::FileIdentity::of(&metadata) != *identity {
+                    return Err(file_error(std::io::Error::other(
+                        "it changed after this process first opened it: start the host again to use the new policy",
+                    )));
+                }
+                crate::input::hash_open_file(&file, MAX_POLICY_SIZE).map_err(file_error)?.digest
+            }
+        };
+        Ok(*self.digest.get_or_init(|| digest))
+    }
+
+    /// What identifies this policy for the mark that it started well (see
+    /// `runtime::known_good`): its digest, or for a file, its path and
+    /// identity, so that checking the mark hashes nothing. A file changed in
+    /// a way its identity does not show costs a start at the first call
+    /// instead of at open, nothing more: what runs is what its digest, taken
+    /// then, finds.
+    pub(crate) fn start_identity(&self) -> Result<Vec<u8>, Error> {
+        Ok(match &self.source {
+            PolicySource::Bytes(_) => self.digest()?.to_vec(),
+            PolicySource::File { path, identity, .. } => {
+                let mut id = path.as_os_str().as_encoded_bytes().to_vec();
+                for n in [identity.dev, identity.ino, identity.size] {
+                    id.extend(n.to_le_bytes());
+                }
+                for (s, ns) in [identity.mtime, identity.ctime] {
+                    id.extend(s.to_le_bytes());
+                    id.extend(ns.to_le_bytes());
+                }
+                id
+            }
         })
     }
 
@@ -227,7 +269,7 @@ impl Policy {
         let engine = engine_for(code, &self.name)?;
         engine.precompile_compatibility_hash().hash(&mut compatibility);
         code.hash(&mut compatibility);
-        Ok(Key::derive(KeyDomain::PolicyCode, &[&compatibility.finish_key().0, &self.digest()]))
+        Ok(Key::derive(KeyDomain::PolicyCode, &[&compatibility.finish_key().0, &self.digest()?]))
     }
 }
 

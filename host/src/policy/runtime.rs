@@ -103,7 +103,8 @@ pub(crate) struct PolicyRuntime {
     pre: Option<PolicyWorldPre<PolicyState>>,
     /// Which compiler made `pre`'s code.
     code: PolicyCode,
-    /// The policy's digest, under which this process keeps its best code.
+    /// The policy's digest, under which this process keeps its best code;
+    /// taken when its code is prepared.
     digest: [u8; 32],
     settings: Vec<Setting>,
     backend: Arc<dyn ViewBackend>,
@@ -149,7 +150,7 @@ impl PolicyRuntime {
             source: Some((policy.clone(), code.cloned())),
             pre: None,
             code: PolicyCode::Optimized,
-            digest: policy.digest(),
+            digest: [0; 32],
             settings: settings.iter().map(|(key, value)| Setting { key: key.clone(), value: value.clone() }).collect(),
             backend,
             host,
@@ -204,6 +205,7 @@ impl PolicyRuntime {
         if self.pre.is_none() {
             let (policy, code) = self.source.as_ref().expect("the source is kept until the code is prepared");
             let (pre, code) = policy.prepare(code.as_ref())?;
+            self.digest = policy.digest()?;
             self.code = code;
             self.pre = Some(pre);
             self.source = None;
@@ -398,11 +400,11 @@ enum StartError {
 /// bounds, started well in this cache before: a state file of the kept
 /// compiled policies, named by a digest of all that (and of this capcache's
 /// version).
-fn known_good_mark(policy: &Policy, settings: &[(String, String)], host: &HostSettings) -> String {
+fn known_good_mark(policy: &Policy, settings: &[(String, String)], host: &HostSettings) -> Result<String, Error> {
     use sha2::Digest;
     let mut hasher = sha2::Sha256::new();
     hasher.update(env!("CARGO_PKG_VERSION").as_bytes());
-    hasher.update(policy.digest());
+    hasher.update(policy.start_identity()?);
     for (key, value) in settings {
         for part in [key, value] {
             hasher.update((part.len() as u64).to_le_bytes());
@@ -412,7 +414,7 @@ fn known_good_mark(policy: &Policy, settings: &[(String, String)], host: &HostSe
     hasher.update((host.policy_memory_limit as u64).to_le_bytes());
     hasher.update((host.configure_deadline.as_nanos() as u64).to_le_bytes());
     let digest = hasher.finalize();
-    format!("started-{}", digest[..16].iter().map(|b| format!("{b:02x}")).collect::<String>())
+    Ok(format!("started-{}", digest[..16].iter().map(|b| format!("{b:02x}")).collect::<String>()))
 }
 
 /// Whether this policy, with these settings and bounds, started well in this
@@ -421,14 +423,15 @@ fn known_good_mark(policy: &Policy, settings: &[(String, String)], host: &HostSe
 /// Starting is what a short-lived process that only hits would otherwise
 /// pay most for.
 pub(crate) fn known_good(code: &EntryStore, policy: &Policy, settings: &[(String, String)], host: &HostSettings) -> bool {
-    code.file_info(Area::State, &known_good_mark(policy, settings, host)).is_ok()
+    known_good_mark(policy, settings, host).is_ok_and(|mark| code.file_info(Area::State, &mark).is_ok())
 }
 
 /// Marks this policy, settings and bounds as started well (see
 /// [`known_good`]); a mark that cannot be written costs the next process a
 /// start at open, nothing more.
 pub(crate) fn mark_known_good(code: &EntryStore, policy: &Policy, settings: &[(String, String)], host: &HostSettings) {
-    match code.create_exclusive(Area::State, &known_good_mark(policy, settings, host), b"") {
+    let Ok(mark) = known_good_mark(policy, settings, host) else { return };
+    match code.create_exclusive(Area::State, &mark, b"") {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => tracing::debug!("cannot mark the policy as started well: {e}"),
