@@ -175,14 +175,18 @@ pub fn hash_into(hasher: &mut blake3::Hasher, bytes: &[u8]) {
     }
 }
 
-/// The smallest input [`hash_into`] hashes on all cores (BLAKE3's
-/// documentation: below 128 KiB, threads cost more than they save).
-const PARALLEL_HASH_MIN: usize = 1 << 20;
+/// The smallest input [`hash_into`] hashes on all cores. BLAKE3's
+/// documentation puts the break-even at 128 KiB for a pool that is running;
+/// the first hit of a short-lived process must start the pool's threads
+/// first, which costs more than a second core saves below this size
+/// (`benches/cold.rs`, the first hit against a later one).
+const PARALLEL_HASH_MIN: usize = 8 << 20;
 
 /// The smallest raw payload that is mapped to be checked rather than read
 /// through a buffer: compiled code about to be mapped anyway, whose first
-/// hit in a process (a host's start, for a compiled policy) waits on the check.
-pub const MAPPED_CHECK_MIN: u64 = 4 << 20;
+/// hit in a process waits on the check, is hashed where it lies instead of
+/// being copied first; below this, a copy costs less than a mapping.
+pub const MAPPED_CHECK_MIN: u64 = 256 << 10;
 
 /// Parses the trailer from `tail`, the last bytes of a file `file_len` long
 /// (at least [`MAX_TRAILER_LEN`] of them, or the whole file). Checks the form,

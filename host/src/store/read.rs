@@ -159,8 +159,8 @@ impl EntryStore {
 
 /// Checks the digest of a raw entry's payload, at the start of `file`, an
 /// entry file of this store. A payload of [`entry::MAPPED_CHECK_MIN`] bytes
-/// or more is mapped and hashed on all cores rather than read through a
-/// buffer.
+/// or more is mapped and hashed where it lies (on all cores when large)
+/// rather than copied through a buffer.
 fn check_raw_payload(trailer: &entry::Trailer, file: &std::fs::File) -> io::Result<Result<(), entry::EntryError>> {
     if trailer.header_offset < entry::MAPPED_CHECK_MIN {
         return trailer.check_payload(file);
