@@ -34,7 +34,11 @@ fn main() {
     }
     let (module, runs) = parse_args();
     let scratch = tempfile::tempdir().unwrap();
-    let wasm = std::fs::read(&module).unwrap();
+    let wasm = std::fs::read(&module).unwrap_or_else(|e| {
+        // cargo runs benchmarks in host/: a relative path is from there.
+        eprintln!("cannot read {} ({e}): name a module by an absolute path", module.display());
+        std::process::exit(2)
+    });
     let engine = wasmtime::Engine::default();
     let artifact = scratch.path().join("artifact.cwasm");
     std::fs::write(&artifact, engine.precompile_module(&wasm).unwrap()).unwrap();
