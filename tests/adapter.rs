@@ -185,3 +185,41 @@ fn component_hit_instantiates_and_runs() {
     }
 }
 
+
+/// A module that takes a while to compile: `n` functions.
+fn module_of_functions(n: usize, seed: u32) -> Vec<u8> {
+    let funcs: String = (0..n).map(|i| format!("(func (export \"f{i}\") (result i32) i32.const {})", i as u32 ^ seed)).collect();
+    wat::parse_str(format!("(module {funcs})")).unwrap()
+}
+
+#[test]
+fn a_module_is_compiled_once_per_process_by_loads_back_to_back_or_at_once() {
+    use capcache::Source;
+    let t = TestCache::new();
+    let cache = t.open();
+    let engine = Engine::default();
+    // Back to back: the second load comes before the worker has stored the
+    // first's artifact (its queue is held by nothing here but its own pace),
+    // and takes the first's compile.
+    let wasm = module_of_functions(3000, 1);
+    let first = capcache::wasmtime::load_module_with_source(&cache, &engine, &wasm).unwrap();
+    let second = capcache::wasmtime::load_module_with_source(&cache, &engine, &wasm).unwrap();
+    assert_eq!((first.1, second.1), (Source::Miss, Source::Hit));
+    cache.flush();
+    let stats = cache.stats();
+    assert_eq!((stats.misses, stats.hits, stats.inserts), (1, 1, 1), "{stats:?}");
+
+    // At once, from four threads: one compiles, three wait for it.
+    let wasm = module_of_functions(3000, 2);
+    let sources: Vec<Source> = std::thread::scope(|s| {
+        let loads: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| capcache::wasmtime::load_module_with_source(&cache, &engine, &wasm).unwrap().1))
+            .collect();
+        loads.into_iter().map(|l| l.join().unwrap()).collect()
+    });
+    assert_eq!(sources.iter().filter(|s| **s == Source::Miss).count(), 1, "{sources:?}");
+    cache.flush();
+    assert_eq!(cache.stats().misses, 2, "{:?}", cache.stats());
+    // Once stored, a load reads the entry: the process holds no artifact.
+    assert_eq!(capcache::wasmtime::load_module_with_source(&cache, &engine, &wasm).unwrap().1, Source::Hit);
+}

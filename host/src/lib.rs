@@ -39,6 +39,7 @@ mod clock;
 pub mod config;
 mod entry;
 mod error;
+mod flight;
 #[cfg(feature = "incremental-cache")]
 pub mod incremental;
 mod input;

@@ -44,6 +44,7 @@
 
 use crate::cache::{Cache, Source};
 use crate::config::DirectMode;
+use crate::flight::Joined;
 use crate::key::{Key, KeyDomain, Sha256Hasher};
 use crate::store::{FileIdentity, Found};
 use ::wasmtime::component::Component;
@@ -226,18 +227,35 @@ fn load<T: Artifact>(cache: &Cache, engine: &Engine, key: &Key, wasm: &[u8]) -> 
 }
 
 /// Compiles `wasm` (whose key is `key`, already looked up and missed), and
-/// has the worker serialize, compress and store it.
+/// has the worker serialize, compress and store it. Loads of the same key in
+/// this process meanwhile, concurrent or back to back until the store is
+/// done, share this compile (see [`crate::flight`]), and count as hits.
 fn compile_and_store<T: Artifact>(cache: &Cache, engine: &Engine, key: &Key, wasm: &[u8]) -> Result<(T, Source)> {
+    let Some(flights) = cache.flights() else { return Ok((T::compile(engine, wasm)?, Source::Uncached)) };
+    let leader = match flights.join(key) {
+        Joined::Leader(leader) => leader,
+        Joined::Follower(flight) => match flight.wait::<T>() {
+            Some(artifact) => {
+                cache.count_shared_compile();
+                return Ok((artifact, Source::Hit));
+            }
+            // The leader failed: the same bytes fail the same way, and say
+            // why here too.
+            None => return Ok((T::compile(engine, wasm)?, Source::Miss)),
+        },
+    };
     let artifact = T::compile(engine, wasm)?;
+    let landed = leader.share(artifact.clone());
     let compiled = artifact.clone();
     let name = key.name();
-    cache.insert_value_deferred(key, move || match compiled.serialize() {
+    let serialize = move || match compiled.serialize() {
         Ok(bytes) => Some(bytes),
         Err(e) => {
             tracing::warn!("cannot serialize artifact {name} ({e:#}); not stored");
             None
         }
-    });
+    };
+    cache.insert_value_deferred(key, serialize, landed);
     Ok((artifact, Source::Miss))
 }
 

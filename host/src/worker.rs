@@ -36,14 +36,17 @@ pub(crate) const HITS_ALONE_WAIT: Duration = Duration::from_millis(100);
 /// to store after all.
 pub(crate) type Produce = Box<dyn FnOnce() -> Option<Vec<u8>> + Send>;
 
+/// Called once a deferred store is done, stored or not.
+pub(crate) type Landed = Box<dyn FnOnce() + Send>;
+
 /// What the worker is asked to do.
 enum Message {
     /// A hit, on a raw entry or not.
     Hit(Key, bool),
     Inserted(Key),
     /// Make a value, then admit and store it (a miss's store, off the
-    /// caller's path).
-    Store(Key, Produce),
+    /// caller's path); then call the hook, if any.
+    Store(Key, Produce, Option<Landed>),
     /// Answer once every earlier message is handled.
     Flush(SyncSender<()>),
     /// Run `maintain` now and answer with its report.
@@ -87,10 +90,10 @@ impl Worker {
 
     /// Queues a value to make and store; hands `produce` back if the queue is
     /// full, for the caller to run itself (a miss's artifact is never lost).
-    pub(crate) fn store_deferred(&self, key: Key, produce: Produce) -> Result<(), Produce> {
-        match self.offer(Message::Store(key, produce)) {
+    pub(crate) fn store_deferred(&self, key: Key, produce: Produce, landed: Option<Landed>) -> Result<(), (Produce, Option<Landed>)> {
+        match self.offer(Message::Store(key, produce, landed)) {
             Ok(()) => Ok(()),
-            Err(Message::Store(_, produce)) => Err(produce),
+            Err(Message::Store(_, produce, landed)) => Err((produce, landed)),
             Err(_) => unreachable!("offer hands back what it was given"),
         }
     }
@@ -209,12 +212,17 @@ fn run(receiver: Receiver<Message>, namespace: &Namespace, policy: &Mutex<Policy
                 }
                 Message::StartPolicy => policy.lock().start_ahead(),
                 Message::Inserted(key) => handle_entry_event(namespace, policy, &key, EntryEvent::Inserted),
-                Message::Store(key, produce) => {
+                Message::Store(key, produce, landed) => {
                     if let Some(value) = produce()
                         && namespace.admit_and_write(policy, host, &key, &value, AdmitWait::UntilFree) == Offered::Stored
                     {
                         drop(value);
+                        if let Some(landed) = landed {
+                            landed();
+                        }
                         handle_entry_event(namespace, policy, &key, EntryEvent::Inserted);
+                    } else if let Some(landed) = landed {
+                        landed();
                     }
                 }
                 Message::Flush(reply) => {

@@ -202,7 +202,16 @@ impl CacheBuilder {
         let policy = Arc::new(Mutex::new(runtime));
         let worker = Worker::start(namespace.clone(), policy.clone(), self.host.clone())
             .map_err(|source| Error::Thread { what: "the cache's worker", source })?;
-        Ok(Cache { inner: Some(Inner { namespace, policy, worker: Some(worker), host: self.host, direct_mode: self.direct_mode }) })
+        Ok(Cache {
+            inner: Some(Inner {
+                namespace,
+                policy,
+                worker: Some(worker),
+                host: self.host,
+                direct_mode: self.direct_mode,
+                flights: Default::default(),
+            }),
+        })
     }
 }
 

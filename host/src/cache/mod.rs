@@ -39,6 +39,7 @@ struct Inner {
     worker: Option<Worker>,
     host: HostSettings,
     direct_mode: DirectMode,
+    flights: Arc<crate::flight::Flights>,
 }
 
 impl Inner {
@@ -428,7 +429,7 @@ impl Cache {
             Offered::NotStored => false,
             Offered::PolicyBusy => {
                 let value = value.to_vec();
-                if inner.worker().store_deferred(*key, Box::new(move || Some(value))).is_err() {
+                if inner.worker().store_deferred(*key, Box::new(move || Some(value)), None).is_err() {
                     // The worker is busy too: nothing is stored that the
                     // policy has not decided on.
                     Stats::bump(&inner.namespace.stats.skipped);
@@ -448,19 +449,41 @@ impl Cache {
     /// if the policy is busy too (nothing is stored that it did not admit).
     /// [`Cache::flush`] waits for it; dropping the cache does too.
     pub fn insert_deferred(&self, key: &ValueKey, produce: impl FnOnce() -> Option<Vec<u8>> + Send + 'static) {
-        self.insert_value_deferred(key.key(), produce)
+        self.insert_value_deferred(key.key(), produce, || {})
     }
 
     /// [`Cache::insert_deferred`] under a key of any domain.
-    pub(crate) fn insert_value_deferred(&self, key: &Key, produce: impl FnOnce() -> Option<Vec<u8>> + Send + 'static) {
-        let Some(inner) = self.inner.as_ref() else { return };
+    pub(crate) fn insert_value_deferred(
+        &self,
+        key: &Key,
+        produce: impl FnOnce() -> Option<Vec<u8>> + Send + 'static,
+        landed: impl FnOnce() + Send + 'static,
+    ) {
+        let Some(inner) = self.inner.as_ref() else { return landed() };
         if inner.namespace.read_only {
-            return;
+            return landed();
         }
-        if let Err(produce) = inner.worker().store_deferred(*key, Box::new(produce))
-            && let Some(value) = produce()
-        {
-            self.insert_value(key, &value);
+        if let Err((produce, landed)) = inner.worker().store_deferred(*key, Box::new(produce), Some(Box::new(landed))) {
+            if let Some(value) = produce() {
+                self.insert_value(key, &value);
+            }
+            if let Some(landed) = landed {
+                landed();
+            }
+        }
+    }
+
+    /// The loads of one key that share one compile in this process.
+    pub(crate) fn flights(&self) -> Option<&Arc<crate::flight::Flights>> {
+        self.inner.as_ref().map(|i| &i.flights)
+    }
+
+    /// Counts a load that missed on disk and was served another load's
+    /// compile of the same bytes, in this process, as a hit.
+    pub(crate) fn count_shared_compile(&self) {
+        if let Some(inner) = &self.inner {
+            inner.namespace.stats.misses.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            Stats::bump(&inner.namespace.stats.hits);
         }
     }
 
