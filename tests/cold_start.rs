@@ -35,7 +35,8 @@ fn a_hit_does_not_wait_for_a_policy_whose_start_is_slow() {
     // First, in this cache: the policy starts at open, its settings checked.
     let started = Instant::now();
     let cache = slow_policy(&t, true);
-    assert!(started.elapsed() >= SLOW_START, "the first open did not start the policy ({:?})", started.elapsed());
+    // (The policy waits by the view's clock, in whole milliseconds.)
+    assert!(started.elapsed() >= SLOW_START * 9 / 10, "the first open did not start the policy ({:?})", started.elapsed());
     assert_eq!(load(&cache), Source::Miss);
     drop(cache);
 

@@ -514,7 +514,7 @@ impl Simulation {
             last_used: now,
             hits: 0,
         };
-        self.cache.state.lock().entries.insert(name.clone(), meta.clone());
+        self.cache.state.lock().insert_entry(meta.clone());
         self.note_peaks();
         let actions = self.runtime.on_insert(&meta);
         self.act(&name, actions);
@@ -527,19 +527,22 @@ impl Simulation {
             match action {
                 Action::Recode(codec) => {
                     let codec = codec_from_wit(codec);
-                    let mut state = self.cache.state.lock();
+                    let mut guard = self.cache.state.lock();
+                    let state = &mut *guard;
                     if let Some(entry) = state.entries.get_mut(name)
                         && codec_from_wit(entry.codec) != codec
                     {
                         entry.codec = codec_to_wit(codec);
-                        entry.stored_size = modelled_stored_size(entry.raw_size, codec);
+                        let stored_size = modelled_stored_size(entry.raw_size, codec);
+                        state.bytes = state.bytes - entry.stored_size + stored_size;
+                        entry.stored_size = stored_size;
                         *self.report.recoded.entry(codec_label(codec)).or_default() += 1;
                     }
-                    drop(state);
+                    drop(guard);
                     self.note_peaks();
                 }
                 Action::Remove => {
-                    if self.cache.state.lock().entries.remove(name).is_some() {
+                    if self.cache.state.lock().remove_entry(name).is_some() {
                         self.report.removed += 1;
                     }
                 }
@@ -659,13 +662,29 @@ struct SimulatedCache {
 #[derive(Default)]
 struct SimulatedState {
     entries: BTreeMap<String, EntryMeta>,
+    /// The entries' stored sizes, summed as they change: a dry run of a
+    /// million loads asks for it after every one.
+    bytes: u64,
     temp: BTreeMap<String, FileMeta>,
     files: HashMap<String, (Vec<u8>, u64)>,
 }
 
 impl SimulatedState {
     fn bytes(&self) -> u64 {
-        self.entries.values().map(|e| e.stored_size).sum()
+        self.bytes
+    }
+
+    fn insert_entry(&mut self, meta: EntryMeta) {
+        self.bytes += meta.stored_size;
+        if let Some(old) = self.entries.insert(meta.name.clone(), meta) {
+            self.bytes -= old.stored_size;
+        }
+    }
+
+    fn remove_entry(&mut self, name: &str) -> Option<EntryMeta> {
+        let old = self.entries.remove(name)?;
+        self.bytes -= old.stored_size;
+        Some(old)
     }
 }
 
@@ -717,7 +736,7 @@ impl ViewBackend for SimulatedCache {
     }
 
     fn remove_entry(&self, key: &Key) -> Result<(), WitError> {
-        self.state.lock().entries.remove(&key.name()).map(|_| ()).ok_or(WitError::NotFound)
+        self.state.lock().remove_entry(&key.name()).map(|_| ()).ok_or(WitError::NotFound)
     }
 
     fn file_meta(&self, area: Area, name: &str) -> Result<FileMeta, WitError> {
@@ -789,6 +808,16 @@ mod tests {
         let e = "max-bytes=lots".parse::<Expectation>().unwrap_err();
         assert!(e.contains("a size such as 512Mi"), "{e}");
         assert!("speed=fast".parse::<Expectation>().unwrap_err().contains("unknown expectation"));
+    }
+
+    #[test]
+    fn the_running_total_is_the_sum_of_the_entries_through_stores_recodes_and_evictions() {
+        let mut simulation = Simulation::new(&crate::Policy::default(), [("files-total-size-soft-limit", "64Mi")]).unwrap();
+        simulation.run(&Workload { operations: 20_000, modules: 2_000, ..Workload::default() });
+        let report = simulation.report();
+        assert!(report.passes > 0 && report.removed > 0 && !report.recoded.is_empty(), "nothing was evicted or recoded: {report:?}");
+        let summed: u64 = simulation.entries().iter().map(|e| e.stored_size).sum();
+        assert_eq!(report.bytes_at_end, summed);
     }
 
     #[test]
