@@ -48,7 +48,7 @@ fn a_hit_does_not_wait_for_a_policy_whose_start_is_slow() {
     let hit = started.elapsed();
     drop(cache);
     let all = started.elapsed();
-    assert!(all < SLOW_START / 4, "open and hit {hit:?}, then close {all:?}: the process waited for the policy's start of {SLOW_START:?}");
+    assert!(all < SLOW_START / 2, "open and hit {hit:?}, then close {all:?}: the process waited for the policy's start of {SLOW_START:?}");
     // The hit is recorded all the same (its event, unheard by the policy,
     // counts as dropped).
     let cache = slow_policy(&t, true);
@@ -63,7 +63,7 @@ fn a_hit_does_not_wait_for_a_policy_whose_start_is_slow() {
     assert_eq!(cache.get(b"new"), None);
     std::thread::sleep(Duration::from_millis(50));
     assert!(!cache.insert(b"new", b"value"), "stored before the policy could admit it");
-    assert!(started.elapsed() < SLOW_START / 4, "the miss waited {:?}", started.elapsed());
+    assert!(started.elapsed() < SLOW_START / 2, "the miss waited {:?}", started.elapsed());
     cache.flush();
     assert_eq!(cache.get(b"new").as_deref(), Some(&b"value"[..]), "the worker did not store it once the policy ran");
 }
