@@ -1,4 +1,6 @@
-//! Cleanup to the soft limits, on schedule, for the whole life of a process.
+//! Cleanup to the soft limits, on schedule, for the whole life of a process;
+//! and, unless told to keep wasmtime's schedule alone, as soon as what was
+//! stored since the last pass may have passed a limit.
 
 
 use capcache::Clock;
@@ -20,7 +22,8 @@ fn fill(t: &TestCache, cache: &capcache::Cache, range: std::ops::Range<u64>) {
 #[test]
 fn count_limit_is_enforced_at_every_interval_and_lru_entries_go_first() {
     let t = TestCache::new();
-    let cache = t.builder().setting("file-count-soft-limit", "10").open().unwrap();
+    // wasmtime's schedule alone: passes at the interval only.
+    let cache = t.builder().settings([("file-count-soft-limit", "10"), ("cleanup-when-over-limits", "off")]).open().unwrap();
     // The first insert finds no record of a cleanup and cleans; the next
     // ones are within the interval and do not.
     fill(&t, &cache, 0..20);
@@ -56,7 +59,11 @@ fn size_limit_is_enforced() {
     let t = TestCache::new();
     let cache = t
         .builder()
-        .settings([("files-total-size-soft-limit", "20Ki"), ("files-total-size-limit-percent-if-deleting", "50%")])
+        .settings([
+            ("files-total-size-soft-limit", "20Ki"),
+            ("files-total-size-limit-percent-if-deleting", "50%"),
+            ("cleanup-when-over-limits", "off"),
+        ])
         .open()
         .unwrap();
     fill(&t, &cache, 0..30); // about 30 KiB
@@ -82,7 +89,7 @@ fn below_the_limits_nothing_is_evicted() {
 #[test]
 fn entries_from_beyond_the_allowed_clock_drift_go_first() {
     let t = TestCache::new();
-    let cache = t.builder().setting("file-count-soft-limit", "10").open().unwrap();
+    let cache = t.builder().settings([("file-count-soft-limit", "10"), ("cleanup-when-over-limits", "off")]).open().unwrap();
     fill(&t, &cache, 0..11);
     let now = t.clock.now_ms();
     let set_last_used = |i: u64, ms: u64| {
@@ -157,4 +164,27 @@ fn usage_of_evicted_entries_is_dropped_with_them() {
     assert_eq!(t.entry_count(), 0);
     std::fs::write(&entry, &saved).unwrap();
     assert_eq!(cache.entry_info(b"a").unwrap().hits, 0, "the evicted entry's usage leaked into its successor");
+}
+
+#[test]
+fn between_intervals_the_cache_stays_within_its_limits() {
+    // By count: a pass as soon as the entries may pass 10, down to 7.
+    let t = TestCache::new();
+    let cache = t.builder().setting("file-count-soft-limit", "10").open().unwrap();
+    for i in 0..40 {
+        fill(&t, &cache, i..i + 1);
+        assert!(t.entry_count() <= 10, "{} entries after insert {i}, within the hour", t.entry_count());
+    }
+    // The first insert's pass, then one every 4 inserts (7 kept, 4 more pass 10).
+    let runs = cache.stats().maintain_runs;
+    assert!((9..=11).contains(&runs), "{runs} passes for 40 inserts");
+
+    // By size: never more than 20 KiB and one entry.
+    let t = TestCache::new();
+    let cache = t.builder().setting("files-total-size-soft-limit", "20Ki").open().unwrap();
+    for i in 0..60 {
+        fill(&t, &cache, i..i + 1);
+        let total: u64 = std::fs::read_dir(t.entries_dir()).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
+        assert!(total <= 20 * 1024, "{total} bytes after insert {i}, over the 20 KiB limit");
+    }
 }

@@ -140,7 +140,8 @@ enum PolicyCommand {
         /// A condition the run must meet (repeatable): max-bytes=SIZE (after
         /// every pass), max-entries=N (likewise), min-hit-rate=P%, max-hit-rate=P%,
         /// max-temp-files=N (at the end), max-idle=DURATION (no entry left
-        /// unused longer, after every pass).
+        /// unused longer, after every pass), max-peak-bytes=SIZE (at every
+        /// moment).
         #[arg(long = "expect", value_name = "KEY=VALUE")]
         expectations: Vec<String>,
         /// Print the report as JSON.

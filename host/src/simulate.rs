@@ -251,6 +251,9 @@ pub enum Expectation {
     MaxIdle(u64),
     /// At most this many temporary files at the end.
     MaxTempFiles(u64),
+    /// At no moment do the entries take more than this many bytes: a limit
+    /// held between passes, not only by them.
+    MaxPeakBytes(u64),
 }
 
 impl std::str::FromStr for Expectation {
@@ -271,6 +274,7 @@ impl std::str::FromStr for Expectation {
                 Ok(if key == "min-hit-rate" { Expectation::MinHitRate(percent / 100.0) } else { Expectation::MaxHitRate(percent / 100.0) })
             }
             "max-temp-files" => Ok(Expectation::MaxTempFiles(value.parse().map_err(|_| bad("a whole number"))?)),
+            "max-peak-bytes" => Ok(Expectation::MaxPeakBytes(parse_size(value).ok_or_else(|| bad("a size such as 563Mi"))?)),
             "max-idle" => Ok(Expectation::MaxIdle(
                 parse_duration(value).map(|d| d.as_millis() as u64).ok_or_else(|| bad("a duration such as 6h, 30m or 90s"))?,
             )),
@@ -388,6 +392,10 @@ impl SimulationReport {
             Expectation::MaxTempFiles(limit) => (
                 self.temp_files_at_end <= limit,
                 format!("max-temp-files={limit}: {} at the end", self.temp_files_at_end),
+            ),
+            Expectation::MaxPeakBytes(limit) => (
+                self.peak_bytes <= limit,
+                format!("max-peak-bytes={}: {} at the peak", format_bytes(limit), format_bytes(self.peak_bytes)),
             ),
         };
         if met { Ok(seen) } else { Err(seen) }

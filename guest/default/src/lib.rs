@@ -9,7 +9,15 @@
 //!   both are under their percent-if-deleting targets; entries dated too far in the
 //!   future (clock drift) are the first to go; stale temporary files are removed.
 //!
-//! Beyond wasmtime: hot entries are stored raw, so that hosts map them instead
+//! Beyond wasmtime: a cache does not grow past its limits between cleanups. A
+//! pass also runs as soon as what was stored since the last one (by every
+//! process, summed in the policy's state) may have taken the cache past its
+//! size or count limit; it evicts down to the percent-if-deleting targets, so
+//! such passes stay rare. wasmtime cleans only once per interval, and a busy
+//! cache grows without bound in between; `cleanup-when-over-limits` = `off`
+//! gives wasmtime's behaviour back.
+//!
+//! Hot entries are stored raw, so that hosts map them instead
 //! of decompressing them (a hit then costs what loading the file costs).
 //! `raw-entries` (`hot`, the default; `never`, wasmtime's behaviour; `always`)
 //! and `raw-entries-usage-threshold` (hits before an entry is hot; 2) set it.
@@ -29,6 +37,13 @@ use std::sync::Mutex;
 const LAST_CLEANUP: &str = "last-cleanup";
 /// The lock held while a process cleans (a state file).
 const CLEANUP_LOCK: &str = "cleanup.lock";
+/// State file: what the entries took after the last cleanup ("bytes count").
+const AFTER_CLEANUP: &str = "after-cleanup";
+/// State file: what was stored since the last cleanup, and what recoding to
+/// raw added ("bytes count"), summed by every process. An estimate: two
+/// processes that add at the same moment may lose one's share, which delays
+/// the pass by that much.
+const STORED_SINCE: &str = "stored-since-cleanup";
 
 /// The settings, with wasmtime's names and defaults.
 #[derive(Clone, Debug)]
@@ -45,6 +60,9 @@ struct Config {
     files_total_size_limit_percent_if_deleting: u8,
     raw_entries: RawEntries,
     raw_entries_usage_threshold: u64,
+    /// Whether a pass also runs when what was stored since the last one may
+    /// pass a limit (capcache's; wasmtime waits for the interval).
+    cleanup_when_over_limits: bool,
 }
 
 /// When to store entries uncompressed, so that hosts can map them rather than
@@ -77,6 +95,7 @@ impl Default for Config {
             // more by chance. Raw takes two to three times the disk of zstd
             // level 3, so only what is used again is worth it.
             raw_entries_usage_threshold: 2,
+            cleanup_when_over_limits: true,
         }
     }
 }
@@ -112,6 +131,7 @@ fn parse_config(settings: &[Setting]) -> Result<Config, SettingsError> {
                     setting.one_of(&[("never", RawEntries::Never), ("hot", RawEntries::Hot), ("always", RawEntries::Always)])?
             }
             "raw-entries-usage-threshold" => config.raw_entries_usage_threshold = setting.count()?,
+            "cleanup-when-over-limits" => config.cleanup_when_over_limits = setting.one_of(&[("on", true), ("off", false)])?,
             _ => return Err(setting.unknown()),
         }
     }
@@ -131,6 +151,39 @@ fn parse_config(settings: &[Setting]) -> Result<Config, SettingsError> {
 fn read_timestamp(name: &str) -> Option<u64> {
     let bytes = view::read_state(name).ok()?;
     std::str::from_utf8(&bytes).ok()?.trim().parse().ok()
+}
+
+/// A state file holding two decimal numbers.
+fn read_pair(name: &str) -> Option<(u64, u64)> {
+    let bytes = view::read_state(name).ok()?;
+    let text = std::str::from_utf8(&bytes).ok()?;
+    let mut numbers = text.split_whitespace().map(|n| n.parse::<u64>());
+    match (numbers.next(), numbers.next()) {
+        (Some(Ok(a)), Some(Ok(b))) => Some((a, b)),
+        _ => None,
+    }
+}
+
+fn write_pair(name: &str, (a, b): (u64, u64)) {
+    if let Err(e) = view::write_state(name, format!("{a} {b}").as_bytes()) {
+        log(LogLevel::Warn, format!("cannot record {name}: {e:?}"));
+    }
+}
+
+/// Counts `bytes` and `entries` more stored since the last cleanup.
+fn add_stored(bytes: u64, entries: u64) {
+    let (b, e) = read_pair(STORED_SINCE).unwrap_or((0, 0));
+    write_pair(STORED_SINCE, (b.saturating_add(bytes), e.saturating_add(entries)));
+}
+
+/// Whether what the last cleanup left, plus what was stored since, may pass
+/// a limit. Unknown before the first cleanup (which the interval brings at
+/// once).
+fn limits_may_be_passed(config: &Config) -> bool {
+    let Some((bytes_after, entries_after)) = read_pair(AFTER_CLEANUP) else { return false };
+    let (bytes, entries) = read_pair(STORED_SINCE).unwrap_or((0, 0));
+    bytes_after.saturating_add(bytes) > config.files_total_size_soft_limit
+        || entries_after.saturating_add(entries) > config.file_count_soft_limit
 }
 
 /// Whether a cleanup is due: none recorded, the last one older than the interval,
@@ -170,15 +223,16 @@ fn remove_stale_temp_files(config: &Config, now: u64, report: &mut MaintainRepor
     }
 }
 
-/// The cleanup pass proper, run under the lock.
-fn clean(config: &Config, now: u64) -> MaintainReport {
+/// The cleanup pass proper, run under the lock; an `Err` with the report if
+/// the entries could not be listed (what they take is then unknown).
+fn clean(config: &Config, now: u64) -> Result<MaintainReport, MaintainReport> {
     let mut report = MaintainReport::started();
     remove_stale_temp_files(config, now, &mut report);
     let mut entries = match capcache_policy::all_entries() {
         Ok(entries) => entries,
         Err(e) => {
             report.summary = format!("cannot list entries: {e:?}");
-            return report;
+            return Err(report);
         }
     };
     report.entries_seen = entries.len() as u64;
@@ -220,7 +274,7 @@ fn clean(config: &Config, now: u64) -> MaintainReport {
         }
     }
     report.summary = format!("cleaned: {}", report.clone().finish().summary);
-    report
+    Ok(report)
 }
 
 struct DefaultPolicy;
@@ -245,7 +299,13 @@ impl Policy for DefaultPolicy {
         let config = config();
         if config.raw_entries == RawEntries::Hot {
             return match entry.codec {
-                Codec::Zstd(_) if entry.hits >= config.raw_entries_usage_threshold => vec![Action::Recode(Codec::Raw)],
+                Codec::Zstd(_) if entry.hits >= config.raw_entries_usage_threshold => {
+                    // Raw takes more disk: it counts as stored.
+                    if config.cleanup_when_over_limits {
+                        add_stored(entry.raw_size.saturating_sub(entry.stored_size), 0);
+                    }
+                    vec![Action::Recode(Codec::Raw)]
+                }
                 _ => Vec::new(),
             };
         }
@@ -258,9 +318,12 @@ impl Policy for DefaultPolicy {
         }
     }
 
-    fn on_insert(_entry: EntryMeta) -> Vec<Action> {
+    fn on_insert(entry: EntryMeta) -> Vec<Action> {
         let config = config();
-        if cleanup_due(&config, view::now()) {
+        if config.cleanup_when_over_limits {
+            add_stored(entry.stored_size, 1);
+        }
+        if cleanup_due(&config, view::now()) || config.cleanup_when_over_limits && limits_may_be_passed(&config) {
             vec![Action::Maintain]
         } else {
             Vec::new()
@@ -278,10 +341,15 @@ impl Policy for DefaultPolicy {
         // These two lines bracket the time the lock is held; the concurrency
         // test reads them to prove two processes never clean at once.
         log(LogLevel::Debug, "cleanup started");
-        let report = clean(&config, now);
+        let cleaned = clean(&config, now);
         if let Err(e) = view::write_state(LAST_CLEANUP, now.to_string().as_bytes()) {
             log(LogLevel::Warn, format!("cannot record the cleanup time: {e:?}"));
         }
+        if let Ok(report) = &cleaned {
+            write_pair(AFTER_CLEANUP, (report.bytes_after, report.entries_after));
+            write_pair(STORED_SINCE, (0, 0));
+        }
+        let report = cleaned.unwrap_or_else(|report| report);
         log(LogLevel::Debug, "cleanup finished");
         // Released after every pass: wasmtime never removes its own lock, so a
         // long-running process of wasmtime cleans only once.
