@@ -94,3 +94,15 @@ fn a_hit_on_an_encoded_entry_is_told_to_the_policy_even_at_exit() {
     drop(cache);
     assert!(started.elapsed() >= SLOW_START / 2, "the hit on a compressed entry was not told ({:?})", started.elapsed());
 }
+
+#[test]
+fn the_marks_of_good_starts_are_bounded() {
+    // A host that opens its cache with ever new settings adds a mark each
+    // time; the oldest are forgotten past 64.
+    let t = TestCache::new();
+    for n in 0..70 {
+        drop(t.builder().setting("raw-entries-usage-threshold", (n + 1).to_string()).open().unwrap());
+    }
+    let marks = std::fs::read_dir(t.root().join("policy-code/state")).unwrap().count();
+    assert_eq!(marks, 64);
+}

@@ -432,9 +432,31 @@ pub(crate) fn known_good(code: &EntryStore, policy: &Policy, settings: &[(String
 pub(crate) fn mark_known_good(code: &EntryStore, policy: &Policy, settings: &[(String, String)], host: &HostSettings) {
     let Ok(mark) = known_good_mark(policy, settings, host) else { return };
     match code.create_exclusive(Area::State, &mark, b"") {
-        Ok(()) => {}
+        Ok(()) => forget_oldest_marks(code),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => tracing::debug!("cannot mark the policy as started well: {e}"),
+    }
+}
+
+/// The most marks of good starts kept: a host that changes its settings
+/// often (a test harness) adds one each time; one forgotten costs a start at
+/// open, once.
+const MAX_KNOWN_GOOD_MARKS: usize = 64;
+
+/// Removes the oldest marks beyond [`MAX_KNOWN_GOOD_MARKS`].
+fn forget_oldest_marks(code: &EntryStore) {
+    let Ok(names) = code.list_names(Area::State) else { return };
+    let mut marks: Vec<(u64, String)> = names
+        .into_iter()
+        .filter(|name| name.starts_with("started-"))
+        .filter_map(|name| code.file_info(Area::State, &name).ok().map(|info| (info.modified_ms, name)))
+        .collect();
+    if marks.len() <= MAX_KNOWN_GOOD_MARKS {
+        return;
+    }
+    marks.sort_unstable();
+    for (_, name) in &marks[..marks.len() - MAX_KNOWN_GOOD_MARKS] {
+        let _ = code.remove(Area::State, name);
     }
 }
 
