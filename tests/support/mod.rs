@@ -286,6 +286,11 @@ pub fn in_a_process_of_its_own(test: &str) -> bool {
         .unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && stdout.contains("1 passed"), "{test}, alone in its process, failed:\n{stdout}\n{stderr}");
+    // What the child could not run is said here too, where the user sees it.
+    for line in stderr.lines().filter(|l| l.contains("*** SKIPPED")) {
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr().lock(), "\n{line}");
+    }
     false
 }
 
