@@ -166,8 +166,8 @@ fn gc_and_clear() {
 fn policy_check() {
     let hostile = guest_path("hostile").display().to_string();
     let out = stdout(&capcache(&["policy", "check", &hostile, "--set", "mode=garbage"]));
-    assert!(out.contains("matches") && out.contains("import   capcache:policy/view@0.2.0"), "{out}");
-    assert!(out.contains("export   capcache:policy/policy@0.2.0") && out.contains("configure: ok"), "{out}");
+    assert!(out.contains("matches") && out.contains("import   capcache:policy/view@0.3.0"), "{out}");
+    assert!(out.contains("export   capcache:policy/policy@0.3.0") && out.contains("configure: ok"), "{out}");
 
     let output = capcache(&["policy", "check", "default", "--set", "cleanup-interval=never"]);
     assert_eq!(output.status.code(), Some(1));

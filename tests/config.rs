@@ -128,16 +128,16 @@ fn a_core_module_is_not_a_policy() {
 #[test]
 fn a_component_of_another_contract_is_refused_by_name() {
     let t = TestCache::new();
-    let newer = wat::parse_str(r#"(component (import "capcache:policy/view@0.3.0" (instance)))"#).unwrap();
-    let err = t.builder().policy(Policy::from_bytes("v3.wasm", newer)).open().unwrap_err();
+    let newer = wat::parse_str(r#"(component (import "capcache:policy/view@0.4.0" (instance)))"#).unwrap();
+    let err = t.builder().policy(Policy::from_bytes("v4.wasm", newer)).open().unwrap_err();
     assert!(matches!(err, Error::PolicyWorld { .. }), "{err:?}");
-    assert!(err.to_string().contains("built for capcache:policy@0.3.0; this host speaks capcache:policy@0.2.0"), "{err}");
+    assert!(err.to_string().contains("built for capcache:policy@0.4.0; this host speaks capcache:policy@0.3.0"), "{err}");
 
-    // The default policy as contract 0.1.0 shipped it: a real component of
+    // The default policy as contract 0.2.0 shipped it: a real component of
     // the previous contract is refused with both versions named.
-    let older = Policy::from_file(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/default-policy-contract-0.1.0.wasm")).unwrap();
+    let older = Policy::from_file(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/default-policy-contract-0.2.0.wasm")).unwrap();
     let err = t.builder().policy(older).open().unwrap_err();
-    assert!(err.to_string().contains("built for capcache:policy@0.1.0; this host speaks capcache:policy@0.2.0"), "{err}");
+    assert!(err.to_string().contains("built for capcache:policy@0.2.0; this host speaks capcache:policy@0.3.0"), "{err}");
 
     let no_exports = wat::parse_str("(component)").unwrap();
     let err = t.builder().policy(Policy::from_bytes("empty.wasm", no_exports)).open().unwrap_err();

@@ -147,10 +147,16 @@ fn print_report(
         report.hit_rate() * 100.0,
         report.misses
     )?;
+    out!(
+        "compiling     {:.1} s spent compiling what missed ({} misses; the workload's compile times)",
+        report.compile_us_on_misses as f64 / 1e6,
+        report.misses
+    )?;
     out!("admitted      {}", labelled(&report.admitted))?;
     out!("skipped       {}", report.skipped)?;
     out!("recoded       {}", labelled(&report.recoded))?;
     out!("removed       {} (evictions and remove actions)", report.removed)?;
+    out!("shared        {} (share actions: uploads, on a host with shared tiers)", report.shared)?;
     out!("maintenance   {} passes ran, {} did not", report.passes, report.passes_skipped)?;
     if let Some(summary) = &report.last_summary {
         let summary: String = summary.chars().take(200).collect();

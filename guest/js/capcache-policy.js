@@ -12,7 +12,7 @@
 // to onHit) keep the engine's type: compare them freely, but pass them
 // through num() before arithmetic.
 
-import * as view from "capcache:policy/view@0.2.0";
+import * as view from "capcache:policy/view@0.3.0";
 
 // Whether this engine gives u64 as BigInt, known at the first call into the
 // host (not at module load: ComponentizeJS runs the module's top level
@@ -111,14 +111,55 @@ export function errorTag(e) {
   return e?.tag ?? e?.payload?.tag ?? String(e);
 }
 
-export function* entries() {
-  let cursor = null;
+// Every entry in `order` ("name", "least-recently-used" or
+// "most-recently-used"), one page at a time. Iterate it; do not spread it
+// into an array: a namespace can hold millions of entries, and a policy
+// holding them all runs out of its memory.
+export function* entries(order = "name") {
+  yield* fromPage(view.listEntries(order, null, PAGE), order);
+}
+
+function* fromPage(page, order) {
   for (;;) {
-    const page = view.listEntries(cursor, PAGE);
     for (const entry of page.entries) yield plain(entry);
     if (page.next == null) return;
-    cursor = page.next;
+    page = view.listEntries(order, page.next, PAGE);
   }
+}
+
+// [entries, bytes] the namespace's entries take, as the host counts them.
+export function totals() {
+  const page = view.listEntries("name", null, 1);
+  return [num(page.totalEntries), num(page.totalBytes)];
+}
+
+// The LRU trim of a cleanup pass, one page in memory at a time: if the
+// entries pass `limits` ([entries, bytes]), evicts until within `targets`;
+// entries last used after `futureAfter` (a clock that jumped) go first, then
+// the least recently used. Counts every entry seen, and what is left.
+export function trimLeastRecentlyUsed(report, limits, targets, futureAfter = Infinity) {
+  const first = view.listEntries("most-recently-used", null, PAGE);
+  const left = [num(first.totalEntries), num(first.totalBytes)];
+  report.r.entriesSeen += left[0];
+  const within = (limit) => left[0] <= limit[0] && left[1] <= limit[1];
+  const evict = (entry, fromFuture) => {
+    if (report.evict(entry, fromFuture, false)) {
+      left[0] -= 1;
+      left[1] -= entry.storedSize;
+    }
+  };
+  if (!within(limits)) {
+    for (const entry of fromPage(first, "most-recently-used")) {
+      if (entry.lastUsed <= futureAfter || within(targets)) break;
+      evict(entry, true);
+    }
+    for (const entry of entries("least-recently-used")) {
+      if (entry.lastUsed > futureAfter || within(targets)) break;
+      evict(entry, false);
+    }
+  }
+  report.r.entriesAfter += left[0];
+  report.r.bytesAfter += left[1];
 }
 
 export function* tempFiles() {
@@ -165,14 +206,15 @@ export class Report {
     this.r.bytesAfter += entry.storedSize;
   }
 
-  // Removes an entry and counts it; counted as kept if it cannot be.
-  evict(entry, fromFuture = false) {
+  // Removes an entry and counts it; counted as kept if it cannot be (unless
+  // countKept is false: the caller counts what is left).
+  evict(entry, fromFuture = false, countKept = true) {
     try {
       view.removeEntry(entry.name);
     } catch (e) {
       if (errorTag(e) !== "not-found") {
         log("warn", `cannot remove entry ${entry.name}: ${errorTag(e)}`);
-        this.kept(entry);
+        if (countKept) this.kept(entry);
         return false;
       }
     }

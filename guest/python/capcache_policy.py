@@ -96,15 +96,65 @@ def one_of(setting: policy.Setting, choices: dict) -> T:
     return choices[value]
 
 
-def entries() -> Iterator[types.EntryMeta]:
-    """Every entry, in name order, one page at a time."""
+def entries(order: types.EntryOrder = types.EntryOrder.NAME) -> Iterator[types.EntryMeta]:
+    """Every entry, in `order` (by name unless told), one page at a time.
+    Iterate it; do not make a list of it: a namespace can hold millions of
+    entries, and a policy holding them all runs out of its memory."""
     cursor: Optional[str] = None
     while True:
-        page = view.list_entries(cursor, PAGE)
+        page = view.list_entries(order, cursor, PAGE)
         yield from page.entries
         if page.next is None:
             return
         cursor = page.next
+
+
+def totals() -> Tuple[int, int]:
+    """(entries, bytes) the namespace's entries take, as the host counts them."""
+    page = view.list_entries(types.EntryOrder.NAME, None, 1)
+    return page.total_entries, page.total_bytes
+
+
+def trim_least_recently_used(report: "Report", limits: Tuple[int, int], targets: Tuple[int, int],
+                             future_after: Optional[int] = None) -> None:
+    """The LRU trim of a cleanup pass, one page in memory at a time: if the
+    entries pass `limits` (entries, bytes), evicts until within `targets`;
+    entries last used after `future_after` (a clock that jumped) go first,
+    then the least recently used. Counts every entry seen, and what is left."""
+    first = view.list_entries(types.EntryOrder.MOST_RECENTLY_USED, None, PAGE)
+    left = [first.total_entries, first.total_bytes]
+    report.r.entries_seen += first.total_entries
+
+    def within(limit: Tuple[int, int]) -> bool:
+        return left[0] <= limit[0] and left[1] <= limit[1]
+
+    def evict(entry: types.EntryMeta, from_future: bool) -> None:
+        if report.evict(entry, from_future, count_kept=False):
+            left[0] -= 1
+            left[1] -= entry.stored_size
+
+    if not within(limits):
+        future = future_after if future_after is not None else 1 << 64
+        newest = _continue(first, types.EntryOrder.MOST_RECENTLY_USED)
+        for entry in newest:
+            if entry.last_used <= future or within(targets):
+                break
+            evict(entry, True)
+        for entry in entries(types.EntryOrder.LEAST_RECENTLY_USED):
+            if entry.last_used > future or within(targets):
+                break
+            evict(entry, False)
+    report.r.entries_after += left[0]
+    report.r.bytes_after += left[1]
+
+
+def _continue(page: types.EntryPage, order: types.EntryOrder) -> Iterator[types.EntryMeta]:
+    """The entries of a listing from its first page on."""
+    while True:
+        yield from page.entries
+        if page.next is None:
+            return
+        page = view.list_entries(order, page.next, PAGE)
 
 
 def temp_files() -> Iterator[types.FileMeta]:
@@ -141,14 +191,16 @@ class Report:
         self.r.entries_after += 1
         self.r.bytes_after += entry.stored_size
 
-    def evict(self, entry: types.EntryMeta, from_future: bool = False) -> bool:
-        """Removes an entry and counts it; counted as kept if it cannot be."""
+    def evict(self, entry: types.EntryMeta, from_future: bool = False, count_kept: bool = True) -> bool:
+        """Removes an entry and counts it; counted as kept if it cannot be
+        (unless `count_kept` is False: the caller counts what is left)."""
         try:
             view.remove_entry(entry.name)
         except Err as e:
             if not isinstance(e.value, types.Error_NotFound):
                 log(types.LogLevel.WARN, f"cannot remove entry {entry.name}: {e.value}")
-                self.kept(entry)
+                if count_kept:
+                    self.kept(entry)
                 return False
         if from_future:
             self.r.removed_from_future += 1

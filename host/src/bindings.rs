@@ -12,7 +12,7 @@ wasmtime::component::bindgen!({
 use crate::entry::StoredCodec;
 
 /// The version of the contract (`wit/policy.wit`) this host speaks.
-pub(crate) const CONTRACT_VERSION: &str = "0.2.0";
+pub(crate) const CONTRACT_VERSION: &str = "0.3.0";
 /// The contract's package, without its version.
 pub(crate) const CONTRACT_PACKAGE: &str = "capcache:policy";
 /// The world a policy component implements.

@@ -20,9 +20,12 @@ use crate::key::Key;
 use serde::{Deserialize, Serialize};
 
 pub const MAGIC: &[u8; 8] = b"CAPCACHE";
-/// Bumped whenever the layout changes; older entries then read as corrupt and
-/// are replaced.
-pub const FORMAT_VERSION: u16 = 2;
+/// Bumped whenever the layout changes; versions this host cannot read are
+/// then corrupt and replaced. Version 3 added `cost_us`.
+pub const FORMAT_VERSION: u16 = 3;
+/// The oldest version still read: its header is version 3's less `cost_us`
+/// (read as 0, unknown), so a cache of the last release keeps its entries.
+const OLDEST_READ_VERSION: u16 = 2;
 /// No header is larger; a larger length field means corruption.
 const MAX_HEADER_LEN: usize = 1024;
 /// The highest zstd level.
@@ -49,6 +52,37 @@ pub struct Header {
     pub raw_size: u64,
     pub payload_size: u64,
     pub created_ms: u64,
+    /// Microseconds computing the value took on its miss; 0 when unknown.
+    pub cost_us: u64,
+}
+
+/// The fields every readable version's header begins with (version 2's
+/// header whole).
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct HeaderStart {
+    format_version: u16,
+    key: [u8; 32],
+    codec: StoredCodec,
+    raw_size: u64,
+    payload_size: u64,
+    created_ms: u64,
+}
+
+/// Parses a header of any readable version; every byte must be used.
+fn decode_header(bytes: &[u8]) -> Result<Header, EntryError> {
+    let bad = |e: postcard::Error| EntryError::BadHeader(e.to_string());
+    let (start, rest) = postcard::take_from_bytes::<HeaderStart>(bytes).map_err(bad)?;
+    let (cost_us, rest) = match start.format_version {
+        FORMAT_VERSION => postcard::take_from_bytes::<u64>(rest).map_err(bad)?,
+        OLDEST_READ_VERSION => (0, rest),
+        other => return Err(EntryError::Version(other)),
+    };
+    if !rest.is_empty() {
+        return Err(EntryError::BadHeader(format!("{} bytes after the header", rest.len())));
+    }
+    let HeaderStart { format_version, key, codec, raw_size, payload_size, created_ms } = start;
+    Ok(Header { format_version, key, codec, raw_size, payload_size, created_ms, cost_us })
 }
 
 /// Bytes after the digest: header length and magic.
@@ -75,7 +109,7 @@ pub enum EntryError {
     BadHeaderLength(usize),
     #[error("header does not decode: {0}")]
     BadHeader(String),
-    #[error("format version {0}, expected {FORMAT_VERSION}")]
+    #[error("format version {0}, expected {OLDEST_READ_VERSION} to {FORMAT_VERSION}")]
     Version(u16),
     #[error("entry belongs to another key")]
     WrongKey,
@@ -89,8 +123,9 @@ pub enum EntryError {
     RawSize { expected: u64, actual: u64 },
 }
 
-/// Encodes `value` as a complete entry file for `key`.
-pub fn encode(key: &Key, value: &[u8], codec: StoredCodec, created_ms: u64) -> std::io::Result<Vec<u8>> {
+/// Encodes `value` as a complete entry file for `key`, whose computation took
+/// `cost_us` (0: unknown).
+pub fn encode(key: &Key, value: &[u8], codec: StoredCodec, created_ms: u64, cost_us: u64) -> std::io::Result<Vec<u8>> {
     let payload = match codec {
         StoredCodec::Raw => None,
         StoredCodec::Zstd { level } => Some(zstd::bulk::compress(value, level.clamp(1, MAX_ZSTD_LEVEL) as i32)?),
@@ -103,6 +138,7 @@ pub fn encode(key: &Key, value: &[u8], codec: StoredCodec, created_ms: u64) -> s
         raw_size: value.len() as u64,
         payload_size: payload.len() as u64,
         created_ms,
+        cost_us,
     };
     let header_bytes = postcard::to_allocvec(&header).map_err(std::io::Error::other)?;
     let mut file = Vec::with_capacity(payload.len() + header_bytes.len() + DIGEST_LEN + SUFFIX_LEN);
@@ -209,10 +245,7 @@ pub fn decode_trailer(tail: &[u8], file_len: u64, key: Option<&Key>) -> Result<T
     }
     let start = tail.len() - trailer_len;
     let header_bytes = &tail[start..start + header_len];
-    let header: Header = postcard::from_bytes(header_bytes).map_err(|e| EntryError::BadHeader(e.to_string()))?;
-    if header.format_version != FORMAT_VERSION {
-        return Err(EntryError::Version(header.format_version));
-    }
+    let header = decode_header(header_bytes)?;
     if let StoredCodec::Zstd { level } = header.codec
         && !(1..=MAX_ZSTD_LEVEL).contains(&level) {
             return Err(EntryError::BadHeader(format!("zstd level {level}")));
@@ -281,7 +314,7 @@ mod tests {
             ("zstd1-4k", bytes, StoredCodec::Zstd { level: 1 }),
         ]
         .into_iter()
-        .map(|(name, value, codec)| (name, encode(&key, &value, codec, 7).unwrap()))
+        .map(|(name, value, codec)| (name, encode(&key, &value, codec, 7, 0).unwrap()))
         .collect()
     }
 
@@ -313,12 +346,31 @@ mod tests {
     fn round_trips_both_codecs() {
         let (key, value) = sample();
         for codec in [StoredCodec::Raw, StoredCodec::Zstd { level: 3 }, StoredCodec::Zstd { level: 19 }] {
-            let file = encode(&key, &value, codec, 1234).unwrap();
+            let file = encode(&key, &value, codec, 1234, 5678).unwrap();
             let (header, decoded) = decode(&file, &key, u64::MAX).unwrap();
             assert_eq!(decoded, value);
             assert_eq!(header.codec, codec);
-            assert_eq!(header.created_ms, 1234);
+            assert_eq!((header.created_ms, header.cost_us), (1234, 5678));
         }
+    }
+
+    #[test]
+    fn an_entry_of_format_2_is_read_with_an_unknown_cost() {
+        let (key, value) = sample();
+        // Version 2's header is what every version's begins with.
+        let header = HeaderStart { format_version: 2, key: key.0, codec: StoredCodec::Raw, raw_size: value.len() as u64, payload_size: value.len() as u64, created_ms: 9 };
+        let header_bytes = postcard::to_allocvec(&header).unwrap();
+        let mut file = value.clone();
+        file.extend_from_slice(&header_bytes);
+        file.extend_from_slice(&digest(&header_bytes, &value));
+        file.extend_from_slice(&(header_bytes.len() as u32).to_le_bytes());
+        file.extend_from_slice(MAGIC);
+        let (decoded_header, decoded) = decode(&file, &key, u64::MAX).unwrap();
+        assert_eq!((decoded, decoded_header.created_ms, decoded_header.cost_us), (value, 9, 0));
+        // A version this host never wrote is refused by name.
+        let mut future = postcard::to_allocvec(&HeaderStart { format_version: 4, ..header }).unwrap();
+        future.extend_from_slice(&[0]);
+        assert_eq!(decode_header(&future).unwrap_err(), EntryError::Version(4));
     }
 
     #[test]
@@ -326,7 +378,7 @@ mod tests {
         let (key, value) = sample();
         let value = &value[..300];
         for codec in [StoredCodec::Raw, StoredCodec::Zstd { level: 3 }] {
-            let file = encode(&key, value, codec, 1).unwrap();
+            let file = encode(&key, value, codec, 1, 0).unwrap();
             for bit in 0..file.len() * 8 {
                 let mut bad = file.clone();
                 bad[bit / 8] ^= 1 << (bit % 8);
@@ -341,7 +393,7 @@ mod tests {
     #[test]
     fn streamed_check_agrees_with_the_whole_file_check() {
         let (key, value) = sample();
-        let file = encode(&key, &value, StoredCodec::Raw, 1).unwrap();
+        let file = encode(&key, &value, StoredCodec::Raw, 1, 0).unwrap();
         let trailer = decode_trailer(&file, file.len() as u64, Some(&key)).unwrap();
         assert_eq!(trailer.check_payload(&file[..]).unwrap(), Ok(()));
         let mut bad = file.clone();
@@ -354,7 +406,7 @@ mod tests {
     fn mapped_check_of_a_large_payload_agrees_with_the_streamed_check() {
         let key = Key::of(b"large");
         let value: Vec<u8> = (0..(3u32 << 20)).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
-        let file = encode(&key, &value, StoredCodec::Raw, 1).unwrap();
+        let file = encode(&key, &value, StoredCodec::Raw, 1, 0).unwrap();
         let trailer = decode_trailer(&file, file.len() as u64, Some(&key)).unwrap();
         let payload = &file[..trailer.header_offset as usize];
         assert_eq!(trailer.check_payload(&file[..]).unwrap(), Ok(()));
@@ -369,7 +421,7 @@ mod tests {
     #[test]
     fn another_keys_entry_is_refused() {
         let (key, value) = sample();
-        let file = encode(&key, &value, StoredCodec::Raw, 1).unwrap();
+        let file = encode(&key, &value, StoredCodec::Raw, 1, 0).unwrap();
         assert_eq!(decode(&file, &Key::of(b"other"), u64::MAX).unwrap_err(), EntryError::WrongKey);
     }
 }

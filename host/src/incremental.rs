@@ -51,6 +51,7 @@ impl wasmtime::CacheStore for IncrementalCache {
     }
 
     fn insert(&self, key: &[u8], value: Vec<u8>) -> bool {
-        self.cache.insert_value(&Self::key(key), &value)
+        // Cranelift hands over a function's result, not what it cost.
+        self.cache.insert_value(&Self::key(key), &value, 0)
     }
 }

@@ -68,10 +68,11 @@ pub(crate) struct Namespace {
 }
 
 impl Namespace {
-    /// Asks `admit` whether and how to store `value` (waiting as `wait`
-    /// says), then writes it atomically if it said so. Never fails: a failure
-    /// to store is logged and counted.
-    pub(crate) fn admit_and_write(&self, admit: &impl Admit, host: &HostSettings, key: &Key, value: &[u8], wait: AdmitWait) -> Offered {
+    /// Asks `admit` whether and how to store `value`, whose computation took
+    /// `cost_us` (0: unknown), waiting as `wait` says; then writes it
+    /// atomically if it said so. Never fails: a failure to store is logged
+    /// and counted.
+    pub(crate) fn admit_and_write(&self, admit: &impl Admit, host: &HostSettings, key: &Key, value: &[u8], cost_us: u64, wait: AdmitWait) -> Offered {
         if self.read_only {
             return Offered::NotStored;
         }
@@ -79,7 +80,7 @@ impl Namespace {
             Stats::bump(&self.stats.skipped);
             return Offered::NotStored;
         }
-        let candidate = Candidate { name: key.name(), raw_size: value.len() as u64 };
+        let candidate = Candidate { name: key.name(), raw_size: value.len() as u64, cost_us };
         let codec = match admit.admit(&candidate, wait) {
             Decision::Answered(Admission::Store(codec)) => codec_from_wit(codec),
             Decision::Answered(Admission::Skip) => {
@@ -95,7 +96,7 @@ impl Namespace {
             }
             Decision::Busy => return Offered::PolicyBusy,
         };
-        match self.store.write_entry(key, value, codec, None) {
+        match self.store.write_entry(key, value, codec, cost_us) {
             Ok(_) => {
                 Stats::bump(&self.stats.inserts);
                 // A new entry starts with no usage.
@@ -166,6 +167,7 @@ impl Namespace {
             created: facts.header.created_ms,
             last_used: facts.last_used_ms,
             hits: usage.hits(&usage::id_of(&key)),
+            cost_us: facts.header.cost_us,
         })
     }
 }

@@ -49,6 +49,18 @@ use std::time::Duration;
 /// decoded size).
 pub const REAL_ARTIFACT_SIZES: [u64; 5] = [31_320_432, 2_406_144, 1_858_632, 292_400, 13_608];
 
+/// What compiling each of [`REAL_ARTIFACT_SIZES`]'s modules takes, in
+/// microseconds, in the same order: the median of three misses of each on
+/// 2 cores (wasmtime 48, Cranelift; `capcache compile` into an empty cache,
+/// and `capcache policy install` for the component), 2026-12-02. A MiB of
+/// artifact takes from 75 ms (the module of one function) to 194 ms
+/// (sql.js) to make.
+pub const REAL_ARTIFACT_COMPILE_US: [u64; 5] = [5_134_220, 445_880, 209_030, 50_000, 980];
+
+/// Compile time per byte of artifact for sizes given without times
+/// (`sizes=` alone): the median of the real artifacts' rates.
+const COMPILE_US_PER_MIB: u64 = 172_000;
+
 /// The size of an entry's header and trailer, in the model.
 const MODELLED_FRAMING: u64 = 96;
 
@@ -85,6 +97,10 @@ pub struct Workload {
     /// Raw sizes the modules' artifacts are drawn from (each module picks one,
     /// then varies it by up to 20% either way).
     pub sizes: Vec<u64>,
+    /// What compiling each of `sizes` takes, in microseconds (each module
+    /// varies its own by up to 20% either way, independently of its size);
+    /// empty: in proportion to the size, at the real artifacts' median rate.
+    pub compile_us: Vec<u64>,
     /// Seed of the pseudo-random choices: the same seed, the same run.
     pub seed: u64,
 }
@@ -101,6 +117,7 @@ impl Default for Workload {
             step: Duration::from_secs(1),
             crash_every: 5_000,
             sizes: REAL_ARTIFACT_SIZES.to_vec(),
+            compile_us: REAL_ARTIFACT_COMPILE_US.to_vec(),
             seed: 1,
         }
     }
@@ -111,25 +128,35 @@ impl Workload {
     /// name of the entry the simulation stores it under, to follow one
     /// module through a policy's decisions.
     pub fn modules_simulated(&self) -> Vec<SimulatedModule> {
-        let sizes = self.module_sizes(&mut fastrand::Rng::with_seed(self.seed));
-        sizes
+        let profiles = self.module_profiles(&mut fastrand::Rng::with_seed(self.seed));
+        profiles
             .into_iter()
             .enumerate()
-            .map(|(index, raw_size)| SimulatedModule {
+            .map(|(index, (raw_size, compile_us))| SimulatedModule {
                 index: index as u64,
                 raw_size,
+                compile_us,
                 entry_name: crate::key::ValueKey::of(&simulated_key_material(index as u64)).name(),
             })
             .collect()
     }
 
-    /// Each module's raw size, from the first draws of `rng`.
-    fn module_sizes(&self, rng: &mut fastrand::Rng) -> Vec<u64> {
-        let sizes = if self.sizes.is_empty() { REAL_ARTIFACT_SIZES.to_vec() } else { self.sizes.clone() };
+    /// Each module's raw size (from the first draws of `rng`) and compile
+    /// time (from draws of its own, so that modelling times left every
+    /// workload's sizes as they were).
+    fn module_profiles(&self, rng: &mut fastrand::Rng) -> Vec<(u64, u64)> {
+        let (sizes, times) = if self.sizes.is_empty() {
+            (REAL_ARTIFACT_SIZES.to_vec(), REAL_ARTIFACT_COMPILE_US.to_vec())
+        } else {
+            (self.sizes.clone(), self.compile_us.clone())
+        };
+        let mut time_rng = fastrand::Rng::with_seed(self.seed ^ 0x636f_7374);
         (0..self.modules.max(1))
             .map(|_| {
-                let base = sizes[rng.usize(..sizes.len())] as f64;
-                (base * (0.8 + 0.4 * rng.f64())) as u64
+                let pick = rng.usize(..sizes.len());
+                let size = (sizes[pick] as f64 * (0.8 + 0.4 * rng.f64())) as u64;
+                let base = times.get(pick).copied().unwrap_or_else(|| sizes[pick].saturating_mul(COMPILE_US_PER_MIB) >> 20);
+                (size, (base as f64 * (0.8 + 0.4 * time_rng.f64())) as u64)
             })
             .collect()
     }
@@ -148,6 +175,8 @@ pub struct SimulatedModule {
     pub index: u64,
     /// The raw size of its artifact.
     pub raw_size: u64,
+    /// What compiling it takes, in microseconds: each miss's cost.
+    pub compile_us: u64,
     /// The entry it is stored under.
     pub entry_name: String,
 }
@@ -155,8 +184,9 @@ pub struct SimulatedModule {
 impl std::str::FromStr for Workload {
     type Err = String;
 
-    /// `ops=100000,modules=2000,skew=1.0,step=1s,crash-every=5000,sizes=2Mi/30Mi,seed=1`;
-    /// any subset, the rest as [`Workload::default`].
+    /// `ops=100000,modules=2000,skew=1.0,step=1s,crash-every=5000,sizes=2Mi/30Mi,compile=400ms/5s,seed=1`;
+    /// any subset, the rest as [`Workload::default`]. `sizes` without
+    /// `compile` models compile times in proportion to size.
     fn from_str(spec: &str) -> Result<Workload, String> {
         let mut workload = Workload::default();
         for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -175,16 +205,27 @@ impl std::str::FromStr for Workload {
                         .split('/')
                         .map(|s| parse_size(s).filter(|&n| n > 0))
                         .collect::<Option<Vec<u64>>>()
-                        .ok_or_else(|| bad("sizes separated by '/', such as 2Mi/30Mi"))?
+                        .ok_or_else(|| bad("sizes separated by '/', such as 2Mi/30Mi"))?;
+                    if !spec.contains("compile=") {
+                        workload.compile_us.clear();
+                    }
+                }
+                "compile" => {
+                    workload.compile_us = value
+                        .split('/')
+                        .map(|t| parse_duration(t).map(|d| d.as_micros() as u64))
+                        .collect::<Option<Vec<u64>>>()
+                        .ok_or_else(|| bad("durations separated by '/', such as 400ms/5s"))?
                 }
                 "seed" => workload.seed = value.parse().map_err(|_| bad("a whole number"))?,
                 other => {
                     return Err(format!(
-                        "unknown workload key {other:?}: expected ops, modules, skew, step, crash-every, sizes or seed"
+                        "unknown workload key {other:?}: expected ops, modules, skew, step, crash-every, sizes, compile or seed"
                     ));
                 }
             }
         }
+        workload.check()?;
         Ok(workload)
     }
 }
@@ -314,6 +355,11 @@ pub struct SimulationReport {
     pub hits: u64,
     /// Loads that found nothing.
     pub misses: u64,
+    /// What the misses cost to compute, in microseconds, summed: the time a
+    /// host spent compiling what the cache did not have.
+    pub compile_us_on_misses: u64,
+    /// Entries the policy asked to upload to the shared tiers (`share`).
+    pub shared: u64,
     /// Misses stored, by codec (`raw`, `zstd-3`, ...).
     pub admitted: BTreeMap<String, u64>,
     /// Misses the policy chose not to store.
@@ -422,6 +468,20 @@ impl std::fmt::Debug for Simulation {
     }
 }
 
+impl Workload {
+    /// Checks what parsing alone cannot: as many compile times as sizes.
+    fn check(&self) -> Result<(), String> {
+        if !self.compile_us.is_empty() && self.compile_us.len() != self.sizes.len() {
+            return Err(format!(
+                "the workload has {} sizes and {} compile times: give one time per size, or none",
+                self.sizes.len(),
+                self.compile_us.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Whether a simulated load was served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lookup {
@@ -465,7 +525,7 @@ impl Simulation {
     pub fn run(&mut self, workload: &Workload) {
         let mut rng = fastrand::Rng::with_seed(workload.seed);
         let modules = workload.modules.max(1) as usize;
-        let module_sizes = workload.module_sizes(&mut rng);
+        let profiles = workload.module_profiles(&mut rng);
         // Zipf weights, as a cumulative distribution to search.
         let mut cumulative = Vec::with_capacity(modules);
         let mut total = 0.0;
@@ -477,18 +537,26 @@ impl Simulation {
         for op in 0..workload.operations {
             let draw = rng.f64() * total;
             let module = cumulative.partition_point(|&c| c < draw).min(modules - 1);
-            self.load(&simulated_key_material(module as u64), module_sizes[module]);
+            let (raw_size, compile_us) = profiles[module];
+            self.load_with_cost(&simulated_key_material(module as u64), raw_size, Duration::from_micros(compile_us));
             if workload.crash_every > 0 && (op + 1) % workload.crash_every == 0 {
-                self.leave_temp_file(module_sizes[module] / 2);
+                self.leave_temp_file(raw_size / 2);
             }
             self.advance(Duration::from_millis(step));
         }
     }
 
     /// One load of the value for `key_material`, `raw_size` bytes when
-    /// computed.
+    /// computed, at no known cost.
     pub fn load(&mut self, key_material: &[u8], raw_size: u64) -> Lookup {
+        self.load_with_cost(key_material, raw_size, Duration::ZERO)
+    }
+
+    /// One load of the value for `key_material`, `raw_size` bytes that take
+    /// `cost` to compute on a miss (the report sums it).
+    pub fn load_with_cost(&mut self, key_material: &[u8], raw_size: u64, cost: Duration) -> Lookup {
         let name = Key::derive(KeyDomain::Value, &[key_material]).name();
+        let cost_us = crate::cache::micros(cost);
         self.report.operations += 1;
         let now = self.cache.now_ms();
         let hit = self.cache.state.lock().entries.get_mut(&name).map(|entry| {
@@ -503,7 +571,8 @@ impl Simulation {
             return Lookup::Hit;
         }
         self.report.misses += 1;
-        let codec = match self.runtime.admit(&Candidate { name: name.clone(), raw_size }) {
+        self.report.compile_us_on_misses += cost_us;
+        let codec = match self.runtime.admit(&Candidate { name: name.clone(), raw_size, cost_us }) {
             Some(Admission::Store(codec)) => codec_from_wit(codec),
             // As the host does when the policy fails: what it did not admit
             // is not stored.
@@ -521,6 +590,7 @@ impl Simulation {
             created: now,
             last_used: now,
             hits: 0,
+            cost_us,
         };
         self.cache.state.lock().insert_entry(meta.clone());
         self.note_peaks();
@@ -556,6 +626,11 @@ impl Simulation {
                 }
                 Action::Maintain => {
                     self.maintain();
+                }
+                Action::Share => {
+                    if self.cache.state.lock().entries.contains_key(name) {
+                        self.report.shared += 1;
+                    }
                 }
             }
         }
@@ -615,6 +690,7 @@ impl Simulation {
                 created_ms: e.created,
                 last_used_ms: e.last_used,
                 hits: e.hits,
+                cost_us: e.cost_us,
             })
             .collect()
     }
@@ -726,6 +802,18 @@ impl ViewBackend for SimulatedCache {
             Area::Tmp => state.temp.keys().cloned().collect(),
             _ => Vec::new(),
         })
+    }
+
+    fn listed_entries(&self) -> Result<Vec<crate::view::ListedEntry>, WitError> {
+        let state = self.state.lock();
+        Ok(state
+            .entries
+            .values()
+            .filter_map(|e| {
+                let name = crate::view::EntryName::new(&e.name)?;
+                Some(crate::view::ListedEntry { name, stored_size: e.stored_size, last_used: e.last_used })
+            })
+            .collect())
     }
 
     fn entry_metas(&self, names: &[String]) -> Result<Vec<EntryMeta>, WitError> {

@@ -6,7 +6,7 @@
 //! for a clear error, before any backend sees them; paging, the shared lock
 //! and logging are here too, so both backends behave alike.
 
-use crate::bindings::capcache::policy::types::{self, EntryMeta, EntryPage, Error, FileMeta, FilePage, LogLevel};
+use crate::bindings::capcache::policy::types::{self, EntryMeta, EntryOrder, EntryPage, Error, FileMeta, FilePage, LogLevel};
 use crate::bindings::capcache::policy::view;
 use crate::key::Key;
 use crate::lock::HeldLock;
@@ -43,8 +43,11 @@ pub(crate) trait ViewBackend: Send + Sync {
     fn read_only(&self) -> bool;
     /// The counters that policy faults and removals bump.
     fn stats(&self) -> &Stats;
-    /// The names in an area (`Entries` or `Tmp`), sorted.
+    /// The names in an area (`Tmp`; `Entries` is [`ViewBackend::listed_entries`]), sorted.
     fn list_names(&self, area: Area) -> Result<Vec<String>, Error>;
+    /// Every entry's name, stored size and last use, in no order: what a
+    /// listing's snapshot orders and totals, without reading any entry.
+    fn listed_entries(&self) -> Result<Vec<ListedEntry>, Error>;
     /// Metadata of these entries, leaving out names that are not (or no
     /// longer) entries.
     fn entry_metas(&self, names: &[String]) -> Result<Vec<EntryMeta>, Error>;
@@ -87,6 +90,18 @@ impl ViewBackend for Namespace {
 
     fn list_names(&self, area: Area) -> Result<Vec<String>, Error> {
         self.store.list_names(area).map_err(io_error)
+    }
+
+    fn listed_entries(&self) -> Result<Vec<ListedEntry>, Error> {
+        let mut listed = Vec::new();
+        self.store
+            .for_each_entry_file(|name, stored_size, last_used| {
+                if let Some(name) = EntryName::new(name) {
+                    listed.push(ListedEntry { name, stored_size, last_used });
+                }
+            })
+            .map_err(io_error)?;
+        Ok(listed)
     }
 
     fn entry_metas(&self, names: &[String]) -> Result<Vec<EntryMeta>, Error> {
@@ -148,6 +163,80 @@ impl ViewBackend for Namespace {
     }
 }
 
+/// An entry's name as a listing's snapshot holds it: its 43 characters in
+/// place, so that a snapshot of a million entries is one allocation of small
+/// records, ordered as the names' strings are.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct EntryName([u8; ENTRY_NAME_LEN]);
+
+/// The length of an entry's name: a SHA-256 in base64url, no padding.
+const ENTRY_NAME_LEN: usize = 43;
+
+impl EntryName {
+    /// `name`, if it is an entry's (43 base64url characters).
+    pub(crate) fn new(name: &str) -> Option<EntryName> {
+        let bytes: [u8; ENTRY_NAME_LEN] = name.as_bytes().try_into().ok()?;
+        bytes.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_').then_some(EntryName(bytes))
+    }
+
+    fn as_str(&self) -> &str {
+        // Only ASCII is ever stored (`new` checks).
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+/// One entry in a listing's snapshot: what its order and totals need.
+#[derive(Clone, Copy)]
+pub(crate) struct ListedEntry {
+    pub(crate) name: EntryName,
+    pub(crate) stored_size: u64,
+    pub(crate) last_used: u64,
+}
+
+/// A listing in progress: the snapshot its first page took, which later
+/// pages of the same call continue.
+enum Listing {
+    /// Temporary files, by name.
+    Files(Vec<String>),
+    /// Entries, in `order`, with what they take in all.
+    Entries { order: EntryOrder, entries: Vec<ListedEntry>, total_bytes: u64 },
+}
+
+/// Where a listing of entries in `order` stands after `entry`: the cursor
+/// handed out as `next`. Names sort as their strings do, so the cursor of
+/// the name order is the name itself.
+fn cursor_of(order: EntryOrder, entry: &ListedEntry) -> String {
+    match order {
+        EntryOrder::Name => entry.name.as_str().to_string(),
+        EntryOrder::LeastRecentlyUsed | EntryOrder::MostRecentlyUsed => format!("{}:{}", entry.last_used, entry.name.as_str()),
+    }
+}
+
+/// The index of the first entry of `entries` (in `order`) after `cursor`.
+fn after_cursor(order: EntryOrder, entries: &[ListedEntry], cursor: &str) -> Result<usize, Error> {
+    if order == EntryOrder::Name {
+        return Ok(entries.partition_point(|e| e.name.as_str() <= cursor));
+    }
+    let parsed = cursor.split_once(':').and_then(|(t, n)| Some((t.parse::<u64>().ok()?, EntryName::new(n)?)));
+    let Some((last_used, name)) = parsed else {
+        let shown: String = cursor.chars().take(64).collect();
+        return Err(Error::InvalidName(format!("{shown:?} is not a cursor of a listing by last use (pass back `next` as it came)")));
+    };
+    Ok(match order {
+        EntryOrder::LeastRecentlyUsed => entries.partition_point(|e| (e.last_used, e.name) <= (last_used, name)),
+        _ => entries.partition_point(|e| (std::cmp::Reverse(e.last_used), e.name) <= (std::cmp::Reverse(last_used), name)),
+    })
+}
+
+/// Sorts a snapshot into `order`; ties of last use go by name.
+fn sort_listing(order: EntryOrder, entries: &mut [ListedEntry]) {
+    match order {
+        EntryOrder::Name => entries.sort_unstable_by_key(|e| e.name),
+        EntryOrder::LeastRecentlyUsed => entries.sort_unstable_by_key(|e| (e.last_used, e.name)),
+        EntryOrder::MostRecentlyUsed => entries.sort_unstable_by_key(|e| (std::cmp::Reverse(e.last_used), e.name)),
+    }
+}
+
 /// How much state a policy may keep in its namespace, from
 /// [`crate::HostSettings`]'s `max_state_files` and `max_state_bytes`.
 #[derive(Debug, Clone, Copy)]
@@ -163,7 +252,7 @@ pub struct PolicyView {
     policy_name: String,
     /// A listing taken at a listing's first page, so that later pages continue
     /// it rather than list the directory again.
-    listing: Option<(Area, Vec<String>)>,
+    listing: Option<Listing>,
     /// The locks the policy holds. Dropping the instance drops them, and so
     /// releases them.
     locks: ResourceTable,
@@ -208,16 +297,14 @@ impl PolicyView {
         self.listing = None;
     }
 
-    /// The page of `area` after `cursor`, continuing the snapshot if one was
-    /// taken for this area.
-    fn page(&mut self, area: Area, cursor: Option<String>, limit: u32) -> Result<(Vec<String>, Option<String>), Error> {
+    /// The page of temporary files after `cursor`, continuing the snapshot
+    /// if one was taken for them.
+    fn files_page(&mut self, cursor: Option<String>, limit: u32) -> Result<(Vec<String>, Option<String>), Error> {
         let limit = limit.clamp(1, MAX_PAGE) as usize;
-        let fresh = cursor.is_none() || !matches!(&self.listing, Some((a, _)) if *a == area);
-        if fresh {
-            let names = self.backend.list_names(area)?;
-            self.listing = Some((area, names));
+        if cursor.is_none() || !matches!(self.listing, Some(Listing::Files(_))) {
+            self.listing = Some(Listing::Files(self.backend.list_names(Area::Tmp)?));
         }
-        let names = &self.listing.as_ref().unwrap().1;
+        let Some(Listing::Files(names)) = &self.listing else { unreachable!("taken above") };
         let start = match &cursor {
             None => 0,
             Some(c) => names.partition_point(|n| n.as_str() <= c.as_str()),
@@ -226,6 +313,31 @@ impl PolicyView {
         let page = names[start..end].to_vec();
         let next = (end < names.len()).then(|| page.last().cloned()).flatten();
         Ok((page, next))
+    }
+
+    /// The page of entries in `order` after `cursor`, continuing the
+    /// snapshot if one was taken in this order, with the snapshot's totals.
+    fn entries_page(&mut self, order: EntryOrder, cursor: Option<String>, limit: u32) -> Result<EntryPage, Error> {
+        let limit = limit.clamp(1, MAX_PAGE) as usize;
+        let continues = matches!(&self.listing, Some(Listing::Entries { order: o, .. }) if *o == order);
+        if cursor.is_none() || !continues {
+            let mut entries = self.backend.listed_entries()?;
+            sort_listing(order, &mut entries);
+            let total_bytes = entries.iter().map(|e| e.stored_size).sum();
+            self.listing = Some(Listing::Entries { order, entries, total_bytes });
+        }
+        let Some(Listing::Entries { entries: listed, total_bytes, .. }) = &self.listing else { unreachable!("taken above") };
+        let start = match &cursor {
+            None => 0,
+            Some(c) => after_cursor(order, listed, c)?,
+        };
+        let end = (start + limit).min(listed.len());
+        let page = &listed[start..end];
+        let next = (end < listed.len()).then(|| page.last().map(|e| cursor_of(order, e))).flatten();
+        let (total_entries, total_bytes) = (listed.len() as u64, *total_bytes);
+        let names: Vec<String> = page.iter().map(|e| e.name.as_str().to_string()).collect();
+        let entries = self.backend.entry_metas(&names)?;
+        Ok(EntryPage { entries, next, total_entries, total_bytes })
     }
 
     fn writable(&self) -> Result<(), Error> {
@@ -380,10 +492,8 @@ impl view::Host for PolicyView {
         self.log_line(level, &message);
     }
 
-    fn list_entries(&mut self, cursor: Option<String>, limit: u32) -> Result<EntryPage, Error> {
-        let (names, next) = self.page(Area::Entries, cursor, limit)?;
-        let entries = self.backend.entry_metas(&names)?;
-        Ok(EntryPage { entries, next })
+    fn list_entries(&mut self, order: EntryOrder, cursor: Option<String>, limit: u32) -> Result<EntryPage, Error> {
+        self.entries_page(order, cursor, limit)
     }
 
     fn stat_entry(&mut self, name: String) -> Result<EntryMeta, Error> {
@@ -408,7 +518,7 @@ impl view::Host for PolicyView {
     }
 
     fn list_temp_files(&mut self, cursor: Option<String>, limit: u32) -> Result<FilePage, Error> {
-        let (names, next) = self.page(Area::Tmp, cursor, limit)?;
+        let (names, next) = self.files_page(cursor, limit)?;
         let files = names.iter().filter_map(|name| self.backend.file_meta(Area::Tmp, name).ok()).collect();
         Ok(FilePage { files, next })
     }

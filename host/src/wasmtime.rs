@@ -244,7 +244,10 @@ fn compile_and_store<T: Artifact>(cache: &Cache, engine: &Engine, key: &Key, was
             None => return Ok((T::compile(engine, wasm)?, Source::Miss)),
         },
     };
+    let started = std::time::Instant::now();
     let artifact = T::compile(engine, wasm)?;
+    // What a miss of these bytes costs: the policy may keep what is dear.
+    let cost_us = crate::cache::micros(started.elapsed());
     let landed = leader.share(artifact.clone());
     let compiled = artifact.clone();
     let name = key.name();
@@ -255,7 +258,7 @@ fn compile_and_store<T: Artifact>(cache: &Cache, engine: &Engine, key: &Key, was
             None
         }
     };
-    cache.insert_value_deferred(key, serialize, landed);
+    cache.insert_value_deferred(key, serialize, cost_us, landed);
     Ok((artifact, Source::Miss))
 }
 

@@ -44,9 +44,10 @@ enum Message {
     /// A hit, on a raw entry or not.
     Hit(Key, bool),
     Inserted(Key),
-    /// Make a value, then admit and store it (a miss's store, off the
-    /// caller's path); then call the hook, if any.
-    Store(Key, Produce, Option<Landed>),
+    /// Make a value (whose computation took the microseconds given), then
+    /// admit and store it (a miss's store, off the caller's path); then call
+    /// the hook, if any.
+    Store(Key, Produce, u64, Option<Landed>),
     /// Answer once every earlier message is handled.
     Flush(SyncSender<()>),
     /// Run `maintain` now and answer with its report.
@@ -90,10 +91,10 @@ impl Worker {
 
     /// Queues a value to make and store; hands `produce` back if the queue is
     /// full, for the caller to run itself (a miss's artifact is never lost).
-    pub(crate) fn store_deferred(&self, key: Key, produce: Produce, landed: Option<Landed>) -> Result<(), (Produce, Option<Landed>)> {
-        match self.offer(Message::Store(key, produce, landed)) {
+    pub(crate) fn store_deferred(&self, key: Key, produce: Produce, cost_us: u64, landed: Option<Landed>) -> Result<(), (Produce, Option<Landed>)> {
+        match self.offer(Message::Store(key, produce, cost_us, landed)) {
             Ok(()) => Ok(()),
-            Err(Message::Store(_, produce, landed)) => Err((produce, landed)),
+            Err(Message::Store(_, produce, _, landed)) => Err((produce, landed)),
             Err(_) => unreachable!("offer hands back what it was given"),
         }
     }
@@ -212,9 +213,9 @@ fn run(receiver: Receiver<Message>, namespace: &Namespace, policy: &Mutex<Policy
                 }
                 Message::StartPolicy => policy.lock().start_ahead(),
                 Message::Inserted(key) => handle_entry_event(namespace, policy, &key, EntryEvent::Inserted),
-                Message::Store(key, produce, landed) => {
+                Message::Store(key, produce, cost_us, landed) => {
                     let stored = produce().is_some_and(|value| {
-                        namespace.admit_and_write(policy, host, &key, &value, AdmitWait::UntilFree) == Offered::Stored
+                        namespace.admit_and_write(policy, host, &key, &value, cost_us, AdmitWait::UntilFree) == Offered::Stored
                     });
                     if let Some(landed) = landed {
                         landed();
@@ -237,10 +238,6 @@ fn run(receiver: Receiver<Message>, namespace: &Namespace, policy: &Mutex<Policy
 fn handle_entry_event(namespace: &Namespace, policy: &Mutex<PolicyRuntime>, key: &Key, event: EntryEvent) {
     // Gone or replaced meanwhile: nothing to tell the policy.
     let Ok(meta) = namespace.entry_meta(&key.name()) else { return };
-    // A value the policy admitted locally goes to the shared tier too.
-    if matches!(event, EntryEvent::Inserted) {
-        let _ = namespace.upload(key);
-    }
     let mut policy = policy.lock();
     let actions = match event {
         EntryEvent::Hit => policy.on_hit(&meta),
@@ -259,6 +256,10 @@ fn handle_entry_event(namespace: &Namespace, policy: &Mutex<PolicyRuntime>, key:
             }
             Action::Maintain => {
                 maintain(namespace, &mut policy);
+            }
+            // What reaches the shared tier is the policy's to say.
+            Action::Share => {
+                let _ = namespace.upload(key);
             }
         }
     }

@@ -22,13 +22,17 @@
 //! `raw-entries` (`hot`, the default; `never`, wasmtime's behaviour; `always`)
 //! and `raw-entries-usage-threshold` (hits before an entry is hot; 2) set it.
 //!
+//! A pass holds one page of entries in memory, whatever their number
+//! (wasmtime, and this policy before contract 0.3, sorted them all).
+//! Every value stored is shared with the host's shared tiers, if it has any.
+//!
 //! Unlike wasmtime, the cleanup lock is released after every pass (wasmtime leaves
 //! its own lock behind, so a long-running process cleans only once), usage counts
 //! are kept by the host with the entry (no `.stats` file per entry to orphan), and
 //! every decision reads the host's clock, never a clock of its own.
 
 use capcache_policy::{
-    Action, Admission, Candidate, Codec, EntryMeta, LogLevel, Lock, MaintainReport, Policy, Setting, SettingsError, log,
+    Action, Admission, Candidate, Codec, EntryMeta, Limits, LogLevel, Lock, MaintainReport, Policy, Setting, SettingsError, log,
     view,
 };
 use std::sync::Mutex;
@@ -224,57 +228,31 @@ fn remove_stale_temp_files(config: &Config, now: u64, report: &mut MaintainRepor
 }
 
 /// The cleanup pass proper, run under the lock; an `Err` with the report if
-/// the entries could not be listed (what they take is then unknown).
+/// the entries could not be listed (what they take is then unknown). It
+/// holds one page of entries at a time, however many there are: when the
+/// entries pass a limit, the least recently used are evicted until both
+/// count and size are within their percent-if-deleting targets, entries from
+/// beyond the allowed drift first (as in wasmtime, they count as the oldest).
 fn clean(config: &Config, now: u64) -> Result<MaintainReport, MaintainReport> {
     let mut report = MaintainReport::started();
     remove_stale_temp_files(config, now, &mut report);
-    let mut entries = match capcache_policy::all_entries() {
-        Ok(entries) => entries,
-        Err(e) => {
-            report.summary = format!("cannot list entries: {e:?}");
-            return Err(report);
-        }
+    let limits = Limits { entries: config.file_count_soft_limit, bytes: config.files_total_size_soft_limit };
+    let targets = Limits {
+        entries: percent_of(config.file_count_soft_limit, config.file_count_limit_percent_if_deleting),
+        bytes: percent_of(config.files_total_size_soft_limit, config.files_total_size_limit_percent_if_deleting),
     };
-    report.entries_seen = entries.len() as u64;
-    let future_tolerance = now.saturating_add(config.allowed_clock_drift_for_files_from_future_ms);
-    // Youngest first; entries from beyond the allowed drift count as the oldest,
-    // so they go first when something must go (as in wasmtime).
-    entries.sort_unstable_by(|a, b| {
-        let (fa, fb) = (a.last_used > future_tolerance, b.last_used > future_tolerance);
-        fa.cmp(&fb).then(b.last_used.cmp(&a.last_used)).then(a.name.cmp(&b.name))
-    });
-
-    let count_limit = config.file_count_soft_limit;
-    let size_limit = config.files_total_size_soft_limit;
-    let count_target = count_limit * config.file_count_limit_percent_if_deleting as u64 / 100;
-    let size_target = size_limit as u128 * config.files_total_size_limit_percent_if_deleting as u128 / 100;
-    let mut total: u128 = 0;
-    let mut cut_if_deleting = None;
-    let mut cut = None;
-    for (index, entry) in entries.iter().enumerate() {
-        total += entry.stored_size as u128;
-        let count = index as u64 + 1;
-        if cut_if_deleting.is_none() && (total > size_target || count > count_target) {
-            cut_if_deleting = Some(index);
-        }
-        if total > size_limit as u128 || count > count_limit {
-            cut = cut_if_deleting;
-            break;
-        }
-    }
-    let keep = cut.unwrap_or(entries.len());
-    for entry in &entries[..keep] {
-        report.kept(entry);
-    }
-    for entry in &entries[keep..] {
-        if entry.last_used > future_tolerance {
-            report.evict_from_future(entry);
-        } else {
-            report.evict(entry);
-        }
+    let future_after = now.saturating_add(config.allowed_clock_drift_for_files_from_future_ms);
+    if let Err(e) = capcache_policy::trim_least_recently_used(&mut report, limits, targets, Some(future_after)) {
+        report.summary = format!("cannot list entries: {e:?}");
+        return Err(report);
     }
     report.summary = format!("cleaned: {}", report.clone().finish().summary);
     Ok(report)
+}
+
+/// `percent` of `limit`, rounded down, without overflow.
+fn percent_of(limit: u64, percent: u8) -> u64 {
+    (limit as u128 * percent as u128 / 100) as u64
 }
 
 struct DefaultPolicy;
@@ -323,11 +301,12 @@ impl Policy for DefaultPolicy {
         if config.cleanup_when_over_limits {
             add_stored(entry.stored_size, 1);
         }
+        // Every stored value goes to the shared tiers, if the host has any.
+        let mut actions = vec![Action::Share];
         if cleanup_due(&config, view::now()) || config.cleanup_when_over_limits && limits_may_be_passed(&config) {
-            vec![Action::Maintain]
-        } else {
-            Vec::new()
+            actions.push(Action::Maintain);
         }
+        actions
     }
 
     fn maintain() -> MaintainReport {

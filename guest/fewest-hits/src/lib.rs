@@ -6,6 +6,8 @@
 use capcache_policy::{
     Action, Admission, Candidate, Codec, EntryMeta, Lock, MaintainReport, Periodic, Policy, Setting, SettingsError, now,
 };
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 static MAX_ENTRIES: AtomicU64 = AtomicU64::new(10_000);
@@ -33,7 +35,9 @@ impl Policy for FewestHitsFirst {
 
     fn on_hit(entry: EntryMeta) -> Vec<Action> {
         match entry.codec {
-            Codec::Zstd(_) if entry.hits >= HOT_HITS.load(Relaxed) => vec![Action::Recode(Codec::Raw)],
+            // Hot: stored raw, then shared (the shared tiers get only what is
+            // used again, in the form that loads fastest).
+            Codec::Zstd(_) if entry.hits >= HOT_HITS.load(Relaxed) => vec![Action::Recode(Codec::Raw), Action::Share],
             _ => vec![],
         }
     }
@@ -46,17 +50,29 @@ impl Policy for FewestHitsFirst {
         let Ok(Some(_lock)) = Lock::take("cleanup.lock", 60 * 60_000) else {
             return MaintainReport::skipped("another process is cleaning");
         };
-        let mut entries = match capcache_policy::all_entries() {
-            Ok(entries) => entries,
-            Err(e) => return MaintainReport::skipped(format!("cannot list entries: {e:?}")),
-        };
-        // Most served first, then most recently used.
-        entries.sort_by(|a, b| b.hits.cmp(&a.hits).then(b.last_used.cmp(&a.last_used)));
         let keep = MAX_ENTRIES.load(Relaxed) as usize;
         let mut report = MaintainReport::started();
-        for (index, entry) in entries.iter().enumerate() {
-            report.saw(entry);
-            if index < keep { report.kept(entry) } else { report.evict(entry); }
+        // The `keep` most served (then most recently used, then first by
+        // name), found in one listing holding only them: memory grows with
+        // max-entries, not with the cache.
+        let mut best = BinaryHeap::with_capacity(keep + 1);
+        for entry in capcache_policy::entries() {
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(e) => return MaintainReport::skipped(format!("cannot list entries: {e:?}")),
+            };
+            best.push(Reverse((entry.hits, entry.last_used, Reverse(entry.name))));
+            if best.len() > keep {
+                best.pop();
+            }
+        }
+        // (A BTreeSet: a HashSet's random seed asks WASI, which traps.)
+        let kept: BTreeSet<String> = best.into_iter().map(|Reverse((_, _, Reverse(name)))| name).collect();
+        // Then the rest go.
+        for entry in capcache_policy::entries() {
+            let Ok(entry) = entry else { break };
+            report.saw(&entry);
+            if kept.contains(&entry.name) { report.kept(&entry) } else { report.evict(&entry); }
         }
         report.remove_temp_files_older_than(60 * 60_000, now());
         let _ = CLEANUP.done(now());

@@ -74,7 +74,8 @@ export const policy = {
   },
 
   onInsert(entry) {
-    return cleanupDue(cc.now()) ? [{ tag: "maintain" }] : [];
+    // Every stored value is shared, if the host has shared tiers.
+    return cleanupDue(cc.now()) ? [{ tag: "share" }, { tag: "maintain" }] : [{ tag: "share" }];
   },
 
   maintain() {
@@ -84,23 +85,13 @@ export const policy = {
     try {
       const report = new cc.Report();
       report.removeTempFilesOlderThan(config.taskTimeout, at);
-      const future = at + config.drift;
-      const entries = [...cc.entries()];
-      // Youngest first; entries from beyond the allowed drift go first.
-      entries.sort((a, b) =>
-        (a.lastUsed > future) - (b.lastUsed > future) || b.lastUsed - a.lastUsed || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-      const countTarget = Math.floor((config.countLimit * config.countPercent) / 100);
-      const sizeTarget = Math.floor((config.sizeLimit * config.sizePercent) / 100);
-      let total = 0, cutIfDeleting = null, cut = null;
-      for (let i = 0; i < entries.length; i++) {
-        total += entries[i].storedSize;
-        if (cutIfDeleting === null && (total > sizeTarget || i + 1 > countTarget)) cutIfDeleting = i;
-        if (total > config.sizeLimit || i + 1 > config.countLimit) { cut = cutIfDeleting; break; }
-      }
-      report.r.entriesSeen = entries.length;
-      const keep = cut === null ? entries.length : cut;
-      entries.slice(0, keep).forEach((e) => report.kept(e));
-      entries.slice(keep).forEach((e) => report.evict(e, e.lastUsed > future));
+      // Over a limit, the least recently used go (those from beyond the
+      // allowed drift first) until within the percent-if-deleting targets:
+      // one page of entries in memory at a time.
+      const limits = [config.countLimit, config.sizeLimit];
+      const targets = [Math.floor((config.countLimit * config.countPercent) / 100),
+        Math.floor((config.sizeLimit * config.sizePercent) / 100)];
+      cc.trimLeastRecentlyUsed(report, limits, targets, at + config.drift);
       cc.writeStateText(LAST_CLEANUP, at);
       return report.finish("cleaned: ");
     } finally {

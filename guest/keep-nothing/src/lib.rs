@@ -3,7 +3,7 @@
 //! that swapping the policy changes the cache's behaviour with no change to the
 //! host.
 
-use capcache_policy::{Action, Admission, Candidate, EntryMeta, MaintainReport, Policy, Setting, SettingsError, view};
+use capcache_policy::{Action, Admission, Candidate, EntryMeta, EntryOrder, MaintainReport, Policy, Setting, SettingsError, view};
 
 struct KeepNothing;
 
@@ -33,7 +33,7 @@ impl Policy for KeepNothing {
         let mut report = MaintainReport::started();
         loop {
             // Always the first page: what it lists is removed.
-            let page = match view::list_entries(None, 1024) {
+            let page = match view::list_entries(EntryOrder::Name, None, 1024) {
                 Ok(page) => page,
                 Err(e) => return MaintainReport::skipped(format!("cannot list entries: {e:?}")),
             };

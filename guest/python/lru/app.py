@@ -102,7 +102,8 @@ class Policy(exports.Policy):
         return []
 
     def on_insert(self, entry: types.EntryMeta) -> List[policy.Action]:
-        return [policy.Action_Maintain()] if cleanup_due(cc.now()) else []
+        # Every stored value is shared, if the host has shared tiers.
+        return [policy.Action_Share(), policy.Action_Maintain()] if cleanup_due(cc.now()) else [policy.Action_Share()]
 
     def maintain(self) -> policy.MaintainReport:
         at = cc.now()
@@ -112,25 +113,12 @@ class Policy(exports.Policy):
         with lock:
             report = cc.Report()
             report.remove_temp_files_older_than(config["task_timeout"], at)
-            future = at + config["drift"]
-            entries = list(cc.entries())
-            # Youngest first; entries from beyond the allowed drift go first.
-            entries.sort(key=lambda e: (e.last_used > future, -e.last_used, e.name))
-            count_target = config["count_limit"] * config["count_percent"] // 100
-            size_target = config["size_limit"] * config["size_percent"] // 100
-            total, cut_if_deleting, cut = 0, None, None
-            for index, entry in enumerate(entries):
-                total += entry.stored_size
-                if cut_if_deleting is None and (total > size_target or index + 1 > count_target):
-                    cut_if_deleting = index
-                if total > config["size_limit"] or index + 1 > config["count_limit"]:
-                    cut = cut_if_deleting
-                    break
-            report.r.entries_seen = len(entries)
-            keep = len(entries) if cut is None else cut
-            for entry in entries[:keep]:
-                report.kept(entry)
-            for entry in entries[keep:]:
-                report.evict(entry, from_future=entry.last_used > future)
+            # Over a limit, the least recently used go (those from beyond
+            # the allowed drift first) until within the percent-if-deleting
+            # targets: one page of entries in memory at a time.
+            limits = (config["count_limit"], config["size_limit"])
+            targets = (config["count_limit"] * config["count_percent"] // 100,
+                       config["size_limit"] * config["size_percent"] // 100)
+            cc.trim_least_recently_used(report, limits, targets, at + config["drift"])
             view.write_state(LAST_CLEANUP, str(at).encode())
             return report.finish("cleaned: ")

@@ -1,25 +1,29 @@
 //! Write capcache cache policies in Rust.
 //!
 //! A policy is a WebAssembly component that implements the contract
-//! `capcache:policy@0.2.0` (the WIT in `wit/`, whose comments state every rule
+//! `capcache:policy@0.3.0` (the WIT in `wit/`, whose comments state every rule
 //! the host enforces). This crate generates its bindings once and adds what
 //! every policy would otherwise rewrite:
 //!
 //! - [`export_policy!`] exports a type that implements [`Policy`];
 //! - [`Setting`] parses sizes, durations, percents, counts and zstd levels,
 //!   and refuses a value in the host's shape ([`Setting::invalid`]);
-//! - [`entries`] and [`temp_files`] iterate over a whole listing, paging
-//!   hidden;
+//! - [`entries`], [`entries_by`] (least recently used first, or most) and
+//!   [`temp_files`] iterate over a whole listing, one page in memory at a
+//!   time, with the listing's [`Totals`];
+//! - [`trim_least_recently_used`] is the LRU trim of a cleanup pass, in one
+//!   page of memory whatever the number of entries;
 //! - [`Lock`] is the cleanup lock shared by every process, released when
 //!   dropped, broken by the next taker once its holder is stale;
 //! - [`Periodic`] says when a task shared by all processes (a cleanup) is due;
 //! - [`MaintainReport`] has a builder for what a pass did.
 //!
-//! A policy that stores everything with zstd level 3 and keeps at most
-//! `max-entries` entries, evicting the least recently used:
+//! A policy that stores everything with zstd level 3, shares what it stores
+//! with the shared tiers, and keeps at most `max-entries` entries, evicting
+//! the least recently used (in one page of memory, however many there are):
 //!
 //! ```no_run
-//! use capcache_policy::{Action, Admission, Candidate, Codec, EntryMeta, Lock, MaintainReport, Policy, Setting, SettingsError};
+//! use capcache_policy::{Action, Admission, Candidate, Codec, EntryMeta, Limits, Lock, MaintainReport, Policy, Setting, SettingsError};
 //! use std::sync::atomic::{AtomicU64, Ordering};
 //!
 //! static MAX_ENTRIES: AtomicU64 = AtomicU64::new(1000);
@@ -47,23 +51,17 @@
 //!     }
 //!
 //!     fn on_insert(_: EntryMeta) -> Vec<Action> {
-//!         vec![Action::Maintain]
+//!         vec![Action::Share, Action::Maintain]
 //!     }
 //!
 //!     fn maintain() -> MaintainReport {
 //!         let Ok(Some(_lock)) = Lock::take("cleanup.lock", 60_000) else {
 //!             return MaintainReport::skipped("another process is cleaning");
 //!         };
-//!         let mut entries = match capcache_policy::all_entries() {
-//!             Ok(entries) => entries,
-//!             Err(e) => return MaintainReport::skipped(format!("cannot list entries: {e:?}")),
-//!         };
-//!         entries.sort_by_key(|e| std::cmp::Reverse(e.last_used));
 //!         let mut report = MaintainReport::started();
-//!         let keep = MAX_ENTRIES.load(Ordering::Relaxed) as usize;
-//!         for (index, entry) in entries.iter().enumerate() {
-//!             report.saw(entry);
-//!             if index < keep { report.kept(entry) } else { report.evict(entry); }
+//!         let limits = Limits { entries: MAX_ENTRIES.load(Ordering::Relaxed), bytes: u64::MAX };
+//!         if let Err(e) = capcache_policy::trim_least_recently_used(&mut report, limits, limits, None) {
+//!             return MaintainReport::skipped(format!("cannot list entries: {e:?}"));
 //!         }
 //!         report.finish()
 //!     }
@@ -96,19 +94,19 @@ pub mod bindings {
     });
 }
 
-pub use bindings::capcache::policy::types::{Codec, EntryMeta, Error, FileMeta, LogLevel, Timestamp};
+pub use bindings::capcache::policy::types::{Codec, EntryMeta, EntryOrder, Error, FileMeta, LogLevel, Timestamp};
 pub use bindings::capcache::policy::view::{self, Lock};
 pub use bindings::exports::capcache::policy::policy::{
     Action, Admission, Candidate, Guest as Policy, InvalidSetting, MaintainReport, Setting, SettingsError,
 };
-pub use listing::{Entries, TempFiles, all_entries, entries, temp_files};
+pub use listing::{Entries, Limits, TempFiles, Totals, all_entries, entries, entries_by, temp_files, trim_least_recently_used};
 pub use periodic::Periodic;
 #[doc(inline)]
 pub use bindings::export_policy;
 pub use settings::{parse_duration_ms, parse_percent, parse_size};
 
 /// The version of the contract these bindings implement.
-pub const CONTRACT_VERSION: &str = "0.2.0";
+pub const CONTRACT_VERSION: &str = "0.3.0";
 
 /// The host's clock: milliseconds since the Unix epoch. The one clock a
 /// policy has (WASI clocks trap).

@@ -49,6 +49,17 @@ impl MaintainReport {
     }
 
     fn remove(&mut self, entry: &EntryMeta, from_future: bool) -> bool {
+        let gone = self.remove_uncounted(entry, from_future);
+        if !gone {
+            self.kept(entry);
+        }
+        gone
+    }
+
+    /// Removes an entry and counts it as evicted (or from the future) and its
+    /// bytes freed; one that cannot be removed is not counted at all (the
+    /// caller counts what is left).
+    pub(crate) fn remove_uncounted(&mut self, entry: &EntryMeta, from_future: bool) -> bool {
         match crate::view::remove_entry(&entry.name) {
             Ok(()) | Err(crate::Error::NotFound) => {
                 if from_future {
@@ -61,7 +72,6 @@ impl MaintainReport {
             }
             Err(e) => {
                 crate::log(crate::LogLevel::Warn, format!("cannot remove entry {}: {e:?}", entry.name));
-                self.kept(entry);
                 false
             }
         }

@@ -14,7 +14,7 @@
 //!   than an hour are removed too.
 
 use capcache_policy::{
-    Action, Admission, Candidate, Codec, EntryMeta, Lock, MaintainReport, Periodic, Policy, Setting, SettingsError, now,
+    Action, Admission, Candidate, Codec, EntryMeta, Limits, Lock, MaintainReport, Periodic, Policy, Setting, SettingsError, now,
 };
 use std::sync::Mutex;
 
@@ -84,7 +84,8 @@ impl Policy for SizeTiered {
         let config = config();
         let mut estimate = ESTIMATED_BYTES.lock().unwrap();
         *estimate = estimate.saturating_add(entry.stored_size);
-        if *estimate > config.max_size || config.cleanup.due(now()) { vec![Action::Maintain] } else { Vec::new() }
+        // Every stored value is shared, if the host has shared tiers.
+        if *estimate > config.max_size || config.cleanup.due(now()) { vec![Action::Share, Action::Maintain] } else { vec![Action::Share] }
     }
 
     fn maintain() -> MaintainReport {
@@ -95,24 +96,12 @@ impl Policy for SizeTiered {
         };
         let mut report = MaintainReport::started();
         report.remove_temp_files_older_than(HOUR, now);
-        let mut entries = match capcache_policy::all_entries() {
-            Ok(entries) => entries,
-            Err(e) => return MaintainReport::skipped(format!("cannot list entries: {e:?}")),
-        };
-        // Most recently used first; keep while the bytes fit in 90% of the
-        // limit, so that passes are not back to back.
-        entries.sort_by(|a, b| b.last_used.cmp(&a.last_used).then(a.name.cmp(&b.name)));
-        let target = config.max_size / 10 * 9;
-        let total: u64 = entries.iter().map(|e| e.stored_size).sum();
-        let mut bytes = 0u64;
-        for entry in &entries {
-            report.saw(entry);
-            bytes = bytes.saturating_add(entry.stored_size);
-            if bytes <= target || total <= config.max_size {
-                report.kept(entry);
-            } else {
-                report.evict(entry);
-            }
+        // Over the limit, the least recently used go until the bytes fit in
+        // 90% of it, so that passes are not back to back.
+        let limits = Limits { entries: u64::MAX, bytes: config.max_size };
+        let targets = Limits { entries: u64::MAX, bytes: config.max_size / 10 * 9 };
+        if let Err(e) = capcache_policy::trim_least_recently_used(&mut report, limits, targets, None) {
+            return MaintainReport::skipped(format!("cannot list entries: {e:?}"));
         }
         *ESTIMATED_BYTES.lock().unwrap() = report.bytes_after;
         let _ = config.cleanup.done(now);

@@ -75,7 +75,8 @@ impl Policy for Ttl {
     }
 
     fn on_insert(_entry: EntryMeta) -> Vec<Action> {
-        if config().cleanup.due(now()) { vec![Action::Maintain] } else { Vec::new() }
+        // Every stored value is shared, if the host has shared tiers.
+        if config().cleanup.due(now()) { vec![Action::Share, Action::Maintain] } else { vec![Action::Share] }
     }
 
     fn maintain() -> MaintainReport {

@@ -44,7 +44,7 @@ impl Cache {
         let meta = {
             inner.namespace.entry_meta(&key.name()).ok()?
         };
-        let candidate = Candidate { name: key.name(), raw_size: meta.raw_size };
+        let candidate = Candidate { name: key.name(), raw_size: meta.raw_size, cost_us: meta.cost_us };
         let mut policy = inner.policy.lock();
         let started = std::time::Instant::now();
         for _ in 0..n {

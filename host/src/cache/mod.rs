@@ -26,6 +26,7 @@ use crate::remote::Fetch;
 use parking_lot::Mutex;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// A compiled-module cache. Cheap to share by reference across threads.
 pub struct Cache {
@@ -197,6 +198,9 @@ pub struct EntryInfo {
     pub last_used_ms: u64,
     /// Hits recorded for it, over every process.
     pub hits: u64,
+    /// What computing its value took, in microseconds, as measured on the
+    /// miss that stored it; 0 when unknown.
+    pub cost_us: u64,
 }
 
 impl From<crate::bindings::capcache::policy::types::EntryMeta> for EntryInfo {
@@ -208,6 +212,7 @@ impl From<crate::bindings::capcache::policy::types::EntryMeta> for EntryInfo {
             raw_size: meta.raw_size,
             created_ms: meta.created,
             last_used_ms: meta.last_used,
+            cost_us: meta.cost_us,
             hits: meta.hits,
         }
     }
@@ -400,21 +405,30 @@ impl Cache {
     /// admits it ([`Cache::flush`] waits for that). Nothing the policy did not
     /// admit is ever stored, not even when it fails. Never fails: a failure to
     /// store is logged and counted.
+    ///
+    /// The policy is told nothing of what the value cost to compute (its
+    /// `cost-us` is 0, unknown): [`Cache::insert_with_cost`] tells it.
     pub fn insert(&self, key: &[u8], value: &[u8]) -> bool {
         self.insert_by_key(&ValueKey::of(key), value)
     }
 
+    /// [`Cache::insert`], telling the policy that computing `value` took
+    /// `cost`, so that it can keep what is expensive to make again.
+    pub fn insert_with_cost(&self, key: &[u8], value: &[u8], cost: Duration) -> bool {
+        self.insert_value(ValueKey::of(key).key(), value, micros(cost))
+    }
+
     /// [`Cache::insert`] for a key already derived.
     pub fn insert_by_key(&self, key: &ValueKey, value: &[u8]) -> bool {
-        self.insert_value(key.key(), value)
+        self.insert_value(key.key(), value, 0)
     }
 
     /// [`Cache::insert`] under a key of any domain: for the code in this
     /// crate that made the value (the adapter, the incremental cache).
-    pub(crate) fn insert_value(&self, key: &Key, value: &[u8]) -> bool {
+    pub(crate) fn insert_value(&self, key: &Key, value: &[u8], cost_us: u64) -> bool {
         let Some(inner) = self.inner.as_ref() else { return false };
         let wait = AdmitWait::AtMost(inner.host.admit_wait);
-        match inner.namespace.admit_and_write(&*inner.policy, &inner.host, key, value, wait) {
+        match inner.namespace.admit_and_write(&*inner.policy, &inner.host, key, value, cost_us, wait) {
             Offered::Stored => {
                 if !inner.worker().inserted(*key) {
                     Stats::bump(&inner.namespace.stats.events_dropped);
@@ -429,7 +443,7 @@ impl Cache {
             Offered::NotStored => false,
             Offered::PolicyBusy => {
                 let value = value.to_vec();
-                if inner.worker().store_deferred(*key, Box::new(move || Some(value)), None).is_err() {
+                if inner.worker().store_deferred(*key, Box::new(move || Some(value)), cost_us, None).is_err() {
                     // The worker is busy too: nothing is stored that the
                     // policy has not decided on.
                     Stats::bump(&inner.namespace.stats.skipped);
@@ -449,7 +463,7 @@ impl Cache {
     /// if the policy is busy too (nothing is stored that it did not admit).
     /// [`Cache::flush`] waits for it; dropping the cache does too.
     pub fn insert_deferred(&self, key: &ValueKey, produce: impl FnOnce() -> Option<Vec<u8>> + Send + 'static) {
-        self.insert_value_deferred(key.key(), produce, || {})
+        self.insert_value_deferred(key.key(), produce, 0, || {})
     }
 
     /// [`Cache::insert_deferred`] under a key of any domain.
@@ -457,15 +471,16 @@ impl Cache {
         &self,
         key: &Key,
         produce: impl FnOnce() -> Option<Vec<u8>> + Send + 'static,
+        cost_us: u64,
         landed: impl FnOnce() + Send + 'static,
     ) {
         let Some(inner) = self.inner.as_ref() else { return landed() };
         if inner.namespace.read_only {
             return landed();
         }
-        if let Err((produce, landed)) = inner.worker().store_deferred(*key, Box::new(produce), Some(Box::new(landed))) {
+        if let Err((produce, landed)) = inner.worker().store_deferred(*key, Box::new(produce), cost_us, Some(Box::new(landed))) {
             if let Some(value) = produce() {
-                self.insert_value(key, &value);
+                self.insert_value(key, &value, cost_us);
             }
             if let Some(landed) = landed {
                 landed();
@@ -488,8 +503,8 @@ impl Cache {
     }
 
     /// The value for `key`: from the cache, or from `compute` (then offered to
-    /// the cache). An error of `compute` is returned as is; the cache's own
-    /// failures never are.
+    /// the cache, with the time `compute` took as its cost). An error of
+    /// `compute` is returned as is; the cache's own failures never are.
     pub fn get_or_insert_with<E>(&self, key: &[u8], compute: impl FnOnce() -> Result<Vec<u8>, E>) -> Result<Cached, E> {
         if !self.is_enabled() {
             return Ok(Cached { bytes: compute()?, source: Source::Uncached });
@@ -498,8 +513,9 @@ impl Cache {
         if let Some((Found::Value(bytes), source)) = self.fetch(key.key(), RawEntryAs::Value) {
             return Ok(Cached { bytes, source });
         }
+        let started = Instant::now();
         let bytes = compute()?;
-        self.insert_by_key(&key, &bytes);
+        self.insert_value(key.key(), &bytes, micros(started.elapsed()));
         Ok(Cached { bytes, source: Source::Miss })
     }
 
@@ -526,4 +542,9 @@ impl Cache {
     pub fn policy_code(&self) -> Option<crate::PolicyCode> {
         self.inner.as_ref().and_then(|i| i.policy.lock().code().ok())
     }
+}
+
+/// A cost in whole microseconds, as the contract's `cost-us` counts it.
+pub(crate) fn micros(cost: Duration) -> u64 {
+    u64::try_from(cost.as_micros()).unwrap_or(u64::MAX)
 }

@@ -232,7 +232,7 @@ pub(super) fn store_compiled(code: &EntryStore, key: &Key, component: &Component
         )));
     }
     let stored = component.serialize().map_err(std::io::Error::other).and_then(|bytes| {
-        code.write_entry(key, &bytes, crate::entry::StoredCodec::Raw, None)
+        code.write_entry(key, &bytes, crate::entry::StoredCodec::Raw, 0)
     });
     let stored = match stored {
         Ok(stored) => stored,

@@ -20,6 +20,30 @@ impl EntryStore {
         Ok(names)
     }
 
+    /// Calls `each(name, size, last use)` for every regular file of the
+    /// entries area, from one directory read and one `stat` a file (an
+    /// entry's last use is its modification time): no entry is opened, so a
+    /// listing of a million entries reads no file.
+    pub fn for_each_entry_file(&self, mut each: impl FnMut(&str, u64, u64)) -> io::Result<()> {
+        for item in self.entries.entries()? {
+            let item = item?;
+            if !item.file_type()?.is_file() {
+                continue;
+            }
+            let metadata = match item.metadata() {
+                Ok(metadata) => metadata,
+                // Removed since the directory was read: not an entry now.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            let last_used = metadata.modified().map(|t| system_time_to_ms(t.into_std())).unwrap_or(0);
+            if let Ok(name) = item.file_name().into_string() {
+                each(&name, metadata.len(), last_used);
+            }
+        }
+        Ok(())
+    }
+
     /// Size and modification time of `area/name`, without following a symlink.
     /// For a temporary file of ours, the time is the later of its modification
     /// and its creation as the host's clock read it (kept in its name): writing

@@ -62,10 +62,10 @@ impl EntryStore {
         })
     }
 
-    /// Stores `value` under `key` with `codec`. `created_ms` is kept from an
-    /// earlier version of the entry when re-encoding.
-    pub fn write_entry(&self, key: &Key, value: &[u8], codec: StoredCodec, created_ms: Option<u64>) -> io::Result<u64> {
-        self.write_encoded(Area::Entries, key, value, codec, created_ms)
+    /// Stores `value` under `key` with `codec`; computing it took `cost_us`
+    /// (0: unknown).
+    pub fn write_entry(&self, key: &Key, value: &[u8], codec: StoredCodec, cost_us: u64) -> io::Result<u64> {
+        self.write_encoded(Area::Entries, key, value, codec, cost_us)
     }
 
     /// Stores an entry file made elsewhere (fetched from the shared tier and
@@ -79,10 +79,10 @@ impl EntryStore {
         })
     }
 
-    /// Encodes `value` as an entry of `key` and renames it into `area`.
-    pub(super) fn write_encoded(&self, area: Area, key: &Key, value: &[u8], codec: StoredCodec, created_ms: Option<u64>) -> io::Result<u64> {
+    /// Encodes `value` as a new entry of `key` and renames it into `area`.
+    pub(super) fn write_encoded(&self, area: Area, key: &Key, value: &[u8], codec: StoredCodec, cost_us: u64) -> io::Result<u64> {
         let now = self.clock.now_ms();
-        let file = entry::encode(key, value, codec, created_ms.unwrap_or(now))?;
+        let file = entry::encode(key, value, codec, now, cost_us)?;
         let name = key.name();
         self.write_then(&file, now, |temp| {
             let _publishing = self.publishing.lock();
@@ -94,10 +94,11 @@ impl EntryStore {
     /// Records, in the manifests area, that `manifest` stands for the artifact
     /// `artifact`. A manifest is checked as an entry is when read.
     pub(crate) fn write_manifest(&self, manifest: &Key, artifact: &Key) -> io::Result<()> {
-        self.write_encoded(Area::Manifests, manifest, &artifact.0, StoredCodec::Raw, None).map(drop)
+        self.write_encoded(Area::Manifests, manifest, &artifact.0, StoredCodec::Raw, 0).map(drop)
     }
 
-    /// Re-encodes the entry for `key` with `codec`, keeping its creation time.
+    /// Re-encodes the entry for `key` with `codec`, keeping its creation time
+    /// and cost.
     /// The new file replaces the old only if the entry is still the file that
     /// was read: an insert that lands while a slow recompression runs is never
     /// overwritten with the older value. (Within this process the check and
@@ -120,7 +121,7 @@ impl EntryStore {
         }
         drop(bytes);
         let now = self.clock.now_ms();
-        let encoded = entry::encode(key, &value, codec, header.created_ms)?;
+        let encoded = entry::encode(key, &value, codec, header.created_ms, header.cost_us)?;
         let mut replaced = false;
         self.write_then(&encoded, now, |temp| {
             let _publishing = self.publishing.lock();
