@@ -23,5 +23,6 @@ mod recompression;
 mod remote;
 mod structure;
 mod sandbox;
+mod scale;
 mod swap;
 mod trust;
