@@ -5,7 +5,7 @@
 
 use crate::support::redis_server::RedisServer;
 use crate::support::*;
-use capcache::{Cache, HostSettings, Policy, RemoteSettings, Simulation, Workload};
+use capcache::{Cache, Clock, HostSettings, Policy, RemoteSettings, Simulation, Workload};
 use std::time::{Duration, Instant};
 
 #[test]
@@ -115,4 +115,43 @@ fn only_what_the_policy_shares_reaches_the_shared_tier() {
     }
     assert_eq!(server.keys().len(), 1, "the hot entry was not shared");
     assert_eq!(hot.stats().remote_uploads, 1);
+}
+
+/// A clock that moves a second forward each time it is read: a pass that
+/// reads it as it evicts sees time run out.
+#[derive(Debug)]
+struct RacingClock(std::sync::atomic::AtomicU64);
+
+impl capcache::Clock for RacingClock {
+    fn now_ms(&self) -> u64 {
+        self.0.fetch_add(1000, std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[test]
+fn a_pass_that_cannot_evict_in_time_stops_and_the_next_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = std::sync::Arc::new(RacingClock(std::sync::atomic::AtomicU64::new(capcache::SystemClock.now_ms())));
+    let settings = [("file-count-soft-limit", "10"), ("cleanup-when-over-limits", "off"), ("cleanup-interval", "1000d")];
+    let cache = Cache::builder().directory(dir.path()).clock(clock).settings(settings).open().unwrap();
+    for i in 0..60u32 {
+        cache.insert(&i.to_le_bytes(), &[1; 100]);
+    }
+    cache.flush();
+    let count = || std::fs::read_dir(dir.path().join("default/entries")).unwrap().count();
+    let stored = count();
+    assert!(stored > 40, "only {stored} stored");
+    // Each eviction reads the clock: the trim's 10 s budget lasts about ten.
+    let first = cache.maintain().expect("the pass ran");
+    assert!(first.summary.contains("stopped after 10000 ms"), "{}", first.summary);
+    assert!(first.evicted > 0 && first.evicted < 20, "{}", first.summary);
+    assert_eq!(count() as u64, first.entries_after, "{}", first.summary);
+    let mut passes = 1;
+    while count() > 7 {
+        let report = cache.maintain().expect("the pass ran");
+        assert!(report.evicted > 0, "a pass evicted nothing: {}", report.summary);
+        passes += 1;
+        assert!(passes < 20, "the passes do not converge: {}", report.summary);
+    }
+    assert_eq!(count(), 7, "not down to 70% of the limit");
 }

@@ -32,6 +32,9 @@ export const namespace = () => view.namespace();
 export const log = (level, message) => view.log(level, String(message));
 
 const PAGE = 1024;
+// How long trimLeastRecentlyUsed evicts before it stops (as the Rust SDK's
+// TRIM_BUDGET_MS): a third of the host's default maintain deadline.
+export const TRIM_BUDGET_MS = 10000;
 
 // A refusal of a setting's value, as `configure` throws it: the host shows
 // the key, the value and what is expected.
@@ -149,12 +152,17 @@ export function trimLeastRecentlyUsed(report, limits, targets, futureAfter = Inf
     }
   };
   if (!within(limits)) {
+    const stopAt = now() + TRIM_BUDGET_MS;
     for (const entry of fromPage(first, "most-recently-used")) {
-      if (entry.lastUsed <= futureAfter || within(targets)) break;
+      if (entry.lastUsed <= futureAfter || within(targets) || now() >= stopAt) break;
       evict(entry, true);
     }
     for (const entry of entries("least-recently-used")) {
       if (entry.lastUsed > futureAfter || within(targets)) break;
+      if (now() >= stopAt) {
+        report.note = `stopped after ${TRIM_BUDGET_MS} ms with the entries still over a limit; the next pass goes on`;
+        break;
+      }
       evict(entry, false);
     }
   }
@@ -192,6 +200,8 @@ export class Report {
       ran: true, entriesSeen: 0, evicted: 0, removedFromFuture: 0, removedTempFiles: 0,
       bytesFreed: 0, entriesAfter: 0, bytesAfter: 0, summary: "",
     };
+    // A note for the summary's end (a pass cut short).
+    this.note = "";
   }
 
   static skipped(reason) {
@@ -239,7 +249,8 @@ export class Report {
     const r = this.r;
     if (!r.summary) {
       r.summary = `${prefix}${r.entriesSeen} entries seen, ${r.evicted} evicted, ${r.removedFromFuture} from the future, ` +
-        `${r.removedTempFiles} stale temporary files; ${r.entriesAfter} entries (${r.bytesAfter} bytes) left`;
+        `${r.removedTempFiles} stale temporary files; ${r.entriesAfter} entries (${r.bytesAfter} bytes) left` +
+        (this.note ? `; ${this.note}` : "");
     }
     const out = { ...r };
     for (const key of ["entriesSeen", "evicted", "removedFromFuture", "removedTempFiles", "bytesFreed", "entriesAfter", "bytesAfter"]) {

@@ -17,6 +17,9 @@ from wit_world.imports import types, view
 T = TypeVar("T")
 
 PAGE = 1024
+# How long trim_least_recently_used evicts before it stops (as the Rust
+# SDK's TRIM_BUDGET_MS): a third of the host's default maintain deadline.
+TRIM_BUDGET_MS = 10_000
 
 now = view.now
 namespace = view.namespace
@@ -135,13 +138,17 @@ def trim_least_recently_used(report: "Report", limits: Tuple[int, int], targets:
 
     if not within(limits):
         future = future_after if future_after is not None else 1 << 64
+        stop_at = now() + TRIM_BUDGET_MS
         newest = _continue(first, types.EntryOrder.MOST_RECENTLY_USED)
         for entry in newest:
-            if entry.last_used <= future or within(targets):
+            if entry.last_used <= future or within(targets) or now() >= stop_at:
                 break
             evict(entry, True)
         for entry in entries(types.EntryOrder.LEAST_RECENTLY_USED):
             if entry.last_used > future or within(targets):
+                break
+            if now() >= stop_at:
+                report.note = f"stopped after {TRIM_BUDGET_MS} ms with the entries still over a limit; the next pass goes on"
                 break
             evict(entry, False)
     report.r.entries_after += left[0]
@@ -179,6 +186,8 @@ class Report:
 
     def __init__(self) -> None:
         self.r = policy.MaintainReport(True, 0, 0, 0, 0, 0, 0, 0, "")
+        # A note for the summary's end (a pass cut short).
+        self.note = ""
 
     @staticmethod
     def skipped(reason: str) -> policy.MaintainReport:
@@ -225,5 +234,5 @@ class Report:
             r.summary = (
                 f"{prefix}{r.entries_seen} entries seen, {r.evicted} evicted, {r.removed_from_future} from the future, "
                 f"{r.removed_temp_files} stale temporary files; {r.entries_after} entries ({r.bytes_after} bytes) left"
-            )
+            ) + (f"; {self.note}" if self.note else "")
         return r

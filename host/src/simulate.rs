@@ -804,14 +804,14 @@ impl ViewBackend for SimulatedCache {
         })
     }
 
-    fn listed_entries(&self) -> Result<Vec<crate::view::ListedEntry>, WitError> {
+    fn listed_entries(&self, _capacity: usize) -> Result<Vec<crate::store::ListedEntry>, WitError> {
         let state = self.state.lock();
         Ok(state
             .entries
             .values()
             .filter_map(|e| {
-                let name = crate::view::EntryName::new(&e.name)?;
-                Some(crate::view::ListedEntry { name, stored_size: e.stored_size, last_used: e.last_used })
+                let name = crate::store::EntryName::new(&e.name)?;
+                Some(crate::store::ListedEntry { name, stored_size: e.stored_size, last_used: e.last_used })
             })
             .collect())
     }

@@ -12,7 +12,7 @@ use crate::key::Key;
 use crate::lock::HeldLock;
 use crate::namespace::{Namespace, invalid_entry_name, io_error};
 use crate::stats::Stats;
-use crate::store::Area;
+use crate::store::{Area, EntryName, ListedEntry};
 use std::io::{Read, Seek, SeekFrom};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,8 +46,9 @@ pub(crate) trait ViewBackend: Send + Sync {
     /// The names in an area (`Tmp`; `Entries` is [`ViewBackend::listed_entries`]), sorted.
     fn list_names(&self, area: Area) -> Result<Vec<String>, Error>;
     /// Every entry's name, stored size and last use, in no order: what a
-    /// listing's snapshot orders and totals, without reading any entry.
-    fn listed_entries(&self) -> Result<Vec<ListedEntry>, Error>;
+    /// listing's snapshot orders and totals, without reading any entry;
+    /// about `capacity` of them are expected.
+    fn listed_entries(&self, capacity: usize) -> Result<Vec<ListedEntry>, Error>;
     /// Metadata of these entries, leaving out names that are not (or no
     /// longer) entries.
     fn entry_metas(&self, names: &[String]) -> Result<Vec<EntryMeta>, Error>;
@@ -92,16 +93,8 @@ impl ViewBackend for Namespace {
         self.store.list_names(area).map_err(io_error)
     }
 
-    fn listed_entries(&self) -> Result<Vec<ListedEntry>, Error> {
-        let mut listed = Vec::new();
-        self.store
-            .for_each_entry_file(|name, stored_size, last_used| {
-                if let Some(name) = EntryName::new(name) {
-                    listed.push(ListedEntry { name, stored_size, last_used });
-                }
-            })
-            .map_err(io_error)?;
-        Ok(listed)
+    fn listed_entries(&self, capacity: usize) -> Result<Vec<ListedEntry>, Error> {
+        self.store.listed_entries(capacity).map_err(io_error)
     }
 
     fn entry_metas(&self, names: &[String]) -> Result<Vec<EntryMeta>, Error> {
@@ -161,36 +154,6 @@ impl ViewBackend for Namespace {
         // Removed since the listing: gone, and so not counted.
         Ok(names.into_iter().filter_map(|name| self.store.file_info(Area::State, &name).ok().map(|f| (name, f.size))).collect())
     }
-}
-
-/// An entry's name as a listing's snapshot holds it: its 43 characters in
-/// place, so that a snapshot of a million entries is one allocation of small
-/// records, ordered as the names' strings are.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) struct EntryName([u8; ENTRY_NAME_LEN]);
-
-/// The length of an entry's name: a SHA-256 in base64url, no padding.
-const ENTRY_NAME_LEN: usize = 43;
-
-impl EntryName {
-    /// `name`, if it is an entry's (43 base64url characters).
-    pub(crate) fn new(name: &str) -> Option<EntryName> {
-        let bytes: [u8; ENTRY_NAME_LEN] = name.as_bytes().try_into().ok()?;
-        bytes.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_').then_some(EntryName(bytes))
-    }
-
-    fn as_str(&self) -> &str {
-        // Only ASCII is ever stored (`new` checks).
-        std::str::from_utf8(&self.0).unwrap_or_default()
-    }
-}
-
-/// One entry in a listing's snapshot: what its order and totals need.
-#[derive(Clone, Copy)]
-pub(crate) struct ListedEntry {
-    pub(crate) name: EntryName,
-    pub(crate) stored_size: u64,
-    pub(crate) last_used: u64,
 }
 
 /// A listing in progress: the snapshot its first page took, which later
@@ -259,11 +222,14 @@ pub struct PolicyView {
     quota: StateQuota,
     /// Whether this instance was told once that its state is over quota.
     warned_over_quota: bool,
+    /// Entries in the last listing's snapshot, a little over: the next
+    /// snapshot's capacity.
+    listing_capacity: usize,
 }
 
 impl PolicyView {
     pub(crate) fn new(backend: Arc<dyn ViewBackend>, policy_name: String, quota: StateQuota) -> Self {
-        PolicyView { backend, policy_name, listing: None, locks: ResourceTable::new(), quota, warned_over_quota: false }
+        PolicyView { backend, policy_name, listing: None, locks: ResourceTable::new(), quota, warned_over_quota: false, listing_capacity: 0 }
     }
 
     /// Refuses, with `too-large`, writing `len` bytes to the state file
@@ -292,8 +258,9 @@ impl PolicyView {
         Err(Error::TooLarge)
     }
 
-    /// Forgets per-call state; called before each call into the policy.
-    pub fn begin_call(&mut self) {
+    /// Forgets per-call state (a listing's snapshot: a million entries' is
+    /// tens of megabytes); called before and after each call into the policy.
+    pub fn forget_call_state(&mut self) {
         self.listing = None;
     }
 
@@ -321,7 +288,10 @@ impl PolicyView {
         let limit = limit.clamp(1, MAX_PAGE) as usize;
         let continues = matches!(&self.listing, Some(Listing::Entries { order: o, .. }) if *o == order);
         if cursor.is_none() || !continues {
-            let mut entries = self.backend.listed_entries()?;
+            // Dropped first: two snapshots never coexist.
+            self.listing = None;
+            let mut entries = self.backend.listed_entries(self.listing_capacity)?;
+            self.listing_capacity = entries.len() + entries.len() / 16;
             sort_listing(order, &mut entries);
             let total_bytes = entries.iter().map(|e| e.stored_size).sum();
             self.listing = Some(Listing::Entries { order, entries, total_bytes });

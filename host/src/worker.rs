@@ -18,7 +18,6 @@ use crate::namespace::{AdmitWait, Namespace, Offered};
 use crate::policy::PolicyRuntime;
 use crate::settings::HostSettings;
 use crate::stats::Stats;
-use crate::store::Area;
 use crate::usage::{self, Usage};
 use parking_lot::Mutex;
 use std::sync::Arc;
@@ -296,10 +295,8 @@ pub(crate) fn maintain(namespace: &Namespace, policy: &mut PolicyRuntime) -> Opt
         if large {
             // Compaction keeps the records of the entries listed: a listing
             // that failed would drop every entry's usage, so it skips instead.
-            match namespace.store.list_names(Area::Entries) {
-                Ok(names) => {
-                    let live: std::collections::HashSet<usage::EntryId> =
-                        names.iter().filter_map(|n| Key::from_name(n)).map(|k| usage::id_of(&k)).collect();
+            match namespace.store.live_entry_ids() {
+                Ok(live) => {
                     if let Err(e) = Usage::compact(dir, |id| live.contains(id)) {
                         tracing::warn!("cannot compact the usage journal: {e}");
                     }

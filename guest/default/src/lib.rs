@@ -246,7 +246,10 @@ fn clean(config: &Config, now: u64) -> Result<MaintainReport, MaintainReport> {
         report.summary = format!("cannot list entries: {e:?}");
         return Err(report);
     }
-    report.summary = format!("cleaned: {}", report.clone().finish().summary);
+    // The trim's own note (a pass cut short), after the counts.
+    let note = std::mem::take(&mut report.summary);
+    let counts = report.clone().finish().summary;
+    report.summary = if note.is_empty() { format!("cleaned: {counts}") } else { format!("cleaned: {counts}; {note}") };
     Ok(report)
 }
 

@@ -99,7 +99,7 @@ pub use bindings::capcache::policy::view::{self, Lock};
 pub use bindings::exports::capcache::policy::policy::{
     Action, Admission, Candidate, Guest as Policy, InvalidSetting, MaintainReport, Setting, SettingsError,
 };
-pub use listing::{Entries, Limits, TempFiles, Totals, all_entries, entries, entries_by, temp_files, trim_least_recently_used};
+pub use listing::{Entries, Limits, TRIM_BUDGET_MS, TempFiles, Totals, all_entries, entries, entries_by, temp_files, trim_least_recently_used};
 pub use periodic::Periodic;
 #[doc(inline)]
 pub use bindings::export_policy;

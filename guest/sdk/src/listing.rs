@@ -11,6 +11,13 @@ use crate::{EntryMeta, EntryOrder, Error, FileMeta, MaintainReport, Timestamp, v
 /// Items asked for per page: large pages mean few calls; the host caps them.
 const PAGE: u32 = 1024;
 
+/// How long [`trim_least_recently_used`] evicts before it stops, by the
+/// host's clock: a third of the host's default `maintain` deadline (30 s),
+/// so that a pass that must remove hundreds of thousands of files (a slow
+/// filesystem removes a few tens of thousands a second) ends in time, and
+/// the next pass goes on where it stopped.
+pub const TRIM_BUDGET_MS: u64 = 10_000;
+
 /// What a listing's entries take in all (the host counts them when the
 /// listing starts).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -117,8 +124,10 @@ impl Iterator for Entries {
 /// `targets` (hysteresis: a pass that must evict makes room for many
 /// stores). Entries last used after `future_after` (dated in the future: a
 /// clock that jumped) go first, then the least recently used. Counts every
-/// entry as seen, and what is left, in `report`. An error if the entries
-/// cannot be listed: what they take is then unknown.
+/// entry as seen, and what is left, in `report`. Stops evicting after
+/// [`TRIM_BUDGET_MS`] and says so in the report's summary: what is left
+/// then still passes a limit, and the next pass goes on. An error if the
+/// entries cannot be listed: what they take is then unknown.
 pub fn trim_least_recently_used(
     report: &mut MaintainReport,
     limits: Limits,
@@ -132,9 +141,11 @@ pub fn trim_least_recently_used(
     let mut left = totals;
     if !limits.hold(totals) {
         let future_after = future_after.unwrap_or(Timestamp::MAX);
+        let stop_at = crate::now().saturating_add(TRIM_BUDGET_MS);
+        let out_of_time = || crate::now() >= stop_at;
         for entry in newest {
             let entry = entry?;
-            if entry.last_used <= future_after || targets.hold(left) {
+            if entry.last_used <= future_after || targets.hold(left) || out_of_time() {
                 break;
             }
             evict_counted(report, &entry, true, &mut left);
@@ -142,6 +153,10 @@ pub fn trim_least_recently_used(
         for entry in entries_by(EntryOrder::LeastRecentlyUsed) {
             let entry = entry?;
             if entry.last_used > future_after || targets.hold(left) {
+                break;
+            }
+            if out_of_time() {
+                report.summary = format!("stopped after {TRIM_BUDGET_MS} ms with the entries still over a limit; the next pass goes on");
                 break;
             }
             evict_counted(report, &entry, false, &mut left);

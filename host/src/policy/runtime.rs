@@ -262,9 +262,10 @@ impl PolicyRuntime {
             }
         }
         let live = self.live.as_mut().unwrap();
-        live.store.data_mut().view.begin_call();
+        live.store.data_mut().view.forget_call_state();
         live.store.set_epoch_deadline(ticks(deadline));
         let result = f(&mut live.store, &live.bindings);
+        live.store.data_mut().view.forget_call_state();
         if let Some(record) = &mut self.record {
             record.times.entry(what).or_default().push(started.elapsed());
             if let Err(e) = &result

@@ -36,6 +36,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 mod list;
+pub(crate) use list::{EntryName, ListedEntry};
 mod read;
 mod write;
 
