@@ -25,4 +25,5 @@ mod structure;
 mod sandbox;
 mod scale;
 mod swap;
+mod tls;
 mod trust;

@@ -33,6 +33,9 @@
 //! hmac-key-file = "/etc/capcache/hmac.key"  # or the env CAPCACHE_REMOTE_HMAC_KEY
 //! ttl-seconds = 604800                # an expiry for values written (default none)
 //! max-value-size = 536870912         # bytes: longer values are refused unread
+//! tls-ca-file = "/etc/capcache/ca.pem"      # rediss://: a private CA to trust too
+//! tls-cert-file = "/etc/capcache/client.pem" # rediss://: a client certificate,
+//! tls-key-file = "/etc/capcache/client.key"  # and its key, for tls-auth-clients
 //! ```
 //!
 //! Every key has a default. Unknown keys and bad values are errors that name
@@ -88,7 +91,8 @@ pub struct CacheSection {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RemoteSection {
-    /// `url`: `redis://[user:password@]host:port[/db]`.
+    /// `url`: `redis://[user:password@]host:port[/db]`, or `rediss://` for
+    /// TLS.
     pub url: String,
     /// `prefix` of every key (default `capcache`).
     pub prefix: Option<String>,
@@ -107,6 +111,14 @@ pub struct RemoteSection {
     /// `max-value-size`: the longest value fetched or uploaded, in bytes
     /// (default 536870912, Redis's own limit).
     pub max_value_size: Option<u64>,
+    /// `tls-ca-file`: with `rediss://`, PEM certificates of CAs to trust
+    /// besides the shipped roots.
+    pub tls_ca_file: Option<PathBuf>,
+    /// `tls-cert-file`: with `rediss://`, the client's PEM certificate
+    /// chain (with `tls-key-file`).
+    pub tls_cert_file: Option<PathBuf>,
+    /// `tls-key-file`: the client certificate's PEM private key.
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for CacheSection {

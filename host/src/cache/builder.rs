@@ -242,6 +242,12 @@ fn remote_settings(section: &crate::config::RemoteSection) -> Result<crate::remo
             return Err(refuse(format!("[cache.remote] {key} = 0 would leave the tier unusable: leave it out for the default, or give a positive value")));
         }
     }
+    settings.tls_ca_file = section.tls_ca_file.clone();
+    settings.tls_client_cert = match (&section.tls_cert_file, &section.tls_key_file) {
+        (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+        (None, None) => None,
+        _ => return Err(refuse("[cache.remote] tls-cert-file and tls-key-file go together: give both, or neither".into())),
+    };
     settings.hmac_key = match &section.hmac_key_file {
         Some(path) => Some(read_hmac_key_file(path).map_err(refuse)?),
         None => match std::env::var_os("CAPCACHE_REMOTE_HMAC_KEY") {

@@ -13,6 +13,7 @@
 //! AUTH, SELECT) and their RESP2 replies are small enough to speak here, with
 //! those bounds built in.
 
+use super::tls::TlsTarget;
 use redis::{ConnectionAddr, ConnectionInfo};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -51,6 +52,9 @@ pub(crate) enum Failure {
     Io(io::Error),
     /// The URL asks for something this tier cannot do.
     Unsupported(&'static str),
+    /// TLS refused the server (or the server refused this client): what
+    /// was wrong, for people.
+    Tls(String),
 }
 
 /// What a failure does to its connection.
@@ -101,6 +105,7 @@ impl std::fmt::Display for Failure {
             Failure::Io(e) if e.kind() == io::ErrorKind::ConnectionRefused => write!(f, "connection refused: {e}"),
             Failure::Io(e) => write!(f, "{e}"),
             Failure::Unsupported(what) => write!(f, "{what}"),
+            Failure::Tls(what) => write!(f, "{what}"),
         }
     }
 }
@@ -134,6 +139,8 @@ impl Argument<'_> {
 
 enum Stream {
     Tcp(TcpStream),
+    /// TLS over TCP: the handshake is made by the first read or write.
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
     Unix(UnixStream),
 }
 
@@ -141,7 +148,16 @@ impl Stream {
     fn set_timeouts(&self, timeout: Duration) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.set_read_timeout(Some(timeout)).and_then(|()| s.set_write_timeout(Some(timeout))),
+            Stream::Tls(s) => s.sock.set_read_timeout(Some(timeout)).and_then(|()| s.sock.set_write_timeout(Some(timeout))),
             Stream::Unix(s) => s.set_read_timeout(Some(timeout)).and_then(|()| s.set_write_timeout(Some(timeout))),
+        }
+    }
+
+    /// Whether TLS holds decrypted bytes no read has taken yet.
+    fn has_buffered_plaintext(&mut self) -> bool {
+        match self {
+            Stream::Tls(s) => s.conn.process_new_packets().map_or(true, |state| state.plaintext_bytes_to_read() > 0),
+            _ => false,
         }
     }
 }
@@ -150,6 +166,7 @@ impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Stream::Tcp(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
             Stream::Unix(s) => s.read(buf),
         }
     }
@@ -159,12 +176,18 @@ impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Stream::Tcp(s) => s.write(buf),
+            // Written out at once: a request is written whole, then its
+            // reply awaited.
+            Stream::Tls(s) => s.write(buf).and_then(|n| s.flush().map(|()| n)),
             Stream::Unix(s) => s.write(buf),
         }
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        match self {
+            Stream::Tls(s) => s.flush(),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -172,6 +195,7 @@ impl AsFd for Stream {
     fn as_fd(&self) -> BorrowedFd<'_> {
         match self {
             Stream::Tcp(s) => s.as_fd(),
+            Stream::Tls(s) => s.sock.as_fd(),
             Stream::Unix(s) => s.as_fd(),
         }
     }
@@ -200,7 +224,7 @@ pub(crate) struct Connection {
 impl Connection {
     /// Connects within the connect timeout, then authenticates and selects
     /// the database within one operation timeout each.
-    pub(crate) fn open(info: &ConnectionInfo, bounds: Bounds) -> Result<Connection, Failure> {
+    pub(crate) fn open(info: &ConnectionInfo, bounds: Bounds, tls: Option<&TlsTarget>) -> Result<Connection, Failure> {
         let stream = match info.addr() {
             ConnectionAddr::Tcp(host, port) => {
                 let deadline = Instant::now() + bounds.connect_timeout;
@@ -230,16 +254,18 @@ impl Connection {
                 // Requests are written whole, then the reply awaited: no
                 // reason to let Nagle hold the last segment.
                 stream.set_nodelay(true).map_err(Failure::Io)?;
-                Stream::Tcp(stream)
+                match tls {
+                    Some(tls) => Stream::Tls(Box::new(tls.wrap(stream).map_err(Failure::Tls)?)),
+                    None => Stream::Tcp(stream),
+                }
             }
             ConnectionAddr::Unix(path) => Stream::Unix(UnixStream::connect(path).map_err(Failure::Io)?),
-            _ => {
-                return Err(Failure::Unsupported(
-                    "rediss:// (TLS) is not supported yet: reach the server on a network you trust, or through a tunnel",
-                ));
-            }
+            _ => return Err(Failure::Unsupported("this kind of Redis address (use redis://, rediss:// or unix://)")),
         };
         let mut connection = Connection { reader: BufReader::with_capacity(64 << 10, stream), bounds, deadline: Instant::now() };
+        if let Stream::Tls(_) = connection.reader.get_ref() {
+            connection.handshake(tls.map(TlsTarget::host).unwrap_or_default())?;
+        }
         let settings = info.redis_settings();
         if let Some(password) = settings.password() {
             let mut auth = vec![Argument::Bytes(b"AUTH")];
@@ -259,8 +285,8 @@ impl Connection {
     /// Whether the connection can carry another command: the server has not
     /// closed it (as `timeout` in its configuration does to idle clients),
     /// and sent nothing that no command asked for.
-    pub(crate) fn is_in_step(&self) -> bool {
-        if !self.reader.buffer().is_empty() {
+    pub(crate) fn is_in_step(&mut self) -> bool {
+        if !self.reader.buffer().is_empty() || self.reader.get_mut().has_buffered_plaintext() {
             return false;
         }
         let mut byte = [0u8; 1];
@@ -369,6 +395,29 @@ impl Connection {
             return Err(Failure::Protocol(format!("{} bytes after a whole reply", self.reader.buffer().len())));
         }
         Ok(reply)
+    }
+
+    /// Completes the TLS handshake within one operation timeout: the
+    /// server's certificate is verified here, and a refusal says why.
+    fn handshake(&mut self, host: &str) -> Result<(), Failure> {
+        self.deadline = Instant::now() + self.bounds.timeout;
+        let Stream::Tls(_) = self.reader.get_ref() else { return Ok(()) };
+        loop {
+            self.arm()?;
+            let Stream::Tls(tls) = self.reader.get_mut() else { unreachable!("checked above") };
+            if !tls.conn.is_handshaking() {
+                return Ok(());
+            }
+            if let Err(e) = tls.conn.complete_io(&mut tls.sock) {
+                return Err(match super::tls::tls_error(&e) {
+                    Some(refused) => Failure::Tls(super::tls::describe(refused, Some(host))),
+                    None if e.kind() == io::ErrorKind::UnexpectedEof => {
+                        Failure::Tls("TLS: the server closed the connection during the handshake (is it speaking TLS on this port?)".into())
+                    }
+                    None => io_failure(e),
+                });
+            }
+        }
     }
 
     /// The time left before the deadline, set as the socket's timeout for the
@@ -511,6 +560,11 @@ impl Connection {
 }
 
 fn io_failure(e: io::Error) -> Failure {
+    // TLS says what it refused (a server that wants a client certificate
+    // says so at the first read, after the handshake).
+    if let Some(refused) = super::tls::tls_error(&e) {
+        return Failure::Tls(super::tls::describe(refused, None));
+    }
     match e.kind() {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Failure::TimedOut,
         io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => Failure::Closed,
@@ -547,7 +601,7 @@ mod tests {
         });
         let info = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap().get_connection_info().clone();
         let bounds = Bounds { connect_timeout: Duration::from_secs(1), timeout: Duration::from_secs(1), max_value_size };
-        (Connection::open(&info, bounds).unwrap(), server)
+        (Connection::open(&info, bounds, None).unwrap(), server)
     }
 
     #[test]
@@ -614,7 +668,7 @@ mod tests {
         });
         let info = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap().get_connection_info().clone();
         let bounds = Bounds { connect_timeout: Duration::from_secs(1), timeout: Duration::from_secs(1), max_value_size: 100 };
-        let mut c = Connection::open(&info, bounds).unwrap();
+        let mut c = Connection::open(&info, bounds, None).unwrap();
         assert_eq!(c.get("k").unwrap(), None);
         assert!(c.is_in_step());
         go.send(()).unwrap();

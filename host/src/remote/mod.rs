@@ -18,12 +18,15 @@
 //! a cache from opening: the tier is reached on first use.
 
 mod connection;
+mod tls;
 
 use crate::entry;
 use crate::error::Error;
 use crate::key::Key;
 use crate::stats::Stats;
 use connection::{Aftermath, Argument, Bounds, Connection, Failure};
+use std::path::PathBuf;
+use tls::{TlsFiles, TlsTarget};
 use hmac::{Hmac, Mac};
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -45,8 +48,15 @@ pub enum RemoteMode {
 #[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RemoteSettings {
-    /// `redis://[user:password@]host:port[/db]`.
+    /// `redis://[user:password@]host:port[/db]`, `rediss://` for TLS, or
+    /// `unix:///path/to/socket`.
     pub url: String,
+    /// With `rediss://`: PEM certificates of CAs to trust besides the
+    /// Mozilla roots rustls ships (a private CA).
+    pub tls_ca_file: Option<PathBuf>,
+    /// With `rediss://`: the client's PEM certificate chain and PEM private
+    /// key, for a server that asks for one.
+    pub tls_client_cert: Option<(PathBuf, PathBuf)>,
     /// Prepended to every key, `<prefix>:<namespace>:<entry name>`, so that
     /// several caches can share one server.
     pub prefix: String,
@@ -86,6 +96,8 @@ impl std::fmt::Debug for RemoteSettings {
             .field("hmac_key", &self.hmac_key.as_ref().map(|_| "<set>"))
             .field("ttl", &self.ttl)
             .field("max_value_size", &self.max_value_size)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_client_cert", &self.tls_client_cert)
             .finish()
     }
 }
@@ -124,7 +136,22 @@ impl RemoteSettings {
             hmac_key: None,
             ttl: None,
             max_value_size: DEFAULT_MAX_VALUE_SIZE,
+            tls_ca_file: None,
+            tls_client_cert: None,
         }
+    }
+
+    /// The same, trusting the CAs in this PEM file too (`rediss://`).
+    pub fn tls_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.tls_ca_file = Some(path.into());
+        self
+    }
+
+    /// The same, with a client certificate chain and private key (PEM
+    /// files) for a server that asks for one (`rediss://`).
+    pub fn tls_client_cert(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.tls_client_cert = Some((cert.into(), key.into()));
+        self
     }
 
     /// The same, with another mode.
@@ -216,6 +243,8 @@ pub(crate) struct RemoteTier {
     settings: RemoteSettings,
     /// Where the server is and how to log in, from the URL.
     server: redis::ConnectionInfo,
+    /// TLS, for a `rediss://` URL.
+    tls: Option<TlsTarget>,
     namespace: String,
     /// Connections in step and not in use.
     idle: Mutex<Vec<Connection>>,
@@ -243,10 +272,35 @@ impl RemoteTier {
     /// The tier for `namespace`. Only the URL is checked here: a server that
     /// is down never stops a cache from opening.
     pub(crate) fn new(settings: RemoteSettings, namespace: &str) -> Result<RemoteTier, Error> {
-        let client = redis::Client::open(settings.url.as_str()).map_err(|e| Error::Remote {
-            url: redact(&settings.url),
-            reason: format!("not a usable Redis URL ({}): expected redis://[user:password@]host:port[/db]", redact(&e.to_string())),
+        let refuse = |reason: String| Error::Remote { url: redact(&settings.url), reason };
+        // The redis crate parses the URL; TLS is spoken here (see tls.rs).
+        let (plain_url, tls) = match settings.url.split_once("://") {
+            Some(("rediss", rest)) => (format!("redis://{rest}"), true),
+            Some(("valkeys", rest)) => (format!("valkey://{rest}"), true),
+            _ => (settings.url.clone(), false),
+        };
+        if tls && plain_url.contains('#') {
+            return Err(refuse(
+                "TLS verification cannot be turned off (#insecure): for a server whose certificate a private CA signed, set tls-ca-file".into(),
+            ));
+        }
+        if !tls && (settings.tls_ca_file.is_some() || settings.tls_client_cert.is_some()) {
+            return Err(refuse("TLS files are set but the URL is not rediss://: use rediss:// to speak TLS".into()));
+        }
+        let client = redis::Client::open(plain_url.as_str()).map_err(|e| {
+            refuse(format!("not a usable Redis URL ({}): expected redis[s]://[user:password@]host:port[/db]", redact(&e.to_string())))
         })?;
+        let tls = match (tls, client.get_connection_info().addr()) {
+            (false, _) => None,
+            (true, redis::ConnectionAddr::Tcp(host, _)) => {
+                let files = TlsFiles {
+                    ca_file: settings.tls_ca_file.as_deref(),
+                    client: settings.tls_client_cert.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+                };
+                Some(TlsTarget::new(host, files).map_err(refuse)?)
+            }
+            (true, _) => return Err(refuse("rediss:// needs a host and port".into())),
+        };
         if settings.max_value_size == 0 {
             return Err(Error::Remote { url: redact(&settings.url), reason: "a max-value-size of 0 would leave the tier unusable".into() });
         }
@@ -274,6 +328,7 @@ impl RemoteTier {
         Ok(RemoteTier {
             settings,
             server: client.get_connection_info().clone(),
+            tls,
             namespace: namespace.to_string(),
             idle: Mutex::new(Vec::new()),
             skip_until_ms: AtomicU64::new(0),
@@ -305,7 +360,7 @@ impl RemoteTier {
     /// drops it; one that says the server is unreachable or misbehaving
     /// starts the cool-off too.
     fn with_connection<R>(&self, f: impl FnOnce(&mut Connection) -> Result<R, Failure>) -> Result<R, Failure> {
-        let pooled = std::iter::from_fn(|| self.idle.lock().pop()).find(|c| c.is_in_step());
+        let pooled = std::iter::from_fn(|| self.idle.lock().pop()).find_map(|mut c| c.is_in_step().then_some(c));
         let bounds = Bounds {
             connect_timeout: self.settings.connect_timeout,
             timeout: self.settings.timeout,
@@ -313,7 +368,7 @@ impl RemoteTier {
         };
         let mut connection = match pooled {
             Some(connection) => connection,
-            None => Connection::open(&self.server, bounds).inspect_err(|e| self.after(e))?,
+            None => Connection::open(&self.server, bounds, self.tls.as_ref()).inspect_err(|e| self.after(e))?,
         };
         let result = f(&mut connection);
         match &result {
