@@ -295,8 +295,13 @@ pub(crate) fn maintain(namespace: &Namespace, policy: &mut PolicyRuntime) -> Opt
         if large {
             // Compaction keeps the records of the entries listed: a listing
             // that failed would drop every entry's usage, so it skips instead.
-            match namespace.store.live_entry_ids() {
-                Ok(live) => {
+            // A set of the ids alone: a million entries' names would be tens
+            // of megabytes more.
+            let mut live = std::collections::HashSet::new();
+            match namespace.store.for_each_entry_key(|key| {
+                live.insert(usage::id_of(key));
+            }) {
+                Ok(()) => {
                     if let Err(e) = Usage::compact(dir, |id| live.contains(id)) {
                         tracing::warn!("cannot compact the usage journal: {e}");
                     }

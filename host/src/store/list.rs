@@ -67,17 +67,15 @@ impl EntryStore {
         l.and(r)
     }
 
-    /// The usage-journal ids of every entry, from one directory read: what
-    /// compaction keeps (a set of small ids, not a list of names).
-    pub(crate) fn live_entry_ids(&self) -> io::Result<std::collections::HashSet<crate::usage::EntryId>> {
-        let mut live = std::collections::HashSet::new();
+    /// Calls `each` with the key of every file of the entries area named as
+    /// an entry, from one directory read (no list of names is held).
+    pub(crate) fn for_each_entry_key(&self, mut each: impl FnMut(&Key)) -> io::Result<()> {
         for item in self.entries.entries()? {
-            let item = item?;
-            if let Some(key) = item.file_name().to_str().and_then(Key::from_name) {
-                live.insert(crate::usage::id_of(&key));
+            if let Some(key) = item?.file_name().to_str().and_then(Key::from_name) {
+                each(&key);
             }
         }
-        Ok(live)
+        Ok(())
     }
 
     /// Size and modification time of `area/name`, without following a symlink.
