@@ -130,6 +130,9 @@ fn ls_lists_each_entry() {
         assert_eq!(columns[0].len(), 43, "{row}");
         assert_eq!(columns[3], "zstd:3", "{row}");
         assert_eq!(columns[5], "1", "{row}");
+        // What the miss's compile took, as measured: some time, under a minute.
+        let compile_ms: f64 = columns[6].strip_suffix("ms").and_then(|ms| ms.parse().ok()).unwrap_or_else(|| panic!("{row}"));
+        assert!(compile_ms > 0.0 && compile_ms < 60_000.0, "{row}");
     }
 }
 

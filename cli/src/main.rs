@@ -76,7 +76,8 @@ enum Command {
         location: Location,
     },
     /// List the entries of every namespace (or the one named): size on disk,
-    /// size decoded, codec, age, hits, namespace.
+    /// size decoded, codec, age, hits, what its miss took to compile (`-`:
+    /// not measured), namespace.
     Ls {
         /// Order by this column (largest, oldest or most used first).
         #[arg(long, value_enum, default_value = "name")]
@@ -244,6 +245,8 @@ enum SortBy {
     Size,
     Age,
     Hits,
+    /// What the entry's miss took to compute: the dearest first.
+    Cost,
 }
 
 /// Where the cache is.
@@ -774,23 +777,26 @@ fn ls(location: &Location, sort: SortBy) -> Result<()> {
         SortBy::Size => rows.sort_by_key(|a| std::cmp::Reverse(a.1.stored_size)),
         SortBy::Age => rows.sort_by_key(|a| a.1.created_ms),
         SortBy::Hits => rows.sort_by_key(|a| std::cmp::Reverse(a.1.hits)),
+        SortBy::Cost => rows.sort_by_key(|a| std::cmp::Reverse(a.1.cost_us)),
     }
     let now = capcache::Clock::now_ms(&capcache::SystemClock);
-    out!("{:43}  {:>12}  {:>12}  {:7}  {:>10}  {:>6}  namespace", "name", "stored", "decoded", "codec", "age", "hits")?;
+    out!("{:43}  {:>12}  {:>12}  {:7}  {:>10}  {:>6}  {:>10}  namespace", "name", "stored", "decoded", "codec", "age", "hits", "compile")?;
     for (namespace, e) in &rows {
         let codec = match e.codec {
             capcache::StoredCodec::Raw => "raw".to_string(),
             capcache::StoredCodec::Zstd { level } => format!("zstd:{level}"),
         };
         let age = std::time::Duration::from_secs(now.saturating_sub(e.created_ms) / 1000);
+        let cost = if e.cost_us == 0 { "-".to_string() } else { format!("{:.1}ms", e.cost_us as f64 / 1e3) };
         out!(
-            "{:43}  {:>12}  {:>12}  {:7}  {:>10}  {:>6}  {namespace}",
+            "{:43}  {:>12}  {:>12}  {:7}  {:>10}  {:>6}  {:>10}  {namespace}",
             e.name,
             e.stored_size,
             e.raw_size,
             codec,
             format_age(age),
-            e.hits
+            e.hits,
+            cost
         )?;
     }
     Ok(())
