@@ -8,13 +8,20 @@
 //! artifact itself: wasmtime can map it straight from the file (it ignores
 //! what follows the artifact). The header names the key the entry belongs to,
 //! how the payload is stored, its sizes and when the entry was first stored; the
-//! digest is the BLAKE3 hash of header and payload together (BLAKE3 rather
-//! than SHA-256 because every first read of an entry hashes it whole, and
-//! BLAKE3 is several times faster, even against SHA-NI: the README's
-//! benchmark section has the figures). Every read
-//! checks all of it, so a truncated,
+//! digest is a checksum of header and payload together: XXH3-128 (format 3),
+//! BLAKE3 in format 2. Every read checks all of it, so a truncated,
 //! bit-flipped, misplaced or foreign file is never served: it is reported as
 //! [`EntryError`] and the caller treats it as a miss.
+//!
+//! The digest guards against accidents: a torn or truncated file, bits that
+//! rot, a file put under another entry's name (the header names its key).
+//! It is no proof of who wrote an entry, whatever the hash: anyone who can
+//! write an entry can write its digest too. Who may write is settled apart:
+//! only the owner's entries, in directories only the owner can write, are
+//! read (`store`), and a shared tier's values carry an HMAC tag. So the
+//! checksum need not resist an adversary, and the fastest 128-bit one serves:
+//! a process's first hit hashes its artifact whole, and XXH3 costs a few
+//! times less than BLAKE3 there (the README's cold-start figures).
 
 use crate::key::Key;
 use serde::{Deserialize, Serialize};
@@ -91,11 +98,51 @@ const DIGEST_LEN: usize = 32;
 /// Bytes at the end of a file that always hold the whole trailer.
 pub const MAX_TRAILER_LEN: usize = MAX_HEADER_LEN + DIGEST_LEN + SUFFIX_LEN;
 
-fn digest(header_bytes: &[u8], payload: &[u8]) -> [u8; DIGEST_LEN] {
-    let mut hasher = blake3::Hasher::new();
+/// An entry's digest as it is computed: the checksum of its format version.
+pub enum EntryHasher {
+    /// Format 2: BLAKE3, on all cores for a large payload.
+    Blake3(Box<blake3::Hasher>),
+    /// Format 3: XXH3-128, in the first 16 bytes of the digest field (the
+    /// rest zero: the field keeps format 2's 32 bytes).
+    Xxh3(Box<twox_hash::XxHash3_128>),
+}
+
+impl EntryHasher {
+    /// The hasher of entries of `format_version`.
+    pub fn of_version(format_version: u16) -> EntryHasher {
+        if format_version == OLDEST_READ_VERSION {
+            EntryHasher::Blake3(Box::default())
+        } else {
+            EntryHasher::Xxh3(Box::new(twox_hash::XxHash3_128::new()))
+        }
+    }
+
+    /// Adds `bytes`.
+    pub fn update(&mut self, bytes: &[u8]) {
+        match self {
+            EntryHasher::Blake3(hasher) => hash_into(hasher, bytes),
+            EntryHasher::Xxh3(hasher) => hasher.write(bytes),
+        }
+    }
+
+    /// The digest field's 32 bytes.
+    pub fn finalize(self) -> [u8; DIGEST_LEN] {
+        match self {
+            EntryHasher::Blake3(hasher) => hasher.finalize().into(),
+            EntryHasher::Xxh3(hasher) => {
+                let mut field = [0u8; DIGEST_LEN];
+                field[..16].copy_from_slice(&hasher.finish_128().to_le_bytes());
+                field
+            }
+        }
+    }
+}
+
+fn digest(format_version: u16, header_bytes: &[u8], payload: &[u8]) -> [u8; DIGEST_LEN] {
+    let mut hasher = EntryHasher::of_version(format_version);
     hasher.update(header_bytes);
     hasher.update(payload);
-    hasher.finalize().into()
+    hasher.finalize()
 }
 
 /// Why an entry file cannot be used.
@@ -144,7 +191,7 @@ pub fn encode(key: &Key, value: &[u8], codec: StoredCodec, created_ms: u64, cost
     let mut file = Vec::with_capacity(payload.len() + header_bytes.len() + DIGEST_LEN + SUFFIX_LEN);
     file.extend_from_slice(payload);
     file.extend_from_slice(&header_bytes);
-    file.extend_from_slice(&digest(&header_bytes, payload));
+    file.extend_from_slice(&digest(FORMAT_VERSION, &header_bytes, payload));
     file.extend_from_slice(&(header_bytes.len() as u32).to_le_bytes());
     file.extend_from_slice(MAGIC);
     Ok(file)
@@ -164,11 +211,11 @@ impl Trailer {
     /// Checks the digest against a payload read from `payload` (a large raw
     /// entry is hashed as it streams from its file, never held whole).
     pub fn check_payload(&self, mut payload: impl std::io::Read) -> std::io::Result<Result<(), EntryError>> {
-        let mut hasher = blake3::Hasher::new();
+        let mut hasher = EntryHasher::of_version(self.header.format_version);
         hasher.update(&self.header_bytes);
-        // Large reads: fewer calls, and BLAKE3 hashes many 1 KiB chunks at
-        // once only when it is given many (the commit that chose 1 MiB says by
-        // how much, for the first hit of a large artifact).
+        // Large reads: fewer calls, and both hashes go fastest over large
+        // inputs (the commit that chose 1 MiB says by how much, for the first
+        // hit of a large artifact).
         let mut buffer = vec![0u8; (1 << 20).min(self.header_offset as usize).max(1)];
         let mut left = self.header_offset;
         while left > 0 {
@@ -177,7 +224,7 @@ impl Trailer {
             if read == 0 {
                 return Ok(Err(EntryError::Truncated));
             }
-            hash_into(&mut hasher, &buffer[..read]);
+            hasher.update(&buffer[..read]);
             left -= read as u64;
         }
         Ok(self.check_digest(hasher))
@@ -189,15 +236,15 @@ impl Trailer {
         if payload.len() as u64 != self.header_offset {
             return Err(EntryError::Truncated);
         }
-        let mut hasher = blake3::Hasher::new();
+        let mut hasher = EntryHasher::of_version(self.header.format_version);
         hasher.update(&self.header_bytes);
-        hash_into(&mut hasher, payload);
+        hasher.update(payload);
         self.check_digest(hasher)
     }
 
     /// Compares the digest of what `hasher` took in with the stored one.
-    fn check_digest(&self, hasher: blake3::Hasher) -> Result<(), EntryError> {
-        if <[u8; DIGEST_LEN]>::from(hasher.finalize()) == self.digest { Ok(()) } else { Err(EntryError::Checksum) }
+    fn check_digest(&self, hasher: EntryHasher) -> Result<(), EntryError> {
+        if hasher.finalize() == self.digest { Ok(()) } else { Err(EntryError::Checksum) }
     }
 }
 
@@ -266,7 +313,7 @@ pub fn decode_trailer(tail: &[u8], file_len: u64, key: Option<&Key>) -> Result<T
 pub fn check(file: &[u8], key: &Key) -> Result<Trailer, EntryError> {
     let trailer = decode_trailer(file, file.len() as u64, Some(key))?;
     let payload_end = trailer.header_offset as usize;
-    if digest(&trailer.header_bytes, &file[..payload_end]) != trailer.digest {
+    if digest(trailer.header.format_version, &trailer.header_bytes, &file[..payload_end]) != trailer.digest {
         return Err(EntryError::Checksum);
     }
     Ok(trailer)
@@ -298,7 +345,7 @@ mod tests {
 
     /// The fuzzer's seed corpus: valid entries of its key, raw and zstd, so
     /// that it explores past the digest check (random bytes practically never
-    /// carry a valid BLAKE3 digest).
+    /// carry a valid checksum).
     const FUZZ_SEEDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/seeds/entry_decode");
 
     fn fuzz_seeds() -> Vec<(&'static str, Vec<u8>)> {
@@ -362,7 +409,7 @@ mod tests {
         let header_bytes = postcard::to_allocvec(&header).unwrap();
         let mut file = value.clone();
         file.extend_from_slice(&header_bytes);
-        file.extend_from_slice(&digest(&header_bytes, &value));
+        file.extend_from_slice(&digest(2, &header_bytes, &value));
         file.extend_from_slice(&(header_bytes.len() as u32).to_le_bytes());
         file.extend_from_slice(MAGIC);
         let (decoded_header, decoded) = decode(&file, &key, u64::MAX).unwrap();

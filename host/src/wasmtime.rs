@@ -19,7 +19,7 @@
 //!   `Engine::precompile_compatibility_hash()` (wasmtime's version and every
 //!   setting that affects code), so an engine never loads another
 //!   configuration's artifact (wasmtime also checks this itself);
-//! - its integrity: the entry's header names that key, and the BLAKE3 hash of
+//! - its integrity: the entry's header names that key, and the checksum of
 //!   header and payload matches, so a truncated, bit-flipped or misplaced file
 //!   is never loaded;
 //! - who wrote it: the entry file is owned by this user (or root) and

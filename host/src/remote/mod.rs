@@ -2,7 +2,7 @@
 //! one host of a fleet compiles and the others fetch.
 //!
 //! A local miss asks the tier; a value it returns is checked exactly as a
-//! local entry is (header, key, BLAKE3 digest, and the HMAC tag when a key is
+//! local entry is (header, key, checksum, and the HMAC tag when a key is
 //! set), written into the local cache, and served from there: the next load
 //! maps it. A local hit never touches the network. Uploads happen on the
 //! worker, after the policy admitted a value locally.
