@@ -83,6 +83,7 @@ fn main() {
     let mut times: Vec<Vec<Duration>> = vec![Vec::new(); rows.len()];
     let mut first_hits = vec![Vec::new(); policies.len()];
     let mut later_hits = vec![Vec::new(); policies.len()];
+    let (mut floor_first, mut floor_later) = (Vec::new(), Vec::new());
     for round in 0..runs {
         // The order rotates round by round: no row always follows another.
         for i in 0..rows.len() {
@@ -90,6 +91,11 @@ fn main() {
             let started = Instant::now();
             let out = run(&mut rows[i].1);
             times[i].push(started.elapsed());
+            if i == 0 {
+                let (first, later) = out.split_once(' ').expect("the floor prints its two mappings");
+                floor_first.push(Duration::from_micros(first.trim().parse().unwrap()));
+                floor_later.push(Duration::from_micros(later.trim().parse().unwrap()));
+            }
             if let Some(p) = policies.iter().position(|(name, _)| rows[i].0 == format!("library host, {name} policy")) {
                 let (first, later) = out.split_once(' ').expect("the host prints its two hits");
                 first_hits[p].push(Duration::from_secs_f64(first.trim().parse::<f64>().unwrap() / 1e6));
@@ -112,6 +118,13 @@ fn main() {
         }
         println!("{line}");
     }
+    let (first, later) = (median(&mut floor_first), median(&mut floor_later));
+    println!(
+        "floor, no cache: first deserialize_file {:.2} ms, a later one {:.2} ms: {:.2}x",
+        ms(first),
+        ms(later),
+        first.as_secs_f64() / later.as_secs_f64()
+    );
     for (p, (name, _)) in policies.iter().enumerate() {
         let (first, later) = (median(&mut first_hits[p]), median(&mut later_hits[p]));
         println!(
@@ -160,13 +173,24 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// The floor: an engine, the artifact mapped, nothing more.
+/// The floor: an engine, the artifact mapped, nothing more. Prints the
+/// time of that mapping and of a second one in the same process, in
+/// microseconds: what a process's first use of wasmtime costs beside a later
+/// one, with no cache at all.
 fn floor() {
     let engine = wasmtime::Engine::default();
-    // Safety: the artifact was written by this benchmark's parent, with an
-    // engine of the same configuration, and nothing changes it meanwhile.
-    let module = unsafe { wasmtime::Module::deserialize_file(&engine, std::env::var_os("CAPCACHE_BENCH_ARTIFACT").unwrap()) };
-    std::hint::black_box(module.unwrap());
+    let artifact = std::env::var_os("CAPCACHE_BENCH_ARTIFACT").unwrap();
+    let mut times = [Duration::ZERO; 2];
+    for time in &mut times {
+        let started = Instant::now();
+        // Safety: the artifact was written by this benchmark's parent, with
+        // an engine of the same configuration, and nothing changes it
+        // meanwhile.
+        let module = unsafe { wasmtime::Module::deserialize_file(&engine, &artifact) };
+        std::hint::black_box(module.unwrap());
+        *time = started.elapsed();
+    }
+    print!("{} {}", times[0].as_micros(), times[1].as_micros());
 }
 
 /// A library host: opens the cache, loads the module, exits; prints its first
