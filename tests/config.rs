@@ -152,7 +152,7 @@ fn a_remote_section_is_read_and_a_bad_mode_or_key_file_is_named() {
         "test",
     )
     .unwrap();
-    let remote = config.cache.remote.as_ref().unwrap();
+    let remote = config.cache.remote.first().unwrap();
     assert_eq!((remote.mode.as_deref(), remote.timeout_ms), (Some("read-only"), Some(500)));
     let err = capcache::Config::parse("[cache.remote]\nurl = \"redis://h:1\"\nmode = \"sometimes\"\n", "test").unwrap_err();
     assert!(err.to_string().contains("cache.remote.mode = \"sometimes\""), "{err}");

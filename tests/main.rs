@@ -8,6 +8,7 @@ mod support;
 mod adapter;
 mod authoring;
 mod cache;
+mod chain;
 mod cli;
 mod cold_start;
 mod config;

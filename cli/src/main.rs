@@ -211,7 +211,7 @@ enum RemoteCommand {
     },
 }
 
-/// The shared tier, beside (and over) `[cache.remote]` in the configuration.
+/// The shared tier, in place of the configuration's `[cache.remote]` tiers.
 #[derive(clap::Args)]
 struct RemoteArgs {
     /// A shared tier: redis://[user:password@]host:port[/db]. Local misses look
@@ -235,7 +235,7 @@ impl RemoteArgs {
         if let Some(key) = std::env::var_os("CAPCACHE_REMOTE_HMAC_KEY") {
             settings = settings.hmac_key(key.into_encoded_bytes().trim_ascii().to_vec());
         }
-        builder.remote(settings)
+        builder.remotes([settings])
     }
 }
 
@@ -674,13 +674,15 @@ fn stats(location: &Location, json: bool, zero: bool) -> Result<()> {
     for (namespace, cache) in &caches {
         let entries = cache.entries().with_context(|| format!("namespace {namespace}: cannot list the entries"))?;
         let state = cache.state_usage().with_context(|| format!("namespace {namespace}: cannot list the policy's state"))?;
-        reports.push((namespace, cache.lifetime_stats(), entries, state));
+        reports.push((namespace, cache.lifetime_stats(), entries, state, cache.tier_stats()));
     }
     if json {
         let namespaces: Vec<_> = reports
             .iter()
-            .map(|(namespace, stats, entries, state)| {
+            .map(|(namespace, stats, entries, state, tiers)| {
+                let tiers: Vec<_> = tiers.iter().map(|(url, counters)| serde_json::json!({ "url": url, "counters": counters })).collect();
                 serde_json::json!({
+                    "tiers": tiers,
                     "namespace": namespace,
                     "counters": stats,
                     "hit_rate": stats.hit_rate(),
@@ -697,7 +699,7 @@ fn stats(location: &Location, json: bool, zero: bool) -> Result<()> {
         return Ok(());
     }
     out!("directory       {}", location.root()?.display())?;
-    for (namespace, stats, entries, state) in &reports {
+    for (namespace, stats, entries, state, tiers) in &reports {
         out!()?;
         out!("namespace       {namespace}")?;
         out!("hits            {}", stats.hits)?;
@@ -729,6 +731,20 @@ fn stats(location: &Location, json: bool, zero: bool) -> Result<()> {
             out!("  uploads       {} ({} failed)", stats.remote_uploads, stats.remote_upload_failures)?;
             out!("  bytes         {} in, {} out", stats.remote_bytes_in, stats.remote_bytes_out)?;
             out!("  time waited   {:.1} ms", stats.remote_us as f64 / 1e3)?;
+            // A chain: each tier's own, in its order.
+            for (n, (url, tier)) in tiers.iter().enumerate().filter(|_| tiers.len() > 1) {
+                out!(
+                    "  tier {}        {url}: {} hits, {} misses, {} errors, {} refused, {} skipped; {} uploads ({} failed)",
+                    n + 1,
+                    tier.remote_hits,
+                    tier.remote_misses,
+                    tier.remote_errors,
+                    tier.remote_rejected,
+                    tier.remote_skipped,
+                    tier.remote_uploads,
+                    tier.remote_upload_failures
+                )?;
+            }
         }
     }
     Ok(())

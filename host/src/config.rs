@@ -23,7 +23,8 @@
 //! max-state-files = 256               # the policy's state files in a namespace
 //! max-state-bytes = 16777216          # bytes: all of them together
 //!
-//! [cache.remote]                      # a shared tier on Redis (off without it)
+//! [cache.remote]                      # a shared tier on Redis (off without it);
+//!                                     # [[cache.remote]] once per tier for a chain
 //! url = "redis://cache.internal:6379" # redis://[user:password@]host:port[/db]
 //! prefix = "capcache"                 # keys are <prefix>:<namespace>:<entry>
 //! mode = "read-write"                 # or "read-only": never write
@@ -82,9 +83,29 @@ pub struct CacheSection {
     /// `[cache.host]`: the host's limits.
     #[serde(default)]
     pub host: HostSection,
-    /// `[cache.remote]`: the shared tier, if any.
-    #[serde(default)]
-    pub remote: Option<RemoteSection>,
+    /// `[cache.remote]`: the shared tier, if any; or `[[cache.remote]]`,
+    /// once per tier: a chain, asked in the order written (fastest first).
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub remote: Vec<RemoteSection>,
+}
+
+/// `[cache.remote]` (one tier) or `[[cache.remote]]` (a chain), read with the
+/// messages of `RemoteSection`'s own fields.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<RemoteSection>, D::Error> {
+    struct Tiers;
+    impl<'de> serde::de::Visitor<'de> for Tiers {
+        type Value = Vec<RemoteSection>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a [cache.remote] table, or [[cache.remote]] tables for a chain of tiers")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            RemoteSection::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(|one| vec![one])
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+            Vec::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+        }
+    }
+    deserializer.deserialize_any(Tiers)
 }
 
 /// `[cache.remote]`: a shared tier on Redis (see [`crate::RemoteSettings`]).
@@ -132,7 +153,7 @@ impl Default for CacheSection {
             direct_mode: DirectMode::Off,
             policy_settings: BTreeMap::new(),
             host: HostSection::default(),
-            remote: None,
+            remote: Vec::new(),
         }
     }
 }
@@ -317,8 +338,8 @@ impl Config {
                 });
             }
         }
-        if let Some(remote) = &config.cache.remote
-            && let Some(mode) = remote.mode.as_deref().filter(|m| !["read-write", "read-only"].contains(m))
+        if let Some(mode) =
+            config.cache.remote.iter().find_map(|remote| remote.mode.as_deref().filter(|m| !["read-write", "read-only"].contains(m)))
         {
             return Err(ConfigError::Invalid {
                 origin: origin.to_string(),

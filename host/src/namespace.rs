@@ -63,8 +63,9 @@ pub(crate) struct Namespace {
     pub(crate) usage: Mutex<Usage>,
     pub(crate) stats: Stats,
     pub(crate) read_only: bool,
-    /// The shared tier behind this namespace, if any.
-    pub(crate) remote: Option<crate::remote::RemoteTier>,
+    /// The shared tiers behind this namespace, fastest first: a local miss
+    /// asks them in order.
+    pub(crate) remotes: Vec<crate::remote::RemoteTier>,
 }
 
 impl Namespace {
@@ -121,21 +122,33 @@ impl Namespace {
         Ok(())
     }
 
-    /// Uploads `key`'s local entry to the shared tier, if there is one and
-    /// this host writes to it; returns whether it was stored there. Runs on
-    /// the worker.
+    /// Uploads `key`'s local entry to every shared tier this host writes to
+    /// (the policy's `share`); returns whether any stored it. Runs on the
+    /// worker.
     pub(crate) fn upload(&self, key: &Key) -> bool {
-        let Some(remote) = &self.remote else { return false };
-        if remote.settings().mode == crate::remote::RemoteMode::ReadOnly {
+        self.upload_to(key, self.remotes.len())
+    }
+
+    /// Uploads `key`'s local entry to the first `tiers` tiers this host
+    /// writes to: a backfill of the tiers faster than the one that had it.
+    pub(crate) fn upload_to(&self, key: &Key, tiers: usize) -> bool {
+        let writable: Vec<_> =
+            self.remotes.iter().take(tiers).filter(|r| r.settings().mode == crate::remote::RemoteMode::ReadWrite).collect();
+        if writable.is_empty() {
             return false;
         }
         match self.store.dir(Area::Entries).read(key.name()) {
-            Ok(entry_bytes) => remote.upload(key, &entry_bytes, &self.stats),
+            Ok(entry_bytes) => writable.iter().fold(false, |any, remote| remote.upload(key, &entry_bytes, &self.stats) || any),
             Err(e) => {
                 tracing::debug!("entry {} gone before its upload: {e}", key.name());
                 false
             }
         }
+    }
+
+    /// Whether a shared tier takes this host's uploads.
+    pub(crate) fn writes_a_tier(&self) -> bool {
+        self.remotes.iter().any(|r| r.settings().mode == crate::remote::RemoteMode::ReadWrite)
     }
 
     /// Records that `key`'s entry starts over with no usage.

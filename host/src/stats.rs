@@ -111,6 +111,11 @@ impl StatsSnapshot {
 
     /// Appends these counters to the namespace's log, in one write.
     pub(crate) fn append_to(&self, dir: &Dir) -> io::Result<()> {
+        self.append_to_log(dir, STATS_LOG)
+    }
+
+    /// Appends these counters to the log `name` in `dir` (a shared tier's).
+    pub(crate) fn append_to_log(&self, dir: &Dir, name: &str) -> io::Result<()> {
         if *self == StatsSnapshot::default() {
             return Ok(());
         }
@@ -119,13 +124,18 @@ impl StatsSnapshot {
         for value in self.to_array() {
             record.extend_from_slice(&value.to_le_bytes());
         }
-        dir.open_with(STATS_LOG, OpenOptions::new().append(true).create(true).mode(crate::store::JOURNAL_MODE))?.write_all(&record)
+        dir.open_with(name, OpenOptions::new().append(true).create(true).mode(crate::store::JOURNAL_MODE))?.write_all(&record)
     }
 
     /// The sum of every record in the namespace's log. Records of another
     /// layout (or torn by a crash) are skipped.
     pub(crate) fn load(dir: &Dir) -> io::Result<StatsSnapshot> {
-        let bytes = match dir.read(STATS_LOG) {
+        Self::load_from(dir, STATS_LOG)
+    }
+
+    /// The sum of every record in the log `name` in `dir`.
+    pub(crate) fn load_from(dir: &Dir, name: &str) -> io::Result<StatsSnapshot> {
+        let bytes = match dir.read(name) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(e),

@@ -53,6 +53,9 @@ enum Message {
     Maintain(SyncSender<Option<MaintainReport>>),
     /// Start the policy now if it has not started: a miss will ask it.
     StartPolicy,
+    /// Upload an entry fetched from a shared tier to the tiers before that
+    /// one in the chain (the number given), which lacked it.
+    Backfill(Key, usize),
 }
 
 /// Which event of an entry the policy hears of.
@@ -81,6 +84,12 @@ impl Worker {
     /// full and the event dropped.
     pub(crate) fn hit(&self, key: Key, raw: bool) -> bool {
         self.offer(Message::Hit(key, raw)).is_ok()
+    }
+
+    /// Backfills the first `tiers` shared tiers with `key`'s entry, without
+    /// waiting; `false` if the queue was full.
+    pub(crate) fn backfill(&self, key: Key, tiers: usize) -> bool {
+        self.offer(Message::Backfill(key, tiers)).is_ok()
     }
 
     /// Tells the policy of an insert, without waiting; `false` if dropped.
@@ -211,6 +220,9 @@ fn run(receiver: Receiver<Message>, namespace: &Namespace, policy: &Mutex<Policy
                     }
                 }
                 Message::StartPolicy => policy.lock().start_ahead(),
+                Message::Backfill(key, tiers) => {
+                    let _ = namespace.upload_to(&key, tiers);
+                }
                 Message::Inserted(key) => handle_entry_event(namespace, policy, &key, EntryEvent::Inserted),
                 Message::Store(key, produce, cost_us, landed) => {
                     let stored = produce().is_some_and(|value| {

@@ -13,7 +13,7 @@ pub struct CacheBuilder {
     clock: Arc<dyn Clock>,
     enabled: bool,
     open_options: StoreOptions,
-    remote: Option<crate::remote::RemoteSettings>,
+    remote: Vec<crate::remote::RemoteSettings>,
     direct_mode: DirectMode,
 }
 
@@ -27,7 +27,7 @@ impl Default for CacheBuilder {
             host: HostSettings::default(),
             clock: Arc::new(SystemClock),
             enabled: true,
-            remote: None,
+            remote: Vec::new(),
             open_options: Default::default(),
             direct_mode: DirectMode::Off,
         }
@@ -50,7 +50,7 @@ impl CacheBuilder {
         if let crate::config::PolicyChoice::File(path) = &c.policy {
             builder = builder.policy(Policy::from_file(path)?);
         }
-        if let Some(remote) = &c.remote {
+        for remote in &c.remote {
             builder = builder.remote(remote_settings(remote)?);
         }
         let h = &c.host;
@@ -153,10 +153,19 @@ impl CacheBuilder {
     }
 
     /// A shared tier on Redis behind the local cache (see
-    /// [`crate::RemoteSettings`]): local misses look there, and values stored
-    /// locally are uploaded.
+    /// [`crate::RemoteSettings`]), after those given before: local misses
+    /// ask the tiers in that order, a hit in one is backfilled into those
+    /// before it, and what the policy shares goes to every tier this host
+    /// writes to.
     pub fn remote(mut self, remote: crate::remote::RemoteSettings) -> Self {
-        self.remote = Some(remote);
+        self.remote.push(remote);
+        self
+    }
+
+    /// The whole chain of shared tiers, in order, in place of any given
+    /// before (an empty one: none).
+    pub fn remotes(mut self, remotes: impl IntoIterator<Item = crate::remote::RemoteSettings>) -> Self {
+        self.remote = remotes.into_iter().collect();
         self
     }
 
@@ -175,9 +184,9 @@ impl CacheBuilder {
         }
         let store = EntryStore::open(&root, &self.namespace, self.clock.clone(), self.open_options)?;
         let read_only = store.read_only();
-        let remote = self.remote.map(|r| crate::remote::RemoteTier::new(r, &self.namespace)).transpose()?;
+        let remotes = self.remote.into_iter().map(|r| crate::remote::RemoteTier::new(r, &self.namespace)).collect::<Result<Vec<_>, _>>()?;
         let namespace =
-            Arc::new(Namespace { store, usage: Mutex::new(Usage::default()), stats: Stats::default(), read_only, remote });
+            Arc::new(Namespace { store, usage: Mutex::new(Usage::default()), stats: Stats::default(), read_only, remotes });
         // Compiled policies are kept beside the namespaces, so a process
         // starts its policy without compiling it.
         let code_options = StoreOptions { if_missing: IfMissing::Create, ..self.open_options };

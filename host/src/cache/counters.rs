@@ -24,13 +24,18 @@ impl Cache {
     /// Forgets the recorded counters (this process's too).
     pub fn zero_stats(&self) -> std::io::Result<()> {
         let Some(inner) = &self.inner else { return Ok(()) };
-        for counter in inner.namespace.stats.all() {
+        let tiers = inner.namespace.remotes.iter().map(|r| r.stats());
+        for counter in std::iter::once(&inner.namespace.stats).chain(tiers).flat_map(|stats| stats.all()) {
             counter.store(0, std::sync::atomic::Ordering::Relaxed);
         }
-        match inner.namespace.store.namespace_dir().remove_file(crate::stats::STATS_LOG) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+        let logs = std::iter::once(crate::stats::STATS_LOG.to_string()).chain(inner.namespace.remotes.iter().map(|r| r.stats_log()));
+        for log in logs {
+            match inner.namespace.store.namespace_dir().remove_file(&log) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
         }
+        Ok(())
     }
 
     /// For benchmarks: calls the policy's `on-hit` for the stored entry

@@ -59,6 +59,12 @@ impl Drop for Inner {
             && let Err(e) = namespace.stats.snapshot().append_to(namespace.store.namespace_dir()) {
                 tracing::debug!("cannot record statistics in {}: {e}", namespace.store.path().display());
             }
+        // Each shared tier's own, in a log of its own.
+        for remote in namespace.remotes.iter().filter(|_| !namespace.read_only) {
+            if let Err(e) = remote.stats().snapshot().append_to_log(namespace.store.namespace_dir(), &remote.stats_log()) {
+                tracing::debug!("cannot record the statistics of shared tier {}: {e}", remote.label());
+            }
+        }
     }
 }
 
@@ -300,18 +306,26 @@ impl Cache {
         found.map(|found| (found, source))
     }
 
-    /// The shared tier's entry for `key`, written into the local cache and
-    /// opened from there (a raw one is then mapped, as any local hit); served
-    /// from memory when the local cache cannot be written.
+    /// The first shared tier's entry for `key`, in the chain's order,
+    /// written into the local cache and opened from there (a raw one is then
+    /// mapped, as any local hit); served from memory when the local cache
+    /// cannot be written. The faster tiers that lacked it are backfilled by
+    /// the worker, off the caller's path.
     fn fetch_remote(&self, key: &Key, raw: RawEntryAs) -> Option<Found> {
         let inner = self.inner.as_ref()?;
         let namespace = &inner.namespace;
-        let remote = namespace.remote.as_ref()?;
-        let Fetch::Entry(entry_bytes) = remote.fetch(key, &namespace.stats) else { return None };
+        let (tier, entry_bytes) = namespace.remotes.iter().enumerate().find_map(|(tier, remote)| match remote.fetch(key, &namespace.stats) {
+            Fetch::Entry(entry_bytes) => Some((tier, entry_bytes)),
+            Fetch::Nothing => None,
+        })?;
         if !namespace.read_only {
             match namespace.store.write_entry_file(key, &entry_bytes) {
                 Ok(()) => {
                     namespace.reset_usage(key);
+                    if tier > 0 && !inner.worker().backfill(*key, tier) {
+                        Stats::bump(&namespace.stats.remote_upload_failures);
+                        tracing::debug!("worker busy: {} is not backfilled into the faster tiers", key.name());
+                    }
                     if let Some(found) = self.open_local(key, raw) {
                         return Some(found);
                     }
@@ -433,7 +447,7 @@ impl Cache {
                 if !inner.worker().inserted(*key) {
                     Stats::bump(&inner.namespace.stats.events_dropped);
                     // The event was also this entry's upload to the shared tier.
-                    if inner.namespace.remote.as_ref().is_some_and(|r| r.settings().mode == crate::remote::RemoteMode::ReadWrite) {
+                    if inner.namespace.writes_a_tier() {
                         Stats::bump(&inner.namespace.stats.remote_upload_failures);
                         tracing::debug!("worker busy: entry {} is not uploaded to the shared tier", key.name());
                     }

@@ -1,5 +1,5 @@
-//! The shared tier, as tools see it: a probe of the server, and moving a
-//! whole cache to it or from it.
+//! The shared tiers, as tools see them: a probe of each server, their
+//! counters, and moving a whole cache to them or from them.
 
 use super::*;
 
@@ -26,46 +26,82 @@ pub struct RemoteTransfer {
 }
 
 impl Cache {
-    /// Probes the shared tier: reach, read and write permissions, the
-    /// server's eviction policy. `None` without a tier.
+    /// Probes each shared tier, in the chain's order: reach, read and write
+    /// permissions, the server's eviction policy. With more than one tier,
+    /// each finding begins with `tier N:`. `None` without a tier.
     pub fn check_remote(&self) -> Option<Vec<RemoteCheck>> {
-        let remote = self.inner.as_ref()?.namespace.remote.as_ref()?;
-        Some(remote.probe().into_iter().map(|(ok, finding)| RemoteCheck { ok, finding }).collect())
+        let remotes = &self.inner.as_ref()?.namespace.remotes;
+        if remotes.is_empty() {
+            return None;
+        }
+        let chained = remotes.len() > 1;
+        let findings = remotes.iter().enumerate().flat_map(|(n, remote)| {
+            remote.probe().into_iter().map(move |(ok, finding)| {
+                let finding = if chained { format!("tier {}: {finding}", n + 1) } else { finding };
+                RemoteCheck { ok, finding }
+            })
+        });
+        Some(findings.collect())
     }
 
-    /// Uploads every local entry the shared tier lacks (warming a tier from
-    /// a cache). An error if there is no tier, it cannot be reached, or this
-    /// host only reads it.
+    /// Each shared tier's counters, in the chain's order, over every process
+    /// that used it with this namespace (as recorded when each closed its
+    /// cache) plus this one's: its URL (password hidden) and its lookups,
+    /// uploads and bytes (the `remote_*` fields).
+    pub fn tier_stats(&self) -> Vec<(String, StatsSnapshot)> {
+        let Some(inner) = &self.inner else { return Vec::new() };
+        let dir = inner.namespace.store.namespace_dir();
+        inner
+            .namespace
+            .remotes
+            .iter()
+            .map(|remote| {
+                let mut total = StatsSnapshot::load_from(dir, &remote.stats_log()).unwrap_or_default();
+                total.add(&remote.stats().snapshot());
+                (remote.label(), total)
+            })
+            .collect()
+    }
+
+    /// Uploads every local entry the shared tiers this host writes to lack
+    /// (warming tiers from a cache). An error if there is no tier, one
+    /// cannot be reached, or this host only reads them all.
     pub fn push_to_remote(&self) -> Result<RemoteTransfer, Error> {
-        let (namespace, remote) = self.remote_tier()?;
-        if remote.settings().mode == crate::remote::RemoteMode::ReadOnly {
-            return Err(remote.error("this host only reads the tier (mode = \"read-only\")"));
+        let (namespace, first) = self.remote_tier()?;
+        let writable: Vec<_> =
+            namespace.remotes.iter().filter(|r| r.settings().mode == crate::remote::RemoteMode::ReadWrite).collect();
+        if writable.is_empty() {
+            return Err(first.error("this host only reads the tier (mode = \"read-only\")"));
         }
         let mut transfer = RemoteTransfer::default();
-        let names = namespace.store.list_names(Area::Entries).map_err(|e| remote.error(&format!("cannot list local entries: {e}")))?;
-        for key in names.iter().filter_map(|name| Key::from_name(name)) {
-            if remote.contains(&key).map_err(|e| remote.error(&e))? {
-                transfer.present += 1;
-                continue;
-            }
-            if namespace.upload(&key) {
-                transfer.copied += 1;
-            } else {
-                transfer.failed += 1;
+        let names = namespace.store.list_names(Area::Entries).map_err(|e| first.error(&format!("cannot list local entries: {e}")))?;
+        for remote in writable {
+            for key in names.iter().filter_map(|name| Key::from_name(name)) {
+                if remote.contains(&key).map_err(|e| remote.error(&e))? {
+                    transfer.present += 1;
+                    continue;
+                }
+                let uploaded = namespace.store.dir(Area::Entries).read(key.name()).is_ok_and(|bytes| remote.upload(&key, &bytes, &namespace.stats));
+                if uploaded {
+                    transfer.copied += 1;
+                } else {
+                    transfer.failed += 1;
+                }
             }
         }
         Ok(transfer)
     }
 
-    /// Fetches every entry of this namespace that the shared tier holds and
-    /// the local cache lacks (warming a cache from a tier); each is checked
-    /// as a lookup checks it.
+    /// Fetches every entry of this namespace that the shared tiers hold and
+    /// the local cache lacks (warming a cache from its tiers, in the chain's
+    /// order); each is checked as a lookup checks it.
     pub fn pull_from_remote(&self) -> Result<RemoteTransfer, Error> {
-        let (namespace, remote) = self.remote_tier()?;
+        let (namespace, first) = self.remote_tier()?;
         if namespace.read_only {
-            return Err(remote.error("the local cache is read-only"));
+            return Err(first.error("the local cache is read-only"));
         }
         let mut transfer = RemoteTransfer::default();
+        for remote in &namespace.remotes {
         for key in remote.keys().map_err(|e| remote.error(&e))? {
             if namespace.store.dir(Area::Entries).exists(key.name()) {
                 transfer.present += 1;
@@ -79,12 +115,13 @@ impl Cache {
                 _ => transfer.failed += 1,
             }
         }
+        }
         Ok(transfer)
     }
 
     fn remote_tier(&self) -> Result<(&Namespace, &crate::remote::RemoteTier), Error> {
         let inner = self.inner.as_ref().ok_or(Error::NoRemote)?;
-        let remote = inner.namespace.remote.as_ref().ok_or(Error::NoRemote)?;
+        let remote = inner.namespace.remotes.first().ok_or(Error::NoRemote)?;
         Ok((&inner.namespace, remote))
     }
 }

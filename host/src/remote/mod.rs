@@ -251,6 +251,8 @@ pub(crate) struct RemoteTier {
     /// Skipped until this instant (ms since an arbitrary start), after a
     /// failure.
     skip_until_ms: AtomicU64,
+    /// This tier's own counters (the namespace's count every tier's).
+    stats: Stats,
     started: Instant,
 }
 
@@ -332,12 +334,39 @@ impl RemoteTier {
             namespace: namespace.to_string(),
             idle: Mutex::new(Vec::new()),
             skip_until_ms: AtomicU64::new(0),
+            stats: Stats::default(),
             started: Instant::now(),
         })
     }
 
     pub(crate) fn settings(&self) -> &RemoteSettings {
         &self.settings
+    }
+
+    /// The tier as people name it: its URL, its password hidden.
+    pub(crate) fn label(&self) -> String {
+        redact(&self.settings.url)
+    }
+
+    /// This tier's own counters, since the cache opened.
+    pub(crate) fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The file, in the namespace's directory, that keeps this tier's
+    /// counters over every process: named after its URL (password hidden)
+    /// and prefix, so that a chain reordered keeps each tier's own.
+    pub(crate) fn stats_log(&self) -> String {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(format!("{}\n{}", self.label(), self.settings.prefix));
+        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        format!("stats-tier-{hex}.log")
+    }
+
+    /// Adds `by` to a counter, the namespace's (`shared`) and this tier's.
+    fn count(&self, shared: &Stats, counter: fn(&Stats) -> &AtomicU64, by: u64) {
+        counter(shared).fetch_add(by, Relaxed);
+        counter(&self.stats).fetch_add(by, Relaxed);
     }
 
     /// The Redis key of an entry.
@@ -397,27 +426,27 @@ impl RemoteTier {
     /// that fail their check are misses, counted.
     pub(crate) fn fetch(&self, key: &Key, stats: &Stats) -> Fetch {
         if self.cooling_off() {
-            Stats::bump(&stats.remote_skipped);
+            self.count(stats, |s| &s.remote_skipped, 1);
             return Fetch::Nothing;
         }
         let redis_key = self.redis_key(key);
         let started = Instant::now();
         let result = self.with_connection(|c| c.get(&redis_key));
-        stats.remote_us.fetch_add(started.elapsed().as_micros() as u64, Relaxed);
+        self.count(stats, |s| &s.remote_us, started.elapsed().as_micros() as u64);
         let value = match result {
             Ok(Some(value)) => value,
             Ok(None) => {
-                Stats::bump(&stats.remote_misses);
+                self.count(stats, |s| &s.remote_misses, 1);
                 return Fetch::Nothing;
             }
             Err(e @ Failure::TooLarge { .. }) => {
                 // The server is fine; the value is not one this host takes.
-                Stats::bump(&stats.remote_rejected);
+                self.count(stats, |s| &s.remote_rejected, 1);
                 tracing::warn!("shared tier value {redis_key} refused: {e}; computing instead");
                 return Fetch::Nothing;
             }
             Err(e) => {
-                Stats::bump(&stats.remote_errors);
+                self.count(stats, |s| &s.remote_errors, 1);
                 tracing::warn!(
                     "shared tier {} failed on GET {redis_key} ({e}); computing, and skipping the tier for {:?}",
                     redact(&self.settings.url),
@@ -426,11 +455,11 @@ impl RemoteTier {
                 return Fetch::Nothing;
             }
         };
-        stats.remote_bytes_in.fetch_add(value.len() as u64, Relaxed);
+        self.count(stats, |s| &s.remote_bytes_in, value.len() as u64);
         match self.unseal(&redis_key, value) {
             Ok(entry_bytes) => match entry::check(&entry_bytes, key) {
                 Ok(_) => {
-                    Stats::bump(&stats.remote_hits);
+                    self.count(stats, |s| &s.remote_hits, 1);
                     Fetch::Entry(entry_bytes)
                 }
                 Err(e) => {
@@ -448,7 +477,7 @@ impl RemoteTier {
     /// A value that failed its check: counted, never served, and deleted if
     /// this host may write (so that the next writer replaces it).
     fn reject(&self, redis_key: &str, why: &str, stats: &Stats) {
-        Stats::bump(&stats.remote_rejected);
+        self.count(stats, |s| &s.remote_rejected, 1);
         tracing::warn!("shared tier value {redis_key} refused: {why}; computing instead");
         if self.settings.mode == RemoteMode::ReadWrite {
             let _ = self.with_connection(|c| c.del(redis_key));
@@ -463,7 +492,7 @@ impl RemoteTier {
             return false;
         }
         if self.cooling_off() {
-            Stats::bump(&stats.remote_skipped);
+            self.count(stats, |s| &s.remote_skipped, 1);
             return false;
         }
         let redis_key = self.redis_key(key);
@@ -471,7 +500,7 @@ impl RemoteTier {
         let tag: &[u8] = tag.as_ref().map_or(&[], |t| t.as_slice());
         let size = (entry_bytes.len() + tag.len()) as u64;
         if size > self.settings.max_value_size {
-            Stats::bump(&stats.remote_upload_failures);
+            self.count(stats, |s| &s.remote_upload_failures, 1);
             tracing::warn!(
                 "shared tier {}: {redis_key} is not uploaded: its {size} bytes are over max-value-size ({} bytes)",
                 redact(&self.settings.url),
@@ -481,15 +510,15 @@ impl RemoteTier {
         }
         let started = Instant::now();
         let result = self.with_connection(|c| c.set(&redis_key, Argument::Joined(entry_bytes, tag), self.settings.ttl));
-        stats.remote_us.fetch_add(started.elapsed().as_micros() as u64, Relaxed);
+        self.count(stats, |s| &s.remote_us, started.elapsed().as_micros() as u64);
         match result {
             Ok(()) => {
-                Stats::bump(&stats.remote_uploads);
-                stats.remote_bytes_out.fetch_add(size, Relaxed);
+                self.count(stats, |s| &s.remote_uploads, 1);
+                self.count(stats, |s| &s.remote_bytes_out, size);
                 true
             }
             Err(e) => {
-                Stats::bump(&stats.remote_upload_failures);
+                self.count(stats, |s| &s.remote_upload_failures, 1);
                 tracing::warn!("shared tier {} refused SET {redis_key} ({e})", redact(&self.settings.url));
                 false
             }
