@@ -9,6 +9,7 @@ mod adapter;
 mod authoring;
 mod cache;
 mod chain;
+mod cluster;
 mod cli;
 mod cold_start;
 mod config;

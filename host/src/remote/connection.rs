@@ -27,9 +27,9 @@ const MAX_LINE: usize = 64 << 10;
 /// The most elements of an array reply: SCAN's batches are asked for 1,000
 /// keys, CONFIG GET of one name answers two.
 const MAX_ARRAY: usize = 100_000;
-/// No command sent here is answered by arrays nested deeper than SCAN's two
-/// levels.
-const MAX_DEPTH: usize = 2;
+/// No command sent here is answered by arrays nested deeper than CLUSTER
+/// SLOTS' four (ranges, a range, a node, its metadata).
+const MAX_DEPTH: usize = 4;
 /// Arguments longer than this are written from the caller's buffer, not
 /// copied into the request: a value is never held twice.
 const WRITE_DIRECTLY: usize = 16 << 10;
@@ -359,6 +359,32 @@ impl Connection {
         Err(unexpected("SCAN", &reply))
     }
 
+    /// `ASKING`: the next command is for a slot this node is importing.
+    pub(crate) fn asking(&mut self) -> Result<(), Failure> {
+        self.expect_ok(&[Argument::Bytes(b"ASKING")])
+    }
+
+    /// `CLUSTER SLOTS`: each range of slots and the `host:port` of the
+    /// master that serves it.
+    pub(crate) fn cluster_slots(&mut self) -> Result<Vec<(u16, u16, String)>, Failure> {
+        let reply = self.command(&[Argument::Bytes(b"CLUSTER"), Argument::Bytes(b"SLOTS")])?;
+        let Reply::Array(Some(ranges)) = &reply else { return Err(unexpected("CLUSTER SLOTS", &reply)) };
+        let mut slots = Vec::with_capacity(ranges.len());
+        for range in ranges {
+            let Reply::Array(Some(parts)) = range else { return Err(unexpected("CLUSTER SLOTS", &reply)) };
+            match parts.as_slice() {
+                [Reply::Integer(start), Reply::Integer(end), Reply::Array(Some(master)), ..] => match master.as_slice() {
+                    [Reply::Bulk(Some(host)), Reply::Integer(port), ..] if (0..16384).contains(start) && (0..16384).contains(end) => {
+                        slots.push((*start as u16, *end as u16, format!("{}:{port}", String::from_utf8_lossy(host))));
+                    }
+                    _ => return Err(unexpected("CLUSTER SLOTS", &reply)),
+                },
+                _ => return Err(unexpected("CLUSTER SLOTS", &reply)),
+            }
+        }
+        Ok(slots)
+    }
+
     /// `CONFIG GET name`: its value, if the server has that setting.
     pub(crate) fn config_get(&mut self, name: &str) -> Result<Option<String>, Failure> {
         let reply = self.command(&[Argument::Bytes(b"CONFIG"), Argument::Bytes(b"GET"), Argument::Bytes(name.as_bytes())])?;
@@ -627,7 +653,7 @@ mod tests {
             (&b"$5\r\nhello\r\n+OK\r\n"[..], "bytes after a whole reply"),
             (b"$3\r\nhello\r\n", "longer than its declared length"),
             (b"HTTP/1.1 400 Bad Request\r\n", "starts with byte"),
-            (b"*3\r\n*1\r\n*1\r\n:1\r\n", "nested deeper"),
+            (b"*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n:1\r\n", "nested deeper"),
             (b":twelve\r\n", "where a number belongs"),
         ] {
             let (mut c, s) = answered_with(reply, 100);

@@ -17,6 +17,7 @@
 //! server refuses (`maxmemory` under `noeviction`, an ACL). Nothing here stops
 //! a cache from opening: the tier is reached on first use.
 
+mod cluster;
 mod connection;
 mod tls;
 
@@ -245,6 +246,9 @@ pub(crate) struct RemoteTier {
     server: redis::ConnectionInfo,
     /// TLS, for a `rediss://` URL.
     tls: Option<TlsTarget>,
+    /// The cluster, for a `redis-cluster://` URL (`server` is then its first
+    /// seed's).
+    cluster: Option<cluster::Cluster>,
     namespace: String,
     /// Connections in step and not in use.
     idle: Mutex<Vec<Connection>>,
@@ -275,10 +279,23 @@ impl RemoteTier {
     /// is down never stops a cache from opening.
     pub(crate) fn new(settings: RemoteSettings, namespace: &str) -> Result<RemoteTier, Error> {
         let refuse = |reason: String| Error::Remote { url: redact(&settings.url), reason };
+        let cluster = if settings.url.starts_with("redis-cluster://") {
+            if settings.tls_ca_file.is_some() || settings.tls_client_cert.is_some() {
+                return Err(refuse("TLS to a Redis Cluster is not supported yet: use redis-cluster:// on a network you trust".into()));
+            }
+            Some(cluster::Cluster::parse(&settings.url).map_err(refuse)?)
+        } else {
+            None
+        };
+        if settings.url.starts_with("rediss-cluster://") {
+            return Err(refuse("TLS to a Redis Cluster is not supported yet: use redis-cluster:// on a network you trust".into()));
+        }
         // The redis crate parses the URL; TLS is spoken here (see tls.rs).
         let (plain_url, tls) = match settings.url.split_once("://") {
             Some(("rediss", rest)) => (format!("redis://{rest}"), true),
             Some(("valkeys", rest)) => (format!("valkey://{rest}"), true),
+            // The first seed stands for the cluster where one server is asked.
+            Some(("redis-cluster", rest)) => (format!("redis://{}", rest.split(',').next().unwrap_or_default()), false),
             _ => (settings.url.clone(), false),
         };
         if tls && plain_url.contains('#') {
@@ -331,6 +348,7 @@ impl RemoteTier {
             settings,
             server: client.get_connection_info().clone(),
             tls,
+            cluster,
             namespace: namespace.to_string(),
             idle: Mutex::new(Vec::new()),
             skip_until_ms: AtomicU64::new(0),
@@ -389,12 +407,14 @@ impl RemoteTier {
     /// drops it; one that says the server is unreachable or misbehaving
     /// starts the cool-off too.
     fn with_connection<R>(&self, f: impl FnOnce(&mut Connection) -> Result<R, Failure>) -> Result<R, Failure> {
+        let bounds = self.bounds();
+        if let Some(cluster) = &self.cluster {
+            // A command of no key: any master answers for the cluster.
+            let master = cluster.masters(bounds).inspect_err(|e| self.after(e))?.into_iter().next();
+            let master = master.ok_or(Failure::Protocol("a cluster with no master".into()))?;
+            return cluster.on_node(&master, bounds, f).inspect_err(|e| self.after(e));
+        }
         let pooled = std::iter::from_fn(|| self.idle.lock().pop()).find_map(|mut c| c.is_in_step().then_some(c));
-        let bounds = Bounds {
-            connect_timeout: self.settings.connect_timeout,
-            timeout: self.settings.timeout,
-            max_value_size: self.settings.max_value_size,
-        };
         let mut connection = match pooled {
             Some(connection) => connection,
             None => Connection::open(&self.server, bounds, self.tls.as_ref()).inspect_err(|e| self.after(e))?,
@@ -406,6 +426,19 @@ impl RemoteTier {
             Err(e) => self.after(e),
         }
         result
+    }
+
+    /// Runs the command `f` makes for the Redis key `key`: on the tier's
+    /// server, or on the cluster node that serves the key's slot.
+    fn with_key<R>(&self, key: &str, f: impl FnMut(&mut Connection) -> Result<R, Failure>) -> Result<R, Failure> {
+        match &self.cluster {
+            Some(cluster) => cluster.on_key(key, self.bounds(), f).inspect_err(|e| self.after(e)),
+            None => self.with_connection(f),
+        }
+    }
+
+    fn bounds(&self) -> Bounds {
+        Bounds { connect_timeout: self.settings.connect_timeout, timeout: self.settings.timeout, max_value_size: self.settings.max_value_size }
     }
 
     /// Starts the cool-off when a failure calls for it.
@@ -431,7 +464,7 @@ impl RemoteTier {
         }
         let redis_key = self.redis_key(key);
         let started = Instant::now();
-        let result = self.with_connection(|c| c.get(&redis_key));
+        let result = self.with_key(&redis_key, |c| c.get(&redis_key));
         self.count(stats, |s| &s.remote_us, started.elapsed().as_micros() as u64);
         let value = match result {
             Ok(Some(value)) => value,
@@ -480,7 +513,7 @@ impl RemoteTier {
         self.count(stats, |s| &s.remote_rejected, 1);
         tracing::warn!("shared tier value {redis_key} refused: {why}; computing instead");
         if self.settings.mode == RemoteMode::ReadWrite {
-            let _ = self.with_connection(|c| c.del(redis_key));
+            let _ = self.with_key(redis_key, |c| c.del(redis_key));
         }
     }
 
@@ -509,7 +542,7 @@ impl RemoteTier {
             return false;
         }
         let started = Instant::now();
-        let result = self.with_connection(|c| c.set(&redis_key, Argument::Joined(entry_bytes, tag), self.settings.ttl));
+        let result = self.with_key(&redis_key, |c| c.set(&redis_key, Argument::Joined(entry_bytes, tag), self.settings.ttl));
         self.count(stats, |s| &s.remote_us, started.elapsed().as_micros() as u64);
         match result {
             Ok(()) => {
@@ -577,26 +610,35 @@ impl RemoteTier {
     /// Whether the tier holds a value for `key`.
     pub(crate) fn contains(&self, key: &Key) -> Result<bool, String> {
         let redis_key = self.redis_key(key);
-        self.with_connection(|c| c.exists(&redis_key)).map_err(|e| e.to_string())
+        self.with_key(&redis_key, |c| c.exists(&redis_key)).map_err(|e| e.to_string())
     }
 
     /// Every entry key the tier holds for this namespace (SCAN, so the server
     /// is never blocked).
     pub(crate) fn keys(&self) -> Result<Vec<Key>, String> {
         let pattern = format!("{}:{}:*", self.settings.prefix, self.namespace);
-        let names: Vec<String> = self
-            .with_connection(|c| {
-                let mut names = Vec::new();
-                let mut cursor: u64 = 0;
-                loop {
-                    let (next, batch) = c.scan(cursor, &pattern)?;
-                    names.extend(batch);
-                    if next == 0 {
-                        return Ok(names);
-                    }
-                    cursor = next;
+        let scan_all = |c: &mut Connection| {
+            let mut names = Vec::new();
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, batch) = c.scan(cursor, &pattern)?;
+                names.extend(batch);
+                if next == 0 {
+                    return Ok(names);
                 }
-            })
+                cursor = next;
+            }
+        };
+        let names: Vec<String> = match &self.cluster {
+            // Each master holds its own slots' keys.
+            Some(cluster) => cluster.masters(self.bounds()).and_then(|masters| {
+                masters.iter().try_fold(Vec::new(), |mut all, master| {
+                    all.extend(cluster.on_node(master, self.bounds(), scan_all)?);
+                    Ok(all)
+                })
+            }),
+            None => self.with_connection(scan_all),
+        }
             .map_err(|e| e.to_string())?;
         Ok(names.iter().filter_map(|n| n.rsplit(':').next()).filter_map(Key::from_name).collect())
     }
@@ -615,12 +657,18 @@ impl RemoteTier {
             }
         }
         let probe_key = format!("{}:{}:probe-{}", self.settings.prefix, self.namespace, std::process::id());
-        match self.with_connection(|c| c.get(&probe_key)) {
+        if let Some(cluster) = &self.cluster {
+            match cluster.masters(self.bounds()) {
+                Ok(masters) => lines.push((true, format!("cluster: {} masters serve the slots ({})", masters.len(), masters.join(", ")))),
+                Err(e) => lines.push((false, format!("cluster: CLUSTER SLOTS failed: {e}"))),
+            }
+        }
+        match self.with_key(&probe_key, |c| c.get(&probe_key)) {
             Ok(_) => lines.push((true, "read: GET allowed".into())),
             Err(e) => lines.push((false, format!("read: GET refused: {}", e))),
         }
         if self.settings.mode == RemoteMode::ReadWrite {
-            let wrote = self.with_connection(|c| {
+            let wrote = self.with_key(&probe_key, |c| {
                 c.set(&probe_key, Argument::Bytes(b"probe"), Some(Duration::from_secs(10)))?;
                 c.del(&probe_key)
             });
