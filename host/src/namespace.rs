@@ -138,7 +138,14 @@ impl Namespace {
             return false;
         }
         match self.store.dir(Area::Entries).read(key.name()) {
-            Ok(entry_bytes) => writable.iter().fold(false, |any, remote| remote.upload(key, &entry_bytes, &self.stats) || any),
+            Ok(entry_bytes) => {
+                // Every tier gets it, whatever the others answered.
+                let mut stored = false;
+                for remote in writable {
+                    stored |= remote.upload(key, &entry_bytes, &self.stats);
+                }
+                stored
+            }
             Err(e) => {
                 tracing::debug!("entry {} gone before its upload: {e}", key.name());
                 false
