@@ -110,5 +110,5 @@ fn a_node_killed_mid_run_costs_misses_never_wrong_code_nor_a_hang() {
     // A dead node refuses at once, or its command times out once: then the
     // tier cools off and the loads go on without it.
     let waited = Duration::from_micros(b.stats().remote_us);
-    assert!(waited <= (connect + operation) * 2, "the loads waited {waited:?} on the tier");
+    assert!(waited <= (connect + operation) * 6 / 5, "the loads waited {waited:?} on the tier");
 }
