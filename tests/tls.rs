@@ -139,6 +139,11 @@ fn tls_settings_that_cannot_work_are_refused_when_the_cache_opens() {
     assert!(err.contains("not rediss://"), "{err}");
     let err = open(RemoteSettings::new("rediss://localhost:1").tls_ca_file("/nonexistent/ca.pem"));
     assert!(err.contains("tls-ca-file /nonexistent/ca.pem"), "{err}");
+    // TLS to a cluster, by scheme or by TLS files, is refused by name.
+    for settings in [RemoteSettings::new("rediss-cluster://localhost:1"), RemoteSettings::new("redis-cluster://localhost:1").tls_ca_file(dir.path().join("ca.pem"))] {
+        let err = open(settings);
+        assert!(err.contains("TLS to a Redis Cluster is not supported yet"), "{err}");
+    }
     let empty = dir.path().join("empty.pem");
     std::fs::write(&empty, "").unwrap();
     let err = open(RemoteSettings::new("rediss://localhost:1").tls_ca_file(&empty));

@@ -279,17 +279,12 @@ impl RemoteTier {
     /// is down never stops a cache from opening.
     pub(crate) fn new(settings: RemoteSettings, namespace: &str) -> Result<RemoteTier, Error> {
         let refuse = |reason: String| Error::Remote { url: redact(&settings.url), reason };
-        let cluster = if settings.url.starts_with("redis-cluster://") {
-            if settings.tls_ca_file.is_some() || settings.tls_client_cert.is_some() {
-                return Err(refuse("TLS to a Redis Cluster is not supported yet: use redis-cluster:// on a network you trust".into()));
-            }
-            Some(cluster::Cluster::parse(&settings.url).map_err(refuse)?)
-        } else {
-            None
-        };
-        if settings.url.starts_with("rediss-cluster://") {
+        let tls_files = settings.tls_ca_file.is_some() || settings.tls_client_cert.is_some();
+        let cluster_url = settings.url.starts_with("redis-cluster://");
+        if settings.url.starts_with("rediss-cluster://") || cluster_url && tls_files {
             return Err(refuse("TLS to a Redis Cluster is not supported yet: use redis-cluster:// on a network you trust".into()));
         }
+        let cluster = if cluster_url { Some(cluster::Cluster::parse(&settings.url).map_err(refuse)?) } else { None };
         // The redis crate parses the URL; TLS is spoken here (see tls.rs).
         let (plain_url, tls) = match settings.url.split_once("://") {
             Some(("rediss", rest)) => (format!("redis://{rest}"), true),
@@ -303,7 +298,7 @@ impl RemoteTier {
                 "TLS verification cannot be turned off (#insecure): for a server whose certificate a private CA signed, set tls-ca-file".into(),
             ));
         }
-        if !tls && (settings.tls_ca_file.is_some() || settings.tls_client_cert.is_some()) {
+        if !tls && tls_files {
             return Err(refuse("TLS files are set but the URL is not rediss://: use rediss:// to speak TLS".into()));
         }
         let client = redis::Client::open(plain_url.as_str()).map_err(|e| {
