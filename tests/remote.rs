@@ -474,31 +474,33 @@ fn a_user_a_password_and_a_database_in_the_url_are_used() {
 fn an_upload_lost_to_a_full_event_queue_is_counted_as_a_failed_upload() {
     let Some(server) = RedisServer::start("remote::lost_uploads", &[]) else { return };
     let dirs = tempfile::tempdir().unwrap();
-    // A policy that spins in on-insert for 50 ms, then shares, behind a
-    // queue of one: the worker cannot keep up, and events (each the upload
-    // its policy would have asked for) are dropped.
-    let host_settings = capcache::HostSettings {
-        event_queue_size: 1,
-        event_deadline: Duration::from_millis(100),
-        ..capcache::HostSettings::default()
-    };
+    // The server holds every write for a second, so the worker's next upload
+    // (the default policy shares what it stores) keeps it busy while the
+    // inserts go on behind a queue of one: their events, each the upload
+    // the policy would have asked for, are dropped.
+    let host_settings = capcache::HostSettings { event_queue_size: 1, ..capcache::HostSettings::default() };
     let cache = Cache::builder()
         .directory(dirs.path())
-        .remote(RemoteSettings::new(server.url()))
-        .policy(guest_policy("hostile"))
-        .settings([("mode", "slow-share"), ("linger-ms", "50")])
+        .remote(RemoteSettings::new(server.url()).timeouts(Duration::from_secs(1), Duration::from_secs(2), Duration::ZERO))
         .host_settings(host_settings)
         .open()
         .unwrap();
-    for n in 0..20 {
+    // The first insert, once handled, leaves the policy started.
+    cache.insert(b"key 0", b"a value");
+    cache.flush();
+    server.command::<()>(&[b"CLIENT", b"PAUSE", b"1000", b"WRITE"]);
+    for n in 1..20 {
         cache.insert(format!("key {n}").as_bytes(), b"a value");
     }
     cache.flush();
     let stats = cache.stats();
-    assert!(stats.events_dropped > 0, "nothing was dropped, so nothing is tested: {stats:?}");
-    // Every stored entry (some were stored by the worker, once the policy
-    // was free) was either uploaded or counted as lost.
-    assert!(stats.inserts > 0 && stats.remote_uploads > 0, "{stats:?}");
+    // The policy is free while the worker waits on the network, so every
+    // insert was admitted and stored, and all but the queue's worth lost
+    // their upload.
+    assert_eq!(stats.inserts, 20, "{stats:?}");
+    assert!(stats.events_dropped >= 17, "all but two of the 19 inserts behind the held upload lose theirs: {stats:?}");
+    // Every stored entry was either uploaded or counted as lost.
     assert_eq!(stats.remote_uploads + stats.remote_upload_failures, stats.inserts, "{stats:?}");
+    assert_eq!(stats.remote_upload_failures, stats.events_dropped, "{stats:?}");
     assert_eq!(server.keys().len() as u64, stats.remote_uploads);
 }

@@ -257,6 +257,7 @@ fn handle_entry_event(namespace: &Namespace, policy: &Mutex<PolicyRuntime>, key:
     if namespace.read_only {
         return;
     }
+    let mut share = false;
     for action in actions {
         match action {
             Action::Recode(codec) => recode(namespace, key, codec_from_wit(codec)),
@@ -269,10 +270,14 @@ fn handle_entry_event(namespace: &Namespace, policy: &Mutex<PolicyRuntime>, key:
                 maintain(namespace, &mut policy);
             }
             // What reaches the shared tier is the policy's to say.
-            Action::Share => {
-                let _ = namespace.upload(key);
-            }
+            Action::Share => share = true,
         }
+    }
+    // The upload waits on the network, so the policy is let go first: an
+    // insert asking `admit` meanwhile is answered, not told the policy is busy.
+    drop(policy);
+    if share {
+        let _ = namespace.upload(key);
     }
 }
 

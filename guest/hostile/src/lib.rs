@@ -20,9 +20,8 @@
 //! bytes each, default 1 MiB, until refused; then rewrite the first, and take
 //! a lock; the summary says what happened, as `files=N bytes=N refused=..
 //! rewrite=.. lock=..`), `slow-configure` (stay busy in `configure` for
-//! `linger-ms` by the view's clock, then accept the settings), `slow-share`
-//! (stay busy in `on-insert` for `linger-ms`, then share the entry). In every
-//! other mode it shares nothing.
+//! `linger-ms` by the view's clock, then accept the settings). Only
+//! `garbage` asks to share anything.
 
 use capcache_policy::{Action, Admission, Candidate, Codec, EntryMeta, Lock, MaintainReport, Policy, Setting, SettingsError, view};
 use std::sync::Mutex;
@@ -173,13 +172,6 @@ impl Policy for Hostile {
 
     fn on_insert(_entry: EntryMeta) -> Vec<Action> {
         misbehave("insert");
-        if mode() == "slow-share" {
-            let until = view::now() + *LINGER_MS.lock().unwrap();
-            while view::now() < until {
-                core::hint::spin_loop();
-            }
-            return vec![Action::Share];
-        }
         if mode() == "garbage" {
             return [vec![Action::Maintain; 100_000], vec![Action::Share; 100_000]].concat();
         }
