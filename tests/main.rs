@@ -23,6 +23,7 @@ mod languages;
 mod model;
 mod recompression;
 mod remote;
+mod s3;
 mod structure;
 mod sandbox;
 mod scale;

@@ -102,7 +102,8 @@ enum Command {
     /// Work with policy components.
     #[command(subcommand)]
     Policy(PolicyCommand),
-    /// Work with the shared tier (a Redis server behind the local cache).
+    /// Work with the shared tiers (Redis servers and S3 buckets behind the local
+    /// cache).
     #[command(subcommand)]
     Remote(RemoteCommand),
 }
@@ -214,8 +215,10 @@ enum RemoteCommand {
 /// The shared tier, in place of the configuration's `[cache.remote]` tiers.
 #[derive(clap::Args)]
 struct RemoteArgs {
-    /// A shared tier: redis://[user:password@]host:port[/db]. Local misses look
-    /// there; what is stored locally is uploaded.
+    /// A shared tier: redis://[user:password@]host:port[/db], rediss:// for
+    /// TLS, redis-cluster://seed[,seed], or s3://bucket[/prefix][?region=..&endpoint=..]
+    /// (credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY). Local
+    /// misses look there; what the policy shares is uploaded.
     #[arg(long, value_name = "URL")]
     remote: Option<String>,
     /// Only read the shared tier: never upload or delete.

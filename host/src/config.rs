@@ -37,6 +37,12 @@
 //! tls-ca-file = "/etc/capcache/ca.pem"      # rediss://: a private CA to trust too
 //! tls-cert-file = "/etc/capcache/client.pem" # rediss://: a client certificate,
 //! tls-key-file = "/etc/capcache/client.key"  # and its key, for tls-auth-clients
+//!
+//! [[cache.remote]]                    # a second tier, asked after the first:
+//! url = "s3://fleet-cache/wasm?region=eu-west-1"  # a bucket (endpoint=... for
+//!                                     # MinIO, Ceph, R2, GCS); key prefix wasm/
+//! access-key-id = "AKIA..."           # or the env AWS_ACCESS_KEY_ID, with
+//! secret-access-key-file = "/etc/capcache/s3.secret"  # AWS_SECRET_ACCESS_KEY
 //! ```
 //!
 //! Every key has a default. Unknown keys and bad values are errors that name
@@ -140,6 +146,11 @@ pub struct RemoteSection {
     pub tls_cert_file: Option<PathBuf>,
     /// `tls-key-file`: the client certificate's PEM private key.
     pub tls_key_file: Option<PathBuf>,
+    /// `access-key-id`: with `s3://`, the key that signs requests (with
+    /// `secret-access-key-file`); default: the environment's.
+    pub access_key_id: Option<String>,
+    /// `secret-access-key-file`: a file holding the secret access key.
+    pub secret_access_key_file: Option<PathBuf>,
 }
 
 impl Default for CacheSection {

@@ -72,7 +72,7 @@ pub use policy::{
     InstalledPolicy, MAX_POLICY_INSTANCES, MAX_POLICY_MEMORIES, MAX_POLICY_SIZE, MAX_POLICY_TABLES, POLICY_CODE_KEPT_BYTES, Policy, PolicyCode,
     PolicyInterface, QUICK_CODE_MIN,
 };
-pub use remote::{MIN_HMAC_KEY_LEN, RemoteMode, RemoteSettings};
+pub use remote::{MIN_HMAC_KEY_LEN, RemoteMode, RemoteSettings, S3Credentials};
 pub use settings::HostSettings;
 pub use simulate::{
     CallTimes, Expectation, Lookup, REAL_ARTIFACT_SIZES, SimulatedModule, Simulation, SimulationReport, Workload, modelled_stored_size,

@@ -3,6 +3,7 @@
 
 pub mod misbehaving_server;
 pub mod redis_server;
+pub mod s3_server;
 
 use capcache::{Cache, CacheBuilder, ManualClock, Policy};
 use std::collections::BTreeMap;

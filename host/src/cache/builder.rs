@@ -257,6 +257,16 @@ fn remote_settings(section: &crate::config::RemoteSection) -> Result<crate::remo
         (None, None) => None,
         _ => return Err(refuse("[cache.remote] tls-cert-file and tls-key-file go together: give both, or neither".into())),
     };
+    settings.s3_credentials = match (&section.access_key_id, &section.secret_access_key_file) {
+        (Some(id), Some(path)) => {
+            let secret = read_secret_file(path, "secret-access-key-file").map_err(refuse)?;
+            let secret = String::from_utf8(secret)
+                .map_err(|_| refuse(format!("secret-access-key-file {} is not text: give the key as it was issued", path.display())))?;
+            Some(crate::remote::S3Credentials::new(id, secret))
+        }
+        (None, None) => None,
+        _ => return Err(refuse("[cache.remote] access-key-id and secret-access-key-file go together: give both, or neither".into())),
+    };
     settings.hmac_key = match &section.hmac_key_file {
         Some(path) => Some(read_hmac_key_file(path).map_err(refuse)?),
         None => match std::env::var_os("CAPCACHE_REMOTE_HMAC_KEY") {
@@ -271,27 +281,33 @@ fn remote_settings(section: &crate::config::RemoteSection) -> Result<crate::remo
     Ok(settings)
 }
 
-/// The HMAC key in the file at `path`: at least 16 bytes (surrounding white
-/// space left out), in a file that neither group nor others can read, as ssh
-/// asks of its keys.
+/// The HMAC key in the file at `path`: at least 16 bytes (see
+/// [`read_secret_file`]).
 fn read_hmac_key_file(path: &Path) -> Result<Vec<u8>, String> {
+    let key = read_secret_file(path, "hmac-key-file")?;
+    crate::remote::check_hmac_key(&key, &format!("hmac-key-file {}", path.display()))?;
+    Ok(key)
+}
+
+/// The secret in the file at `path` (the setting `setting`), surrounding
+/// white space left out, from a file that neither group nor others can read,
+/// as ssh asks of its keys.
+fn read_secret_file(path: &Path, setting: &str) -> Result<Vec<u8>, String> {
     let shown = path.display();
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot read hmac-key-file {shown}: {e}"))?;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read {setting} {shown}: {e}"))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;
-        let mode = file.metadata().map_err(|e| format!("cannot read hmac-key-file {shown}: {e}"))?.mode();
+        let mode = file.metadata().map_err(|e| format!("cannot read {setting} {shown}: {e}"))?.mode();
         if mode & 0o077 != 0 {
             return Err(format!(
-                "hmac-key-file {shown} can be read or written by group or others (mode {:o}): run `chmod 600 {shown}`",
+                "{setting} {shown} can be read or written by group or others (mode {:o}): run `chmod 600 {shown}`",
                 mode & 0o777
             ));
         }
     }
-    let key = crate::input::read_at_most(file, 0, 1 << 20).map_err(|e| format!("cannot read hmac-key-file {shown}: {e}"))?;
-    let key = key.trim_ascii().to_vec();
-    crate::remote::check_hmac_key(&key, &format!("hmac-key-file {shown}"))?;
-    Ok(key)
+    let secret = crate::input::read_at_most(file, 0, 1 << 20).map_err(|e| format!("cannot read {setting} {shown}: {e}"))?;
+    Ok(secret.trim_ascii().to_vec())
 }
 
 /// The namespaces that hold a cache under `root`, sorted (the host's own

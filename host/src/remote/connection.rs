@@ -40,6 +40,9 @@ pub(crate) enum Failure {
     /// The server answered with an error reply (`OOM`, `NOPERM`, ...): it is
     /// reachable and in step.
     Refused(String),
+    /// The server answered that it failed (an S3 server's 5xx): it is
+    /// reachable but not serving.
+    ServerError(String),
     /// The command did not complete within its deadline.
     TimedOut,
     /// A bulk reply declared more bytes than the tier takes; none was read.
@@ -96,6 +99,7 @@ impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Failure::Refused(message) => write!(f, "refused: {message}"),
+            Failure::ServerError(message) => write!(f, "the server failed: {message}"),
             Failure::TimedOut => write!(f, "timed out"),
             Failure::TooLarge { declared, limit } => {
                 write!(f, "the value declares {declared} bytes, over max-value-size ({limit} bytes); none of it was read")

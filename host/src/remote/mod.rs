@@ -1,4 +1,5 @@
-//! The shared tier: a Redis server (or Valkey) behind the local cache, so that
+//! The shared tiers: Redis servers (or Valkey, or a Redis Cluster) and
+//! buckets of S3-compatible object storage behind the local cache, so that
 //! one host of a fleet compiles and the others fetch.
 //!
 //! A local miss asks the tier; a value it returns is checked exactly as a
@@ -19,7 +20,10 @@
 
 mod cluster;
 mod connection;
+mod s3;
 mod tls;
+
+pub use s3::S3Credentials;
 
 use crate::entry;
 use crate::error::Error;
@@ -49,12 +53,17 @@ pub enum RemoteMode {
 #[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RemoteSettings {
-    /// `redis://[user:password@]host:port[/db]`, `rediss://` for TLS, or
-    /// `unix:///path/to/socket`.
+    /// `redis://[user:password@]host:port[/db]`, `rediss://` for TLS,
+    /// `unix:///path/to/socket`, `redis-cluster://seed[,seed...]`, or
+    /// `s3://bucket[/key/prefix][?region=..&endpoint=..&url-style=..]`.
     pub url: String,
     /// With `rediss://`: PEM certificates of CAs to trust besides the
-    /// Mozilla roots rustls ships (a private CA).
+    /// Mozilla roots rustls ships (a private CA). With `s3://`: the only
+    /// CAs to trust for the endpoint.
     pub tls_ca_file: Option<PathBuf>,
+    /// With `s3://`: the keys that sign requests; `None`: the environment's
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`.
+    pub s3_credentials: Option<S3Credentials>,
     /// With `rediss://`: the client's PEM certificate chain and PEM private
     /// key, for a server that asks for one.
     pub tls_client_cert: Option<(PathBuf, PathBuf)>,
@@ -99,6 +108,7 @@ impl std::fmt::Debug for RemoteSettings {
             .field("max_value_size", &self.max_value_size)
             .field("tls_ca_file", &self.tls_ca_file)
             .field("tls_client_cert", &self.tls_client_cert)
+            .field("s3_credentials", &self.s3_credentials)
             .finish()
     }
 }
@@ -139,7 +149,15 @@ impl RemoteSettings {
             max_value_size: DEFAULT_MAX_VALUE_SIZE,
             tls_ca_file: None,
             tls_client_cert: None,
+            s3_credentials: None,
         }
+    }
+
+    /// The same, signing S3 requests with these credentials rather than the
+    /// environment's (`s3://`).
+    pub fn s3_credentials(mut self, credentials: S3Credentials) -> Self {
+        self.s3_credentials = Some(credentials);
+        self
     }
 
     /// The same, trusting the CAs in this PEM file too (`rediss://`).
@@ -242,16 +260,8 @@ pub(crate) fn check_hmac_key(key: &[u8], source: &str) -> Result<(), String> {
 /// The tier as one namespace of one cache uses it.
 pub(crate) struct RemoteTier {
     settings: RemoteSettings,
-    /// Where the server is and how to log in, from the URL.
-    server: redis::ConnectionInfo,
-    /// TLS, for a `rediss://` URL.
-    tls: Option<TlsTarget>,
-    /// The cluster, for a `redis-cluster://` URL (`server` is then its first
-    /// seed's).
-    cluster: Option<cluster::Cluster>,
+    backend: Backend,
     namespace: String,
-    /// Connections in step and not in use.
-    idle: Mutex<Vec<Connection>>,
     /// Skipped until this instant (ms since an arbitrary start), after a
     /// failure.
     skip_until_ms: AtomicU64,
@@ -266,6 +276,25 @@ impl std::fmt::Debug for RemoteTier {
     }
 }
 
+/// What stores the tier's values.
+enum Backend {
+    Redis(RedisServer),
+    S3(s3::S3Bucket),
+}
+
+/// A Redis server, or a cluster of them.
+struct RedisServer {
+    /// Where the server is and how to log in, from the URL.
+    server: redis::ConnectionInfo,
+    /// TLS, for a `rediss://` URL.
+    tls: Option<TlsTarget>,
+    /// The cluster, for a `redis-cluster://` URL (`server` is then its first
+    /// seed's).
+    cluster: Option<cluster::Cluster>,
+    /// Connections in step and not in use.
+    idle: Mutex<Vec<Connection>>,
+}
+
 /// What a fetch from the tier gave.
 pub(crate) enum Fetch {
     /// A whole, checked local entry file.
@@ -274,17 +303,22 @@ pub(crate) enum Fetch {
     Nothing,
 }
 
-impl RemoteTier {
-    /// The tier for `namespace`. Only the URL is checked here: a server that
-    /// is down never stops a cache from opening.
-    pub(crate) fn new(settings: RemoteSettings, namespace: &str) -> Result<RemoteTier, Error> {
-        let refuse = |reason: String| Error::Remote { url: redact(&settings.url), reason };
+impl RedisServer {
+    fn keep(&self, connection: Connection) {
+        let mut idle = self.idle.lock();
+        if idle.len() < MAX_IDLE_CONNECTIONS {
+            idle.push(connection);
+        }
+    }
+
+    /// The server (or cluster) a Redis URL names; only the URL is checked.
+    fn new(settings: &RemoteSettings) -> Result<RedisServer, String> {
         let tls_files = settings.tls_ca_file.is_some() || settings.tls_client_cert.is_some();
         let cluster_url = settings.url.starts_with("redis-cluster://");
         if settings.url.starts_with("rediss-cluster://") || cluster_url && tls_files {
-            return Err(refuse("TLS to a Redis Cluster is not supported yet: use redis-cluster:// on a network you trust".into()));
+            return Err("TLS to a Redis Cluster is not supported yet: use redis-cluster:// on a network you trust".into());
         }
-        let cluster = if cluster_url { Some(cluster::Cluster::parse(&settings.url).map_err(refuse)?) } else { None };
+        let cluster = if cluster_url { Some(cluster::Cluster::parse(&settings.url)?) } else { None };
         // The redis crate parses the URL; TLS is spoken here (see tls.rs).
         let (plain_url, tls) = match settings.url.split_once("://") {
             Some(("rediss", rest)) => (format!("redis://{rest}"), true),
@@ -294,15 +328,15 @@ impl RemoteTier {
             _ => (settings.url.clone(), false),
         };
         if tls && plain_url.contains('#') {
-            return Err(refuse(
+            return Err(
                 "TLS verification cannot be turned off (#insecure): for a server whose certificate a private CA signed, set tls-ca-file".into(),
-            ));
+            );
         }
         if !tls && tls_files {
-            return Err(refuse("TLS files are set but the URL is not rediss://: use rediss:// to speak TLS".into()));
+            return Err("TLS files are set but the URL is not rediss:// (or s3://): use rediss:// to speak TLS".into());
         }
         let client = redis::Client::open(plain_url.as_str()).map_err(|e| {
-            refuse(format!("not a usable Redis URL ({}): expected redis[s]://[user:password@]host:port[/db]", redact(&e.to_string())))
+            format!("not a usable Redis URL ({}): expected redis[s]://[user:password@]host:port[/db], or s3://bucket", redact(&e.to_string()))
         })?;
         let tls = match (tls, client.get_connection_info().addr()) {
             (false, _) => None,
@@ -311,21 +345,46 @@ impl RemoteTier {
                     ca_file: settings.tls_ca_file.as_deref(),
                     client: settings.tls_client_cert.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
                 };
-                Some(TlsTarget::new(host, files).map_err(refuse)?)
+                Some(TlsTarget::new(host, files)?)
             }
-            (true, _) => return Err(refuse("rediss:// needs a host and port".into())),
+            (true, _) => return Err("rediss:// needs a host and port".into()),
         };
+        Ok(RedisServer { server: client.get_connection_info().clone(), tls, cluster, idle: Mutex::new(Vec::new()) })
+    }
+}
+
+impl RemoteTier {
+    /// The tier for `namespace`. Only the URL is checked here: a server that
+    /// is down never stops a cache from opening.
+    pub(crate) fn new(settings: RemoteSettings, namespace: &str) -> Result<RemoteTier, Error> {
+        let refuse = |reason: String| Error::Remote { url: redact(&settings.url), reason };
         if settings.max_value_size == 0 {
-            return Err(Error::Remote { url: redact(&settings.url), reason: "a max-value-size of 0 would leave the tier unusable".into() });
+            return Err(refuse("a max-value-size of 0 would leave the tier unusable".into()));
         }
         if settings.timeout.is_zero() || settings.connect_timeout.is_zero() {
-            return Err(Error::Remote {
-                url: redact(&settings.url),
-                reason: "a timeout of 0 (connect-timeout-ms or timeout-ms) would leave the tier unusable: give each at least 1 ms".into(),
-            });
+            return Err(refuse("a timeout of 0 (connect-timeout-ms or timeout-ms) would leave the tier unusable: give each at least 1 ms".into()));
         }
+        let backend = if settings.url.starts_with("s3://") {
+            if settings.ttl.is_some() {
+                return Err(refuse(
+                    "S3 has no expiry per object: leave ttl-seconds out and give the bucket a lifecycle rule that expires \
+                     objects under the prefix (README)"
+                        .into(),
+                ));
+            }
+            if settings.tls_client_cert.is_some() {
+                return Err(refuse("an S3 tier takes no client certificate: leave tls-cert-file and tls-key-file out".into()));
+            }
+            let bounds = Bounds { connect_timeout: settings.connect_timeout, timeout: settings.timeout, max_value_size: settings.max_value_size };
+            Backend::S3(s3::S3Bucket::new(&settings.url, settings.s3_credentials.as_ref(), settings.tls_ca_file.as_deref(), bounds).map_err(refuse)?)
+        } else {
+            if settings.s3_credentials.is_some() {
+                return Err(refuse("S3 credentials are set but the URL is not s3://: leave access-key-id out for Redis".into()));
+            }
+            Backend::Redis(RedisServer::new(&settings).map_err(refuse)?)
+        };
         match &settings.hmac_key {
-            Some(key) => check_hmac_key(key, "the HMAC key").map_err(|reason| Error::Remote { url: redact(&settings.url), reason })?,
+            Some(key) => check_hmac_key(key, "the HMAC key").map_err(refuse)?,
             None => {
                 // Once per process: a host reading a tier that anyone who can
                 // write to it can plant code in should say so.
@@ -341,11 +400,8 @@ impl RemoteTier {
         }
         Ok(RemoteTier {
             settings,
-            server: client.get_connection_info().clone(),
-            tls,
-            cluster,
+            backend,
             namespace: namespace.to_string(),
-            idle: Mutex::new(Vec::new()),
             skip_until_ms: AtomicU64::new(0),
             stats: Stats::default(),
             started: Instant::now(),
@@ -382,9 +438,19 @@ impl RemoteTier {
         counter(&self.stats).fetch_add(by, Relaxed);
     }
 
-    /// The Redis key of an entry.
-    pub(crate) fn redis_key(&self, key: &Key) -> String {
-        format!("{}:{}:{}", self.settings.prefix, self.namespace, key.name())
+    /// The key of an entry in the tier: `<prefix>:<namespace>:<entry>` in
+    /// Redis, `<prefix>/<namespace>/<entry>` in a bucket.
+    pub(crate) fn tier_key(&self, key: &Key) -> String {
+        format!("{}{}", self.namespace_key(), key.name())
+    }
+
+    /// What every tier key of this namespace starts with.
+    fn namespace_key(&self) -> String {
+        let separator = match self.backend {
+            Backend::Redis(_) => ':',
+            Backend::S3(_) => '/',
+        };
+        format!("{}{separator}{}{separator}", self.settings.prefix, self.namespace)
     }
 
     fn now_ms(&self) -> u64 {
@@ -401,23 +467,23 @@ impl RemoteTier {
     /// only its own caller. A failure that leaves the connection out of step
     /// drops it; one that says the server is unreachable or misbehaving
     /// starts the cool-off too.
-    fn with_connection<R>(&self, f: impl FnOnce(&mut Connection) -> Result<R, Failure>) -> Result<R, Failure> {
+    fn with_connection<R>(&self, redis: &RedisServer, f: impl FnOnce(&mut Connection) -> Result<R, Failure>) -> Result<R, Failure> {
         let bounds = self.bounds();
-        if let Some(cluster) = &self.cluster {
+        if let Some(cluster) = &redis.cluster {
             // A command of no key: any master answers for the cluster.
             let master = cluster.masters(bounds).inspect_err(|e| self.after(e))?.into_iter().next();
             let master = master.ok_or(Failure::Protocol("a cluster with no master".into()))?;
             return cluster.on_node(&master, bounds, f).inspect_err(|e| self.after(e));
         }
-        let pooled = std::iter::from_fn(|| self.idle.lock().pop()).find_map(|mut c| c.is_in_step().then_some(c));
+        let pooled = std::iter::from_fn(|| redis.idle.lock().pop()).find_map(|mut c| c.is_in_step().then_some(c));
         let mut connection = match pooled {
             Some(connection) => connection,
-            None => Connection::open(&self.server, bounds, self.tls.as_ref()).inspect_err(|e| self.after(e))?,
+            None => Connection::open(&redis.server, bounds, redis.tls.as_ref()).inspect_err(|e| self.after(e))?,
         };
         let result = f(&mut connection);
         match &result {
-            Ok(_) => self.keep(connection),
-            Err(e) if e.aftermath() == Aftermath::KeepConnection => self.keep(connection),
+            Ok(_) => redis.keep(connection),
+            Err(e) if e.aftermath() == Aftermath::KeepConnection => redis.keep(connection),
             Err(e) => self.after(e),
         }
         result
@@ -425,10 +491,33 @@ impl RemoteTier {
 
     /// Runs the command `f` makes for the Redis key `key`: on the tier's
     /// server, or on the cluster node that serves the key's slot.
-    fn with_key<R>(&self, key: &str, f: impl FnMut(&mut Connection) -> Result<R, Failure>) -> Result<R, Failure> {
-        match &self.cluster {
+    fn with_key<R>(&self, redis: &RedisServer, key: &str, f: impl FnMut(&mut Connection) -> Result<R, Failure>) -> Result<R, Failure> {
+        match &redis.cluster {
             Some(cluster) => cluster.on_key(key, self.bounds(), f).inspect_err(|e| self.after(e)),
-            None => self.with_connection(f),
+            None => self.with_connection(redis, f),
+        }
+    }
+
+    /// The value at `key`, if any.
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Failure> {
+        match &self.backend {
+            Backend::Redis(redis) => self.with_key(redis, key, |c| c.get(key)),
+            Backend::S3(bucket) => bucket.get(key).inspect_err(|e| self.after(e)),
+        }
+    }
+
+    /// Stores `value` and then `tag` at `key`, with the expiry `ttl`.
+    fn set(&self, key: &str, value: &[u8], tag: &[u8], ttl: Option<Duration>) -> Result<(), Failure> {
+        match &self.backend {
+            Backend::Redis(redis) => self.with_key(redis, key, |c| c.set(key, Argument::Joined(value, tag), ttl)),
+            Backend::S3(bucket) => bucket.put(key, &[value, tag].concat()).inspect_err(|e| self.after(e)),
+        }
+    }
+
+    fn del(&self, key: &str) -> Result<(), Failure> {
+        match &self.backend {
+            Backend::Redis(redis) => self.with_key(redis, key, |c| c.del(key)).map(drop),
+            Backend::S3(bucket) => bucket.delete(key).inspect_err(|e| self.after(e)),
         }
     }
 
@@ -443,12 +532,6 @@ impl RemoteTier {
         }
     }
 
-    fn keep(&self, connection: Connection) {
-        let mut idle = self.idle.lock();
-        if idle.len() < MAX_IDLE_CONNECTIONS {
-            idle.push(connection);
-        }
-    }
 
     /// Looks `key` up in the tier. Never fails: errors, timeouts and values
     /// that fail their check are misses, counted.
@@ -457,9 +540,9 @@ impl RemoteTier {
             self.count(stats, |s| &s.remote_skipped, 1);
             return Fetch::Nothing;
         }
-        let redis_key = self.redis_key(key);
+        let tier_key = self.tier_key(key);
         let started = Instant::now();
-        let result = self.with_key(&redis_key, |c| c.get(&redis_key));
+        let result = self.get(&tier_key);
         self.count(stats, |s| &s.remote_us, started.elapsed().as_micros() as u64);
         let value = match result {
             Ok(Some(value)) => value,
@@ -470,13 +553,13 @@ impl RemoteTier {
             Err(e @ Failure::TooLarge { .. }) => {
                 // The server is fine; the value is not one this host takes.
                 self.count(stats, |s| &s.remote_rejected, 1);
-                tracing::warn!("shared tier value {redis_key} refused: {e}; computing instead");
+                tracing::warn!("shared tier value {tier_key} refused: {e}; computing instead");
                 return Fetch::Nothing;
             }
             Err(e) => {
                 self.count(stats, |s| &s.remote_errors, 1);
                 tracing::warn!(
-                    "shared tier {} failed on GET {redis_key} ({e}); computing, and skipping the tier for {:?}",
+                    "shared tier {} failed on GET {tier_key} ({e}); computing, and skipping the tier for {:?}",
                     redact(&self.settings.url),
                     self.settings.cool_off
                 );
@@ -484,19 +567,19 @@ impl RemoteTier {
             }
         };
         self.count(stats, |s| &s.remote_bytes_in, value.len() as u64);
-        match self.unseal(&redis_key, value) {
+        match self.unseal(&tier_key, value) {
             Ok(entry_bytes) => match entry::check(&entry_bytes, key) {
                 Ok(_) => {
                     self.count(stats, |s| &s.remote_hits, 1);
                     Fetch::Entry(entry_bytes)
                 }
                 Err(e) => {
-                    self.reject(&redis_key, &format!("not a whole entry of its key ({e})"), stats);
+                    self.reject(&tier_key, &format!("not a whole entry of its key ({e})"), stats);
                     Fetch::Nothing
                 }
             },
             Err(why) => {
-                self.reject(&redis_key, why, stats);
+                self.reject(&tier_key, why, stats);
                 Fetch::Nothing
             }
         }
@@ -504,11 +587,11 @@ impl RemoteTier {
 
     /// A value that failed its check: counted, never served, and deleted if
     /// this host may write (so that the next writer replaces it).
-    fn reject(&self, redis_key: &str, why: &str, stats: &Stats) {
+    fn reject(&self, tier_key: &str, why: &str, stats: &Stats) {
         self.count(stats, |s| &s.remote_rejected, 1);
-        tracing::warn!("shared tier value {redis_key} refused: {why}; computing instead");
+        tracing::warn!("shared tier value {tier_key} refused: {why}; computing instead");
         if self.settings.mode == RemoteMode::ReadWrite {
-            let _ = self.with_key(redis_key, |c| c.del(redis_key));
+            let _ = self.del(tier_key);
         }
     }
 
@@ -523,21 +606,21 @@ impl RemoteTier {
             self.count(stats, |s| &s.remote_skipped, 1);
             return false;
         }
-        let redis_key = self.redis_key(key);
-        let tag = self.tag(&redis_key, entry_bytes);
+        let tier_key = self.tier_key(key);
+        let tag = self.tag(&tier_key, entry_bytes);
         let tag: &[u8] = tag.as_ref().map_or(&[], |t| t.as_slice());
         let size = (entry_bytes.len() + tag.len()) as u64;
         if size > self.settings.max_value_size {
             self.count(stats, |s| &s.remote_upload_failures, 1);
             tracing::warn!(
-                "shared tier {}: {redis_key} is not uploaded: its {size} bytes are over max-value-size ({} bytes)",
+                "shared tier {}: {tier_key} is not uploaded: its {size} bytes are over max-value-size ({} bytes)",
                 redact(&self.settings.url),
                 self.settings.max_value_size
             );
             return false;
         }
         let started = Instant::now();
-        let result = self.with_key(&redis_key, |c| c.set(&redis_key, Argument::Joined(entry_bytes, tag), self.settings.ttl));
+        let result = self.set(&tier_key, entry_bytes, tag, self.settings.ttl);
         self.count(stats, |s| &s.remote_us, started.elapsed().as_micros() as u64);
         match result {
             Ok(()) => {
@@ -547,7 +630,7 @@ impl RemoteTier {
             }
             Err(e) => {
                 self.count(stats, |s| &s.remote_upload_failures, 1);
-                tracing::warn!("shared tier {} refused SET {redis_key} ({e})", redact(&self.settings.url));
+                tracing::warn!("shared tier {} refused the upload of {tier_key} ({e})", redact(&self.settings.url));
                 false
             }
         }
@@ -556,16 +639,16 @@ impl RemoteTier {
     /// The value to store for an entry: the entry file, followed by its tag
     /// when an HMAC key is set.
     #[cfg(test)]
-    fn seal(&self, redis_key: &str, entry_bytes: &[u8]) -> Vec<u8> {
+    fn seal(&self, tier_key: &str, entry_bytes: &[u8]) -> Vec<u8> {
         let mut value = entry_bytes.to_vec();
-        if let Some(tag) = self.tag(redis_key, entry_bytes) {
+        if let Some(tag) = self.tag(tier_key, entry_bytes) {
             value.extend_from_slice(&tag);
         }
         value
     }
 
     /// The entry file inside a value, once its tag (if a key is set) checks.
-    fn unseal(&self, redis_key: &str, mut value: Vec<u8>) -> Result<Vec<u8>, &'static str> {
+    fn unseal(&self, tier_key: &str, mut value: Vec<u8>) -> Result<Vec<u8>, &'static str> {
         if self.settings.hmac_key.is_none() {
             return Ok(value);
         }
@@ -573,27 +656,27 @@ impl RemoteTier {
             return Err("shorter than its HMAC tag");
         }
         let tag = value.split_off(value.len() - TAG_LEN);
-        let mut mac = self.mac(redis_key);
+        let mut mac = self.mac(tier_key);
         mac.update(&value);
         // Constant time: the comparison reveals nothing of the right tag.
         mac.verify_slice(&tag).map_err(|_| "its HMAC tag does not match (written without the key, or altered)")?;
         Ok(value)
     }
 
-    fn tag(&self, redis_key: &str, entry_bytes: &[u8]) -> Option<[u8; TAG_LEN]> {
+    fn tag(&self, tier_key: &str, entry_bytes: &[u8]) -> Option<[u8; TAG_LEN]> {
         self.settings.hmac_key.as_ref()?;
-        let mut mac = self.mac(redis_key);
+        let mut mac = self.mac(tier_key);
         mac.update(entry_bytes);
         Some(mac.finalize().into_bytes().into())
     }
 
     /// The MAC of a value, keyed, over its Redis key first: a tagged value
     /// moved to another key does not check.
-    fn mac(&self, redis_key: &str) -> Hmac<sha2::Sha256> {
+    fn mac(&self, tier_key: &str) -> Hmac<sha2::Sha256> {
         let key = self.settings.hmac_key.as_deref().unwrap_or_default();
         let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(key).expect("HMAC takes a key of any length");
-        mac.update(&(redis_key.len() as u64).to_le_bytes());
-        mac.update(redis_key.as_bytes());
+        mac.update(&(tier_key.len() as u64).to_le_bytes());
+        mac.update(tier_key.as_bytes());
         mac
     }
 
@@ -604,14 +687,34 @@ impl RemoteTier {
 
     /// Whether the tier holds a value for `key`.
     pub(crate) fn contains(&self, key: &Key) -> Result<bool, String> {
-        let redis_key = self.redis_key(key);
-        self.with_key(&redis_key, |c| c.exists(&redis_key)).map_err(|e| e.to_string())
+        let tier_key = self.tier_key(key);
+        match &self.backend {
+            Backend::Redis(redis) => self.with_key(redis, &tier_key, |c| c.exists(&tier_key)),
+            Backend::S3(bucket) => bucket.exists(&tier_key),
+        }
+        .map_err(|e| e.to_string())
     }
 
-    /// Every entry key the tier holds for this namespace (SCAN, so the server
-    /// is never blocked).
+    /// Every entry key the tier holds for this namespace (SCAN, so a Redis
+    /// server is never blocked; a bucket's listing, page by page).
     pub(crate) fn keys(&self) -> Result<Vec<Key>, String> {
-        let pattern = format!("{}:{}:*", self.settings.prefix, self.namespace);
+        let redis = match &self.backend {
+            Backend::Redis(redis) => redis,
+            Backend::S3(bucket) => {
+                let mut names = Vec::new();
+                let mut cursor = None;
+                loop {
+                    let page = bucket.list(&self.namespace_key(), cursor.as_deref()).map_err(|e| e.to_string())?;
+                    names.extend(page.keys);
+                    match page.next {
+                        Some(next) => cursor = Some(next),
+                        None => break,
+                    }
+                }
+                return Ok(names.iter().filter_map(|n| n.rsplit('/').next()).filter_map(Key::from_name).collect());
+            }
+        };
+        let pattern = format!("{}*", self.namespace_key());
         let scan_all = |c: &mut Connection| {
             let mut names = Vec::new();
             let mut cursor: u64 = 0;
@@ -624,7 +727,7 @@ impl RemoteTier {
                 cursor = next;
             }
         };
-        let names: Vec<String> = match &self.cluster {
+        let names: Vec<String> = match &redis.cluster {
             // Each master holds its own slots' keys.
             Some(cluster) => cluster.masters(self.bounds()).and_then(|masters| {
                 masters.iter().try_fold(Vec::new(), |mut all, master| {
@@ -632,7 +735,7 @@ impl RemoteTier {
                     Ok(all)
                 })
             }),
-            None => self.with_connection(scan_all),
+            None => self.with_connection(redis, scan_all),
         }
             .map_err(|e| e.to_string())?;
         Ok(names.iter().filter_map(|n| n.rsplit(':').next()).filter_map(Key::from_name).collect())
@@ -641,29 +744,90 @@ impl RemoteTier {
     /// Probes the server: reach, read, write (unless read-only), and its
     /// eviction policy. Each line says what was found.
     pub(crate) fn probe(&self) -> Vec<(bool, String)> {
+        let mut lines = match &self.backend {
+            Backend::Redis(redis) => self.probe_redis(redis),
+            Backend::S3(bucket) => self.probe_bucket(bucket),
+        };
+        if lines.last().is_some_and(|(ok, line)| !ok && line.starts_with("reach:")) {
+            return lines;
+        }
+        if self.settings.hmac_key.is_none() {
+            lines.push((
+                true,
+                "integrity: WARNING no HMAC key: values are checked whole, not who wrote them; anyone who can write \
+                 the tier can plant code on this host: set hmac-key-file (SECURITY.md)"
+                    .into(),
+            ));
+        } else {
+            lines.push((true, "integrity: values are tagged and checked with the HMAC key".into()));
+        }
+        lines
+    }
+
+    /// The probe of a bucket: reach (HEAD bucket), read, write, and what
+    /// stands for eviction.
+    fn probe_bucket(&self, bucket: &s3::S3Bucket) -> Vec<(bool, String)> {
+        let mut lines = Vec::new();
+        let started = Instant::now();
+        match bucket.head_bucket() {
+            Ok(()) => lines.push((
+                true,
+                format!("reach: {} answers HEAD in {:.1} ms", bucket.describe(), started.elapsed().as_secs_f64() * 1e3),
+            )),
+            Err(e) => {
+                lines.push((false, format!("reach: {}: {e}", bucket.describe())));
+                return lines;
+            }
+        }
+        let probe_key = format!("{}probe-{}", self.namespace_key(), std::process::id());
+        match bucket.get(&probe_key) {
+            Ok(_) => lines.push((true, "read: GET allowed".into())),
+            Err(e) => lines.push((false, format!("read: GET refused: {e}"))),
+        }
+        if self.settings.mode == RemoteMode::ReadWrite {
+            match bucket.put(&probe_key, b"probe").and_then(|()| bucket.delete(&probe_key)) {
+                Ok(()) => lines.push((true, "write: PUT and DELETE allowed".into())),
+                Err(e) => lines.push((false, format!("write: refused ({e}); use mode = \"read-only\" on this host, or grant PutObject and DeleteObject"))),
+            }
+        } else {
+            lines.push((true, "write: not attempted (read-only mode)".into()));
+        }
+        lines.push((
+            true,
+            format!(
+                "eviction: a bucket keeps every object until it is deleted: give it a lifecycle rule that expires objects under {} (README)",
+                bucket.object_key(&format!("{}/", self.settings.prefix))
+            ),
+        ));
+        lines
+    }
+
+    /// The probe of a Redis server: reach, read, write (unless read-only),
+    /// and its eviction policy.
+    fn probe_redis(&self, redis: &RedisServer) -> Vec<(bool, String)> {
         let mut lines = Vec::new();
         let url = redact(&self.settings.url);
         let started = Instant::now();
-        match self.with_connection(|c| c.ping()) {
+        match self.with_connection(redis, |c| c.ping()) {
             Ok(_) => lines.push((true, format!("reach: {url} answers PING in {:.1} ms", started.elapsed().as_secs_f64() * 1e3))),
             Err(e) => {
                 lines.push((false, format!("reach: {url}: {}", e)));
                 return lines;
             }
         }
-        let probe_key = format!("{}:{}:probe-{}", self.settings.prefix, self.namespace, std::process::id());
-        if let Some(cluster) = &self.cluster {
+        let probe_key = format!("{}probe-{}", self.namespace_key(), std::process::id());
+        if let Some(cluster) = &redis.cluster {
             match cluster.masters(self.bounds()) {
                 Ok(masters) => lines.push((true, format!("cluster: {} masters serve the slots ({})", masters.len(), masters.join(", ")))),
                 Err(e) => lines.push((false, format!("cluster: CLUSTER SLOTS failed: {e}"))),
             }
         }
-        match self.with_key(&probe_key, |c| c.get(&probe_key)) {
+        match self.with_key(redis, &probe_key, |c| c.get(&probe_key)) {
             Ok(_) => lines.push((true, "read: GET allowed".into())),
             Err(e) => lines.push((false, format!("read: GET refused: {}", e))),
         }
         if self.settings.mode == RemoteMode::ReadWrite {
-            let wrote = self.with_key(&probe_key, |c| {
+            let wrote = self.with_key(redis, &probe_key, |c| {
                 c.set(&probe_key, Argument::Bytes(b"probe"), Some(Duration::from_secs(10)))?;
                 c.del(&probe_key)
             });
@@ -674,7 +838,7 @@ impl RemoteTier {
         } else {
             lines.push((true, "write: not attempted (read-only mode)".into()));
         }
-        match self.with_connection(|c| c.config_get("maxmemory-policy")) {
+        match self.with_connection(redis, |c| c.config_get("maxmemory-policy")) {
             Ok(reply) => {
                 let policy = reply.unwrap_or_default();
                 let good = policy.starts_with("allkeys-") || policy.starts_with("volatile-") && self.settings.ttl.is_some();
@@ -686,16 +850,6 @@ impl RemoteTier {
                 lines.push((good, format!("eviction: maxmemory-policy {policy}{advice}")));
             }
             Err(e) => lines.push((true, format!("eviction: unknown, CONFIG GET refused ({}): check maxmemory-policy on the server", e))),
-        }
-        if self.settings.hmac_key.is_none() {
-            lines.push((
-                true,
-                "integrity: WARNING no HMAC key: values are checked whole, not who wrote them; anyone who can write \
-                 the tier can plant code on this host: set hmac-key-file (SECURITY.md)"
-                    .into(),
-            ));
-        } else {
-            lines.push((true, "integrity: values are tagged and checked with the HMAC key".into()));
         }
         lines
     }
