@@ -14,7 +14,9 @@
 //! runs in fresh processes, one hit each, with the policy's start (its
 //! compiled code kept) reported apart. With `redis-server` installed, it
 //! starts its own server on 127.0.0.1 and adds the shared tier: a host with
-//! an empty disk loading what another host uploaded.
+//! an empty disk loading what another host uploaded, over plain TCP and over
+//! TLS; with the tests' S3 server installed (`tests/support/s3-server/install`),
+//! the same from a bucket.
 
 use capcache::Cache;
 use std::path::{Path, PathBuf};
@@ -202,6 +204,54 @@ fn make_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     paths
 }
 
+/// The tests' S3-compatible server (moto), on 127.0.0.1, with one bucket;
+/// `None` when it is not installed.
+struct S3 {
+    child: std::process::Child,
+    url: String,
+}
+
+const S3_KEY: (&str, &str) = ("bench", "bench-secret");
+
+impl S3 {
+    fn start() -> Option<S3> {
+        use rusty_s3::S3Action;
+        use std::io::BufRead;
+        let program = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/s3-server/bin/moto_server");
+        let mut child = std::process::Command::new(program)
+            .args(["-H", "127.0.0.1", "-p", "0"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .ok()?;
+        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sender = Some(sender);
+            for line in stderr.lines().map_while(Result::ok) {
+                if let Some(port) = line.split("http://127.0.0.1:").nth(1).and_then(|p| p.trim().parse::<u16>().ok())
+                    && let Some(sender) = sender.take()
+                {
+                    let _ = sender.send(port);
+                }
+            }
+        });
+        let port = receiver.recv_timeout(Duration::from_secs(30)).ok()?;
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let bucket = rusty_s3::Bucket::new(endpoint.parse().unwrap(), rusty_s3::UrlStyle::Path, "bench", "us-east-1").unwrap();
+        let url = bucket.create_bucket(&rusty_s3::Credentials::new(S3_KEY.0, S3_KEY.1)).sign(Duration::from_secs(60));
+        ureq::put(url.as_str()).send_empty().ok()?;
+        Some(S3 { child, url: format!("s3://bench?endpoint={endpoint}") })
+    }
+}
+
+impl Drop for S3 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for Redis {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -233,6 +283,10 @@ fn main() {
     let redis = Redis::start();
     if redis.is_none() {
         println!("redis-server not found: no shared-tier case");
+    }
+    let s3 = redis.as_ref().and_then(|_| S3::start());
+    if redis.is_some() && s3.is_none() {
+        println!("the S3 server is not installed (bash tests/support/s3-server/install): no S3 case");
     }
     let engine = Engine::default();
     let mut report = Vec::new();
@@ -352,25 +406,46 @@ fn main() {
             a.flush();
             assert_eq!(a.stats().remote_uploads, 1, "the artifact was not uploaded: {:?}", a.stats());
             let tls = || capcache::RemoteSettings::new(&redis.tls_url).prefix(format!("bench-{name}")).tls_ca_file(&redis.ca_file);
-            // Plain and TLS in turn, run by run: a drift of the machine's
-            // speed falls on both.
-            let (mut times, mut tls_times, mut bytes) = (Vec::new(), Vec::new(), 0);
+            let bucket = || {
+                let url = &s3.as_ref().unwrap().url;
+                capcache::RemoteSettings::new(url).prefix(format!("bench-{name}")).s3_credentials(capcache::S3Credentials::new(S3_KEY.0, S3_KEY.1))
+            };
+            if s3.is_some() {
+                let a = Cache::builder().directory(fresh("remote-a-s3")).remote(bucket()).open().unwrap();
+                capcache::wasmtime::load_module(&a, &engine, &wasm).unwrap();
+                a.flush();
+                assert_eq!(a.stats().remote_uploads, 1, "the artifact was not uploaded to S3: {:?}", a.stats());
+            }
+            // Plain, TLS and S3 in turn, run by run: a drift of the
+            // machine's speed falls on all.
+            let (mut times, mut tls_times, mut s3_times, mut bytes) = (Vec::new(), Vec::new(), Vec::new(), (0, 0));
             for _ in 0..args.runs {
-                for (settings, times) in [(remote(), &mut times), (tls(), &mut tls_times)] {
+                let mut tiers = vec![(remote(), &mut times, false), (tls(), &mut tls_times, false)];
+                if s3.is_some() {
+                    tiers.push((bucket(), &mut s3_times, true));
+                }
+                for (settings, times, from_s3) in tiers {
                     let dir = fresh("remote-b");
                     let b = Cache::builder().directory(&dir).remote(settings).open().unwrap();
                     let t = Instant::now();
                     let (module, source) = capcache::wasmtime::load_module_with_source(&b, &engine, &wasm).unwrap();
                     times.push(t.elapsed());
                     assert_eq!(source, capcache::Source::RemoteHit);
-                    bytes = b.stats().remote_bytes_in;
+                    if from_s3 {
+                        bytes.1 = b.stats().remote_bytes_in;
+                    } else {
+                        bytes.0 = b.stats().remote_bytes_in;
+                    }
                     drop((module, b));
                     let _ = std::fs::remove_dir_all(&dir);
                 }
             }
-            println!("  ({name}: a remote hit moves {bytes} bytes)");
+            println!("  ({name}: a remote hit moves {} bytes from Redis, {} from S3)", bytes.0, bytes.1);
             rows.push(("capcache remote hit over TLS (empty disk)", spread(tls_times)));
             rows.push(("capcache remote hit (empty disk)", spread(times)));
+            if s3.is_some() {
+                rows.push(("capcache remote hit from S3 (empty disk)", spread(s3_times)));
+            }
         }
 
         let artifact = fresh("limit").join("module.cwasm");
@@ -428,6 +503,13 @@ fn main() {
                 of("capcache remote hit (empty disk)") / of("capcache hit (zstd; raw-entries = never)"),
                 of("capcache remote hit (empty disk)") / compile.as_secs_f64(),
                 of("capcache remote hit over TLS (empty disk)") / of("capcache remote hit (empty disk)"),
+            ));
+        }
+        if rows.iter().any(|r| r.0 == "capcache remote hit from S3 (empty disk)") {
+            summary.push(format!(
+                "{name}: S3 remote hit {:.2}x local zstd hit [target <= 3]; {:.2}x a Redis remote hit",
+                of("capcache remote hit from S3 (empty disk)") / of("capcache hit (zstd; raw-entries = never)"),
+                of("capcache remote hit from S3 (empty disk)") / of("capcache remote hit (empty disk)"),
             ));
         }
     }
