@@ -299,7 +299,9 @@ fn refusal(mut response: ureq::http::Response<ureq::Body>) -> Failure {
     let element = |name: &str| {
         let start = body.find(&format!("<{name}>"))? + name.len() + 2;
         let end = body[start..].find(&format!("</{name}>"))? + start;
-        Some(crate::view::printable(&body[start..end]))
+        // The server's words, without control characters (a terminal's
+        // escapes, forged line breaks in a log).
+        Some(body[start..end].chars().filter(|c| !c.is_control()).collect::<String>())
     };
     let code = element("Code").unwrap_or_else(|| format!("HTTP{status}"));
     let message = element("Message").map(|m| format!(": {m}")).unwrap_or_default();
