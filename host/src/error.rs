@@ -108,7 +108,8 @@ pub enum Error {
     /// The cache directory can be written by someone other than its owner.
     #[error(
         "cache directory {path} is {problem}: anyone who can write it can plant compiled code that will run; \
-         fix its ownership or permissions (chmod go-w), or allow it explicitly (allow_insecure_directory, --allow-insecure-dir)"
+         {fix}, or allow it explicitly (allow_insecure_directory, --allow-insecure-dir)",
+        fix = crate::platform::INSECURE_DIRECTORY_FIX
     )]
     InsecureDirectory {
         /// The directory.
@@ -118,15 +119,15 @@ pub enum Error {
     },
     /// The cache directory's path is a symbolic link that another user owns.
     #[error(
-        "cache directory {path} is a symbolic link owned by another user (uid {owner}): not followed, since in a \
+        "cache directory {path} is a symbolic link {problem}: not followed, since in a \
          directory such as /tmp anyone can plant one that leads to a directory of their choosing; name a \
          directory you own"
     )]
     UntrustedSymlink {
         /// The link.
         path: PathBuf,
-        /// Its owner's user ID.
-        owner: u32,
+        /// Whose it is (its owner, and this process's user).
+        problem: String,
     },
     /// The system refused a thread the cache needs.
     #[error("cannot start {what}'s thread")]

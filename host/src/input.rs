@@ -4,7 +4,6 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
 /// Whether hashing may use the global thread pool: it is started here on
@@ -33,27 +32,21 @@ pub(crate) const MAX_EXCERPT: usize = 400;
 /// `max_size` bytes. Returns the file and its metadata, taken from the open
 /// descriptor, so they describe the very file that will be read.
 pub(crate) fn open_regular_file(path: &Path, max_size: u64) -> io::Result<(File, std::fs::Metadata)> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
-        .open(path)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    crate::platform::open_path_without_blocking(&mut options);
+    let file = options.open(path).map_err(|e| {
+        // Windows refuses to open a directory as a file ("access is
+        // denied"): say what it is instead.
+        if std::fs::metadata(path).is_ok_and(|m| m.is_dir()) {
+            io::Error::new(io::ErrorKind::InvalidInput, "a directory, not a regular file: name a file")
+        } else {
+            e
+        }
+    })?;
     let metadata = file.metadata()?;
     let kind = metadata.file_type();
-    let what = if kind.is_file() {
-        None
-    } else if kind.is_dir() {
-        Some("a directory")
-    } else if kind.is_char_device() {
-        Some("a character device")
-    } else if kind.is_block_device() {
-        Some("a block device")
-    } else if kind.is_fifo() {
-        Some("a FIFO")
-    } else if kind.is_socket() {
-        Some("a socket")
-    } else {
-        Some("not a regular file")
-    };
+    let what = (!kind.is_file()).then(|| crate::platform::kind_of_special(kind));
     if let Some(what) = what {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{what}, not a regular file: name a file")));
     }
@@ -168,8 +161,7 @@ fn hash_range(file: &File, hasher: &mut blake3::Hasher, start: u64, len: u64) ->
 /// `pread` of exactly `buffer.len()` bytes at `offset`; a file that ends
 /// sooner changed while it was read.
 fn read_exact_at(file: &File, buffer: &mut [u8], offset: u64) -> io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    file.read_exact_at(buffer, offset).map_err(|e| {
+    crate::platform::read_exact_at(file, buffer, offset).map_err(|e| {
         if e.kind() == io::ErrorKind::UnexpectedEof { io::Error::other("the file shrank while it was read; try again") } else { e }
     })
 }
@@ -303,9 +295,16 @@ mod tests {
     #[test]
     fn special_files_are_refused_without_blocking() {
         let dir = tempfile::tempdir().unwrap();
-        let fifo = dir.path().join("x.wasm");
-        rustix::fs::mkfifoat(rustix::fs::CWD, &fifo, rustix::fs::Mode::from_raw_mode(0o600)).unwrap();
-        for (path, what) in [(fifo.as_path(), "a FIFO"), (Path::new("/dev/zero"), "a character device"), (dir.path(), "a directory")] {
+        #[cfg_attr(not(unix), allow(unused_mut))]
+        let mut special = vec![(dir.path().to_path_buf(), "a directory")];
+        // Windows' file systems have neither FIFOs nor device files.
+        #[cfg(unix)]
+        {
+            let fifo = dir.path().join("x.wasm");
+            rustix::fs::mkfifoat(rustix::fs::CWD, &fifo, rustix::fs::Mode::from_raw_mode(0o600)).unwrap();
+            special.extend([(fifo, "a FIFO"), (Path::new("/dev/zero").to_path_buf(), "a character device")]);
+        }
+        for (path, what) in &special {
             let e = read_regular_file(path, 1 << 20).unwrap_err();
             assert!(e.to_string().starts_with(what), "{path:?}: {e}");
         }

@@ -47,6 +47,7 @@ mod key;
 mod lock;
 mod mapped;
 mod namespace;
+mod platform;
 mod policy;
 mod remote;
 mod settings;

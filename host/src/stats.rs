@@ -3,7 +3,7 @@
 //! fixed-size record to the namespace's `stats.log` (O_APPEND: no lost
 //! updates between processes); `capcache stats` adds the records up.
 
-use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt};
+use cap_std::fs::{Dir, OpenOptions};
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -124,7 +124,10 @@ impl StatsSnapshot {
         for value in self.to_array() {
             record.extend_from_slice(&value.to_le_bytes());
         }
-        dir.open_with(name, OpenOptions::new().append(true).create(true).mode(crate::store::JOURNAL_MODE))?.write_all(&record)
+        let mut options = OpenOptions::new();
+        options.append(true).create(true);
+        crate::platform::create_with_mode(&mut options, crate::store::JOURNAL_MODE);
+        dir.open_with(name, &options)?.write_all(&record)
     }
 
     /// The sum of every record in the namespace's log. Records of another

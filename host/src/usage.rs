@@ -9,7 +9,7 @@
 //! entries that no longer exist. There is no per-entry file to orphan.
 
 use crate::key::Key;
-use cap_std::fs::{Dir, MetadataExt, OpenOptions, OpenOptionsExt};
+use cap_std::fs::{Dir, OpenOptions};
 use std::collections::HashMap;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 
@@ -57,14 +57,17 @@ impl Usage {
         for (id, count) in changes {
             bytes.extend_from_slice(&record(id, count.unwrap_or(RESET)));
         }
-        let mut file = dir.open_with(JOURNAL, OpenOptions::new().append(true).create(true).mode(crate::store::JOURNAL_MODE))?;
+        let mut options = OpenOptions::new();
+        options.append(true).create(true);
+        crate::platform::create_with_mode(&mut options, crate::store::JOURNAL_MODE);
+        let mut file = dir.open_with(JOURNAL, &options)?;
         file.write_all(&bytes)
     }
 
     /// Reads what was appended since the last call.
     pub fn refresh(&mut self, dir: &Dir) -> io::Result<()> {
         let mut file = match dir.open(JOURNAL) {
-            Ok(file) => file,
+            Ok(file) => file.into_std(),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 *self = Usage::default();
                 return Ok(());
@@ -72,8 +75,9 @@ impl Usage {
             Err(e) => return Err(e),
         };
         let metadata = file.metadata()?;
-        if metadata.ino() != self.inode || metadata.len() < self.offset {
-            *self = Usage { inode: metadata.ino(), ..Usage::default() };
+        let inode = crate::platform::FileIdentity::of(&file, &metadata)?.ino;
+        if inode != self.inode || metadata.len() < self.offset {
+            *self = Usage { inode, ..Usage::default() };
         }
         let whole = (metadata.len() - self.offset) / RECORD as u64 * RECORD as u64;
         if whole == 0 {

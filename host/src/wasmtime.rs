@@ -166,8 +166,8 @@ impl Artifact for Module {
     }
     unsafe fn from_file(engine: &Engine, file: std::fs::File) -> Result<Self> {
         // SAFETY: the caller upholds `from_file`'s contract, which is
-        // `Module::deserialize_open_file`'s.
-        unsafe { Module::deserialize_open_file(engine, file) }
+        // `Module::deserialize_open_file`'s, which is `module_from_file`'s.
+        unsafe { crate::mapped::module_from_file(engine, file) }
     }
 }
 
@@ -416,7 +416,7 @@ fn load_file_by_content<T: Artifact>(cache: &Cache, engine: &Engine, mut opened:
 /// Direct mode: a manifest maps the file's identity to its artifact's key.
 fn load_file_by_identity<T: Artifact>(cache: &Cache, engine: &Engine, opened: OpenedFile) -> Result<(T, Source)> {
     let kind = T::KIND;
-    let before = FileIdentity::of(&opened.metadata);
+    let before = FileIdentity::of(&opened.file, &opened.metadata)?;
     let more = crate::input::more_identity(&opened.file);
     let manifest_key = settled_at(&before, SystemTime::now()).then(|| manifest_key(&before, &more, engine, kind));
     if let Some(artifact) = manifest_key.and_then(|manifest| cache.read_manifest(&manifest)) {
@@ -428,7 +428,7 @@ fn load_file_by_identity<T: Artifact>(cache: &Cache, engine: &Engine, opened: Op
     }
     let OpenedFile { path, mut file, max_size, .. } = opened;
     let bytes = crate::input::read_at_most(&mut file, before.size, max_size).with_context(|| format!("{}", path.display()))?;
-    let after = FileIdentity::of(&file.metadata()?);
+    let after = FileIdentity::of(&file, &file.metadata()?)?;
     drop(file);
     let wasm = binary_of(path, bytes)?;
     let content_key = artifact_key(engine, kind, &wasm);

@@ -295,16 +295,9 @@ fn read_hmac_key_file(path: &Path) -> Result<Vec<u8>, String> {
 fn read_secret_file(path: &Path, setting: &str) -> Result<Vec<u8>, String> {
     let shown = path.display();
     let file = std::fs::File::open(path).map_err(|e| format!("cannot read {setting} {shown}: {e}"))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        let mode = file.metadata().map_err(|e| format!("cannot read {setting} {shown}: {e}"))?.mode();
-        if mode & 0o077 != 0 {
-            return Err(format!(
-                "{setting} {shown} can be read or written by group or others (mode {:o}): run `chmod 600 {shown}`",
-                mode & 0o777
-            ));
-        }
+    let exposed = crate::platform::exposed_secret(&file, &shown.to_string()).map_err(|e| format!("cannot read {setting} {shown}: {e}"))?;
+    if let Some(exposed) = exposed {
+        return Err(format!("{setting} {shown} {exposed}"));
     }
     let secret = crate::input::read_at_most(file, 0, 1 << 20).map_err(|e| format!("cannot read {setting} {shown}: {e}"))?;
     Ok(secret.trim_ascii().to_vec())

@@ -114,8 +114,8 @@ impl Policy {
     pub fn from_file(path: impl AsRef<Path>) -> Result<Policy, Error> {
         let path = path.as_ref();
         let file_error = |source| Error::PolicyFile { path: path.to_path_buf(), source };
-        let (_, metadata) = crate::input::open_regular_file(path, MAX_POLICY_SIZE).map_err(file_error)?;
-        let identity = crate::store::FileIdentity::of(&metadata);
+        let (file, metadata) = crate::input::open_regular_file(path, MAX_POLICY_SIZE).map_err(file_error)?;
+        let identity = crate::store::FileIdentity::of(&file, &metadata).map_err(file_error)?;
         Ok(Policy {
             name: path.display().to_string(),
             source: PolicySource::File { path: path.to_path_buf(), size: metadata.len(), identity },
@@ -229,7 +229,7 @@ impl Policy {
             PolicySource::File { path, size, identity } => {
                 let file_error = |source| Error::PolicyFile { path: path.clone(), source };
                 let (file, metadata) = crate::input::open_regular_file(path, MAX_POLICY_SIZE).map_err(file_error)?;
-                if metadata.len() != *size || crate::store::FileIdentity::of(&metadata) != *identity {
+                if metadata.len() != *size || crate::store::FileIdentity::of(&file, &metadata).ok() != Some(*identity) {
                     return Err(file_error(std::io::Error::other(
                         "it changed after this process first opened it: start the host again to use the new policy",
                     )));

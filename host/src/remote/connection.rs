@@ -17,7 +17,7 @@ use super::tls::TlsTarget;
 use redis::{ConnectionAddr, ConnectionInfo};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::os::fd::{AsFd, BorrowedFd};
+#[cfg(unix)]
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -145,6 +145,8 @@ enum Stream {
     Tcp(TcpStream),
     /// TLS over TCP: the handshake is made by the first read or write.
     Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+    /// A Unix socket (`unix://`), where the platform has them.
+    #[cfg(unix)]
     Unix(UnixStream),
 }
 
@@ -153,6 +155,7 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.set_read_timeout(Some(timeout)).and_then(|()| s.set_write_timeout(Some(timeout))),
             Stream::Tls(s) => s.sock.set_read_timeout(Some(timeout)).and_then(|()| s.sock.set_write_timeout(Some(timeout))),
+            #[cfg(unix)]
             Stream::Unix(s) => s.set_read_timeout(Some(timeout)).and_then(|()| s.set_write_timeout(Some(timeout))),
         }
     }
@@ -171,6 +174,7 @@ impl Read for Stream {
         match self {
             Stream::Tcp(s) => s.read(buf),
             Stream::Tls(s) => s.read(buf),
+            #[cfg(unix)]
             Stream::Unix(s) => s.read(buf),
         }
     }
@@ -183,6 +187,7 @@ impl Write for Stream {
             // Written out at once: a request is written whole, then its
             // reply awaited.
             Stream::Tls(s) => s.write(buf).and_then(|n| s.flush().map(|()| n)),
+            #[cfg(unix)]
             Stream::Unix(s) => s.write(buf),
         }
     }
@@ -195,13 +200,35 @@ impl Write for Stream {
     }
 }
 
-impl AsFd for Stream {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        match self {
+impl Stream {
+    /// Whether the socket has nothing to read now (and is still open): a
+    /// peek that would block.
+    #[cfg(unix)]
+    fn nothing_to_read(&self) -> bool {
+        use std::os::fd::AsFd;
+        let fd = match self {
             Stream::Tcp(s) => s.as_fd(),
             Stream::Tls(s) => s.sock.as_fd(),
             Stream::Unix(s) => s.as_fd(),
+        };
+        let mut byte = [0u8; 1];
+        let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
+        matches!(rustix::net::recv(fd, &mut byte, flags), Err(rustix::io::Errno::AGAIN))
+    }
+
+    /// The same where a peek cannot be asked not to block: the socket is
+    /// made non-blocking for it.
+    #[cfg(not(unix))]
+    fn nothing_to_read(&self) -> bool {
+        let socket = match self {
+            Stream::Tcp(s) => s,
+            Stream::Tls(s) => &s.sock,
+        };
+        if socket.set_nonblocking(true).is_err() {
+            return false;
         }
+        let peeked = socket.peek(&mut [0u8; 1]);
+        socket.set_nonblocking(false).is_ok() && matches!(peeked, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 }
 
@@ -263,6 +290,7 @@ impl Connection {
                     None => Stream::Tcp(stream),
                 }
             }
+            #[cfg(unix)]
             ConnectionAddr::Unix(path) => Stream::Unix(UnixStream::connect(path).map_err(Failure::Io)?),
             _ => return Err(Failure::Unsupported("this kind of Redis address (use redis://, rediss:// or unix://)")),
         };
@@ -293,9 +321,7 @@ impl Connection {
         if !self.reader.buffer().is_empty() || self.reader.get_mut().has_buffered_plaintext() {
             return false;
         }
-        let mut byte = [0u8; 1];
-        let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
-        matches!(rustix::net::recv(self.reader.get_ref(), &mut byte, flags), Err(rustix::io::Errno::AGAIN))
+        self.reader.get_ref().nothing_to_read()
     }
 
     /// `GET key`: the value, or `None` when the key is absent.

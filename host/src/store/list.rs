@@ -50,14 +50,9 @@ impl EntryStore {
     fn stat_listed(&self, listed: &mut [ListedEntry], splits: u32) -> io::Result<()> {
         if splits == 0 {
             for entry in listed {
-                match rustix::fs::statat(&self.entries, entry.name.as_str(), rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
-                    Ok(stat) => {
-                        entry.stored_size = stat.st_size as u64;
-                        let ms = (stat.st_mtime as i128 * 1000 + stat.st_mtime_nsec as i128 / 1_000_000).max(0);
-                        entry.last_used = u64::try_from(ms).unwrap_or(u64::MAX - 1);
-                    }
-                    Err(rustix::io::Errno::NOENT) => {}
-                    Err(e) => return Err(e.into()),
+                if let Some(stat) = crate::platform::stat_at(&self.entries, entry.name.as_str())? {
+                    entry.stored_size = stat.size;
+                    entry.last_used = stat.modified_ms;
                 }
             }
             return Ok(());

@@ -27,7 +27,7 @@ use crate::error::Error;
 use crate::key::Key;
 use cap_std::ambient_authority;
 use cap_fs_ext::{FollowSymlinks, OpenOptionsFollowExt};
-use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt};
+use cap_std::fs::{Dir, OpenOptions};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -108,23 +108,6 @@ pub enum EntryOutcome {
     Untrusted(String),
 }
 
-/// Why an entry file is not trusted, if it is not: it must be a regular file
-/// owned by this process's user (or root), which neither group nor others may
-/// write. A valid digest proves a file whole, not who wrote it.
-fn untrusted_because(metadata: &std::fs::Metadata) -> Option<String> {
-    use std::os::unix::fs::MetadataExt;
-    let me = rustix::process::geteuid().as_raw();
-    if !metadata.is_file() {
-        Some("not a regular file".into())
-    } else if metadata.uid() != me && metadata.uid() != 0 {
-        Some(format!("owned by user {}, not by this process's user {me}", metadata.uid()))
-    } else if metadata.mode() & 0o022 != 0 {
-        Some(format!("writable by others (mode {:o})", metadata.mode() & 0o7777))
-    } else {
-        None
-    }
-}
-
 /// What an entry's file says of it without reading its payload.
 #[derive(Debug, Clone)]
 pub struct EntryFacts {
@@ -171,48 +154,7 @@ struct Known {
     checked: bool,
 }
 
-/// What identifies one version of a file: entries are replaced only by
-/// rename (a new inode), and any write in place changes the change time, which
-/// no one can set. A raw entry whose file still has the identity it had when
-/// its digest was checked is served without hashing it again: that is what
-/// makes a warm hit cost an `openat` and an `fstat` instead of a pass over the
-/// whole artifact. Listings likewise take a known file's header from memory,
-/// after one `statx`.
-/// Direct mode identifies a module's file the same way.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct FileIdentity {
-    pub(crate) dev: u64,
-    pub(crate) ino: u64,
-    pub(crate) size: u64,
-    /// Seconds and nanoseconds.
-    pub(crate) mtime: (i64, i64),
-    pub(crate) ctime: (i64, i64),
-}
-
-/// The identity in std's or cap-std's metadata (two traits, same methods).
-macro_rules! identity_of {
-    ($metadata:expr) => {
-        FileIdentity {
-            dev: $metadata.dev(),
-            ino: $metadata.ino(),
-            size: $metadata.len(),
-            mtime: ($metadata.mtime(), $metadata.mtime_nsec()),
-            ctime: ($metadata.ctime(), $metadata.ctime_nsec()),
-        }
-    };
-}
-
-impl FileIdentity {
-    pub(crate) fn of(metadata: &std::fs::Metadata) -> FileIdentity {
-        use std::os::unix::fs::MetadataExt;
-        identity_of!(metadata)
-    }
-
-    fn of_cap(metadata: &cap_std::fs::Metadata) -> FileIdentity {
-        use cap_std::fs::MetadataExt;
-        identity_of!(metadata)
-    }
-}
+pub(crate) use crate::platform::FileIdentity;
 
 /// At most this many entry files are remembered (then forgotten at once: the
 /// next hit of each hashes its file again). About 150 bytes each.
@@ -241,25 +183,9 @@ pub struct StoreOptions {
 }
 
 /// Refuses a directory that others can write: they could plant compiled code
-/// that the host would load. Writable by group or world (the sticky bit does
-/// not help: it stops others removing our files, not adding theirs), or owned
-/// by another user (root's directories are trusted).
+/// that the host would load (see [`crate::platform::insecure_directory`]).
 fn check_directory_security(dir: &Dir, path: &Path) -> Result<(), Error> {
-    use cap_std::fs::{MetadataExt, PermissionsExt};
-    let metadata = dir.dir_metadata().map_err(|source| Error::Directory { path: path.to_path_buf(), source })?;
-    let mode = metadata.permissions().mode();
-    let owner = metadata.uid();
-    let me = rustix::process::geteuid().as_raw();
-    let problem = if mode & 0o002 != 0 {
-        Some(format!("world-writable (mode {:o})", mode & 0o7777))
-    } else if mode & 0o020 != 0 {
-        Some(format!("group-writable (mode {:o})", mode & 0o7777))
-    } else if owner != me && owner != 0 {
-        Some(format!("owned by user {owner}, not by this process's user {me}"))
-    } else {
-        None
-    };
-    match problem {
+    match crate::platform::insecure_directory(dir).map_err(|source| Error::Directory { path: path.to_path_buf(), source })? {
         Some(problem) => Err(Error::InsecureDirectory { path: path.to_path_buf(), problem }),
         None => Ok(()),
     }
@@ -286,10 +212,8 @@ pub(crate) fn open_root(root: &Path, options: StoreOptions) -> Result<Dir, Error
     let dir_err = |source| Error::Directory { path: root.to_path_buf(), source };
     match std::fs::symlink_metadata(root) {
         Ok(metadata) if metadata.file_type().is_symlink() && !options.allow_insecure => {
-            use std::os::unix::fs::MetadataExt;
-            let me = rustix::process::geteuid().as_raw();
-            if metadata.uid() != me && metadata.uid() != 0 {
-                return Err(Error::UntrustedSymlink { path: root.to_path_buf(), owner: metadata.uid() });
+            if let Some(problem) = crate::platform::untrusted_link(&metadata) {
+                return Err(Error::UntrustedSymlink { path: root.to_path_buf(), problem });
             }
             if !root.is_dir() {
                 return Err(Error::NotADirectory { path: root.to_path_buf() });
@@ -304,11 +228,10 @@ pub(crate) fn open_root(root: &Path, options: StoreOptions) -> Result<Dir, Error
                 return Err(Error::NoCache { path: root.to_path_buf() });
             }
             if !options.read_only {
-                use std::os::unix::fs::DirBuilderExt;
                 if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
-                    std::fs::DirBuilder::new().recursive(true).mode(DIR_MODE).create(parent).map_err(dir_err)?;
+                    crate::platform::path_dir_builder(DIR_MODE).recursive(true).create(parent).map_err(dir_err)?;
                 }
-                match std::fs::DirBuilder::new().mode(ROOT_MODE).create(root) {
+                match crate::platform::create_private_dir(root, ROOT_MODE) {
                     Ok(()) => {}
                     // Another process made it meanwhile.
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -342,8 +265,7 @@ impl EntryStore {
         }
         let open_area = |parent: &Dir, name: &str, path: &Path, read_only: &mut bool| -> Result<Dir, Error> {
             if !*read_only {
-                use cap_std::fs::{DirBuilder, DirBuilderExt};
-                match parent.create_dir_with(name, DirBuilder::new().mode(DIR_MODE)) {
+                match parent.create_dir_with(name, &crate::platform::dir_builder(DIR_MODE)) {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                     Err(e) if is_unwritable(&e) => *read_only = true,
@@ -417,16 +339,51 @@ impl EntryStore {
         }
     }
 
+    /// Removes `area/name`, so that the name is free at once. Where a
+    /// removed file keeps its name while anything holds it open, or cannot
+    /// be removed while mapped (Windows), it is set aside instead.
     pub fn remove(&self, area: Area, name: &str) -> io::Result<()> {
-        self.dir(area).remove_file(name)
+        match area {
+            Area::Tmp => self.tmp.remove_file(name),
+            _ if crate::platform::REMOVED_NAMES_LINGER => self.set_aside(area, name),
+            _ => self.dir(area).remove_file(name),
+        }
+    }
+
+    /// Moves `area/name` into the temporary area under a fresh temporary
+    /// name, then removes it there if it can. One still in use is left for
+    /// maintenance, which removes stale temporary files on every pass until
+    /// it goes: a failed removal is retried, never lost, and a set-aside
+    /// file is never served (no read looks in the temporary area).
+    fn set_aside(&self, area: Area, name: &str) -> io::Result<()> {
+        // Unique by process and counter, as a write's temporary file is; the
+        // clock is not read (maintenance goes by the file's times).
+        let aside = format!("{}-{}-removed.tmp", std::process::id(), self.temp_counter.fetch_add(1, Ordering::Relaxed));
+        self.dir(area).rename(name, &self.tmp, &aside)?;
+        if let Err(e) = self.tmp.remove_file(&aside) {
+            tracing::debug!("{name}, in use by another process, is set aside as tmp/{aside} until it can be removed ({e})");
+        }
+        Ok(())
+    }
+
+    /// Renames the temporary file `temp` to `area/name`, replacing what is
+    /// there. Where the file it replaces is mapped by another process
+    /// (Windows refuses that rename), that file is set aside first.
+    pub(super) fn publish(&self, temp: &str, area: Area, name: &str) -> io::Result<()> {
+        match self.tmp.rename(temp, self.dir(area), name) {
+            Err(e) if crate::platform::is_in_use(&e) => {
+                self.set_aside(area, name).map_err(|_| e)?;
+                self.tmp.rename(temp, self.dir(area), name)
+            }
+            published => published,
+        }
     }
 }
 
 /// The last bytes of a file `len` long that hold an entry's whole trailer.
 fn read_tail(file: &std::fs::File, len: u64) -> io::Result<Vec<u8>> {
-    use std::os::unix::fs::FileExt;
     let tail_len = len.min(entry::MAX_TRAILER_LEN as u64);
     let mut tail = vec![0; tail_len as usize];
-    file.read_exact_at(&mut tail, len - tail_len)?;
+    crate::platform::read_exact_at(file, &mut tail, len - tail_len)?;
     Ok(tail)
 }

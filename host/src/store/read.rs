@@ -9,10 +9,11 @@ impl EntryStore {
     /// without blocking on a FIFO someone put there.
     pub(super) fn open_file(&self, area: Area, name: &str) -> io::Result<std::fs::File> {
         let mut options = OpenOptions::new();
-        options.read(true).follow(FollowSymlinks::No).custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32);
+        options.read(true).follow(FollowSymlinks::No);
+        crate::platform::open_without_blocking(&mut options);
         match self.dir(area).open_with(name, &options) {
             Ok(file) => Ok(file.into_std()),
-            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+            Err(e) if crate::platform::is_link_refused(&e) => {
                 Err(io::Error::new(io::ErrorKind::PermissionDenied, "a symbolic link"))
             }
             Err(e) => Err(e),
@@ -30,7 +31,7 @@ impl EntryStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(EntryOutcome::Missing),
             Err(e) => return Err(e),
         };
-        if let Some(why) = untrusted_because(&file.metadata()?) {
+        if let Some(why) = crate::platform::untrusted_file(&file, &file.metadata()?) {
             return Ok(EntryOutcome::Untrusted(why));
         }
         let mut bytes = Vec::new();
@@ -66,12 +67,11 @@ impl EntryStore {
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an entry name"))?;
         // A file seen before: one statx tells whether it is unchanged.
         let known = self.known.lock().get(&key).cloned();
-        if let Some(known) = known {
-            let metadata = self.entries.symlink_metadata(name)?;
-            if metadata.is_file() && FileIdentity::of_cap(&metadata) == known.identity {
-                let modified = metadata.modified().map(|t| system_time_to_ms(t.into_std())).unwrap_or(0);
-                return Ok(EntryFacts { header: known.header, stored_size: metadata.len(), last_used_ms: modified });
-            }
+        if let Some(known) = known
+            && let Some((identity, stat)) = crate::platform::identity_by_name(&self.entries, name)?
+            && identity == known.identity
+        {
+            return Ok(EntryFacts { header: known.header, stored_size: stat.size, last_used_ms: stat.modified_ms });
         }
         // A symbolic link is never followed, wherever it points.
         let file = self.open_file(Area::Entries, name)?;
@@ -84,7 +84,7 @@ impl EntryStore {
         let trailer = entry::decode_trailer(&tail, len, Some(&key))
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         let modified = metadata.modified().map(system_time_to_ms).unwrap_or(0);
-        self.remember(&key, Known { identity: FileIdentity::of(&metadata), header: trailer.header.clone(), checked: false });
+        self.remember(&key, Known { identity: FileIdentity::of(&file, &metadata)?, header: trailer.header.clone(), checked: false });
         Ok(EntryFacts { header: trailer.header, stored_size: len, last_used_ms: modified })
     }
 
@@ -108,11 +108,11 @@ impl EntryStore {
             Err(e) => return Err(e),
         };
         let metadata = file.metadata()?;
-        if let Some(why) = untrusted_because(&metadata) {
+        if let Some(why) = crate::platform::untrusted_file(&file, &metadata) {
             return Ok(EntryOutcome::Untrusted(why));
         }
         if raw == RawEntryAs::File {
-            let identity = FileIdentity::of(&metadata);
+            let identity = FileIdentity::of(&file, &metadata)?;
             let checked = self.known.lock().get(key).is_some_and(|k| k.checked && k.identity == identity);
             if checked {
                 return Ok(EntryOutcome::Found(Found::RawFile(file)));
@@ -146,9 +146,9 @@ impl EntryStore {
     /// this process, the file stays known as checked under its new times.
     pub fn touch_entry(&self, key: &Key) -> io::Result<()> {
         let file = self.entries.open(key.name())?.into_std();
-        let before = FileIdentity::of(&file.metadata()?);
+        let before = FileIdentity::of(&file, &file.metadata()?)?;
         file.set_modified(ms_to_system_time(self.clock.now_ms()))?;
-        let after = FileIdentity::of(&file.metadata()?);
+        let after = FileIdentity::of(&file, &file.metadata()?)?;
         if let Some(known) = self.known.lock().get_mut(key)
             && known.identity == before {
                 known.identity = after;

@@ -9,18 +9,22 @@ impl EntryStore {
     /// write, and create_new guarantees no one else has it.
     pub(super) fn temp_file(&self) -> io::Result<(String, cap_std::fs::File)> {
         loop {
-            let name = format!(
-                "{}-{}-{}.tmp",
-                std::process::id(),
-                self.temp_counter.fetch_add(1, Ordering::Relaxed),
-                self.clock.now_ms()
-            );
-            match self.tmp.open_with(&name, OpenOptions::new().write(true).create_new(true).mode(FILE_MODE)) {
+            let name = self.temp_name();
+            let mut options = OpenOptions::new();
+            options.write(true).create_new(true);
+            crate::platform::create_with_mode(&mut options, FILE_MODE);
+            match self.tmp.open_with(&name, &options) {
                 Ok(file) => return Ok((name, file)),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// A temporary file's name that no other process and no other write of
+    /// this one uses.
+    pub(super) fn temp_name(&self) -> String {
+        format!("{}-{}-{}.tmp", std::process::id(), self.temp_counter.fetch_add(1, Ordering::Relaxed), self.clock.now_ms())
     }
 
     /// Writes `contents` to a temporary file with its modification time set to
@@ -48,7 +52,7 @@ impl EntryStore {
     /// Replaces `area/name` with `contents`, atomically.
     pub fn write_atomic(&self, area: Area, name: &str, contents: &[u8]) -> io::Result<()> {
         let now = self.clock.now_ms();
-        self.write_then(contents, now, |temp| self.tmp.rename(temp, self.dir(area), name))
+        self.write_then(contents, now, |temp| self.publish(temp, area, name))
     }
 
     /// Creates `area/name` with `contents` only if it does not exist, atomically
@@ -75,7 +79,7 @@ impl EntryStore {
         let name = key.name();
         self.write_then(entry_bytes, now, |temp| {
             let _publishing = self.publishing.lock();
-            self.tmp.rename(temp, &self.entries, &name)
+            self.publish(temp, Area::Entries, &name)
         })
     }
 
@@ -86,7 +90,7 @@ impl EntryStore {
         let name = key.name();
         self.write_then(&file, now, |temp| {
             let _publishing = self.publishing.lock();
-            self.tmp.rename(temp, self.dir(area), &name)
+            self.publish(temp, area, &name)
         })?;
         Ok(file.len() as u64)
     }
@@ -112,7 +116,7 @@ impl EntryStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(e),
         };
-        let identity = FileIdentity::of(&file.metadata()?);
+        let identity = FileIdentity::of(&file, &file.metadata()?)?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
         let Ok((header, value)) = entry::decode(&bytes, key, u64::MAX) else { return Ok(false) };
@@ -125,15 +129,15 @@ impl EntryStore {
         let mut replaced = false;
         self.write_then(&encoded, now, |temp| {
             let _publishing = self.publishing.lock();
-            let current = self.entries.open(&name).and_then(|f| f.into_std().metadata());
-            let unchanged = current.is_ok_and(|m| {
-                let now = FileIdentity::of(&m);
-                (now.dev, now.ino) == (identity.dev, identity.ino)
+            let current = self.entries.open(&name).and_then(|f| {
+                let f = f.into_std();
+                FileIdentity::of(&f, &f.metadata()?)
             });
+            let unchanged = current.is_ok_and(|now| (now.dev, now.ino) == (identity.dev, identity.ino));
             if !unchanged {
                 return Err(io::Error::other("entry replaced meanwhile"));
             }
-            self.tmp.rename(temp, &self.entries, &name)?;
+            self.publish(temp, Area::Entries, &name)?;
             replaced = true;
             Ok(())
         })
