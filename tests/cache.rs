@@ -125,6 +125,7 @@ fn a_file_where_the_directory_goes_is_a_clear_error() {
     assert!(message.contains(&t.root().display().to_string()), "{message}");
 }
 
+unix_only! { "Unix modes (chmod 777); the Windows counterpart is trust::a_directory_whose_access_list_lets_everyone_write_is_refused",
 #[test]
 fn a_directory_others_can_write_is_refused_unless_allowed() {
     use std::os::unix::fs::PermissionsExt;
@@ -137,7 +138,9 @@ fn a_directory_others_can_write_is_refused_unless_allowed() {
     let cache = t.builder().allow_insecure_directory(true).open().unwrap();
     assert!(cache.insert(b"k", b"v"));
 }
+}
 
+unix_only! { "needs Unix users: gives a file to the user nobody (chown) or runs a child as nobody",
 #[test]
 fn a_directory_of_another_user_is_refused() {
     let t = TestCache::new();
@@ -148,4 +151,5 @@ fn a_directory_of_another_user_is_refused() {
     std::os::unix::fs::chown(t.root(), Some(65534), None).unwrap();
     let err = t.builder().open().unwrap_err();
     assert!(err.to_string().contains("owned by user 65534"), "{err}");
+}
 }

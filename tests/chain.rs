@@ -3,10 +3,13 @@
 //! shares goes to every tier the host writes to, each in its own mode; a
 //! tier that fails is skipped and the others still serve; `capcache stats`
 //! counts each tier's own. Two real Redis servers, started by the test.
+// What only the Unix-only tests use.
+#![cfg_attr(not(unix), allow(unused_imports, dead_code))]
 
 use crate::support::redis_server::RedisServer;
 use crate::support::*;
 use capcache::{Cache, RemoteMode, RemoteSettings, Source};
+#[cfg(unix)]
 use rustix::process::Signal;
 use std::time::Duration;
 
@@ -17,6 +20,7 @@ fn load(cache: &Cache, wasm: &[u8]) -> Source {
     source
 }
 
+unix_only! { "starts redis-server, a Linux program that Wine starts without a handle to wait on or stop",
 #[test]
 fn a_hit_in_a_slower_tier_is_backfilled_into_the_faster_one_and_a_failed_tier_is_skipped() {
     let (Some(fast), Some(slow)) = (RedisServer::start("chain::fast", &[]), RedisServer::start("chain::slow", &[])) else { return };
@@ -53,8 +57,10 @@ fn a_hit_in_a_slower_tier_is_backfilled_into_the_faster_one_and_a_failed_tier_is
     let tiers = d.tier_stats();
     assert_eq!((tiers[0].1.remote_errors, tiers[1].1.remote_hits), (1, 1), "{tiers:?}");
 }
+}
 
 #[test]
+#[cfg_attr(windows, ignore = "starts redis-server, a Linux program that Wine starts without a handle to wait on or stop")]
 fn each_tier_keeps_its_own_mode_and_stats_counts_each() {
     let (Some(writable), Some(read_only)) = (RedisServer::start("chain::rw", &[]), RedisServer::start("chain::ro", &[])) else { return };
     let dirs = tempfile::tempdir().unwrap();

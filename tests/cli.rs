@@ -1,5 +1,7 @@
 //! The `capcache` binary: run twice, the second run is all hits; the policy
 //! is swapped by a path.
+// What only the Unix-only tests use.
+#![cfg_attr(not(unix), allow(unused_imports, dead_code))]
 
 
 use std::path::Path;
@@ -245,6 +247,7 @@ fn exit_codes_tell_the_commands_own_code_from_capcaches() {
     assert_eq!(capcache(&["--help"]).status.code(), Some(0));
 }
 
+unix_only! { "needs Unix users: gives a file to the user nobody (chown) or runs a child as nobody",
 #[test]
 fn read_only_cache_directory_from_the_cli() {
     // A pre-populated cache, then served from a directory this user cannot
@@ -284,10 +287,10 @@ fn read_only_cache_directory_from_the_cli() {
     assert_eq!(kinds(&stdout(&capcache(&args))), ["hit"; 3]);
     assert_eq!(snapshot(&copy), before);
 }
+}
 
 #[test]
 fn the_compiled_policy_is_kept_and_a_damaged_one_compiled_again() {
-    use std::os::unix::fs::MetadataExt;
     let t = TestCache::new();
     let root = t.root().display().to_string();
     let code = t.root().join("policy-code/entries");
@@ -299,11 +302,11 @@ fn the_compiled_policy_is_kept_and_a_damaged_one_compiled_again() {
     let modules = modules(t.dir.path());
     stdout(&capcache(&["compile", "--dir", &root, &modules[0]]));
     let stored = only_file();
-    let inode = std::fs::metadata(&stored).unwrap().ino();
+    let inode = file_id(&stored);
     // The next process that starts the policy (gc does) loads it: it is
     // neither rewritten nor joined by another.
     stdout(&capcache(&["gc", "--dir", &root]));
-    assert_eq!(std::fs::metadata(only_file()).unwrap().ino(), inode);
+    assert_eq!(file_id(&only_file()), inode);
     // Damaged in place: the next process notices, compiles and stores it anew.
     let mut bytes = std::fs::read(&stored).unwrap();
     let middle = bytes.len() / 2;
@@ -359,6 +362,7 @@ fn capcache_within(args: &[&str], limit: std::time::Duration) -> Output {
     child.wait_with_output().unwrap()
 }
 
+unix_only! { "makes a FIFO and reads /dev/zero: Windows' file systems have neither",
 #[test]
 fn special_files_are_refused_at_once_with_what_they_are() {
     let t = TestCache::new();
@@ -380,6 +384,7 @@ fn special_files_are_refused_at_once_with_what_they_are() {
     let output = capcache(&["compile", "--config", &config.display().to_string(), "--dir", &root, &big.display().to_string()]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("4096 bytes, more than the limit of 1000"), "{stderr}");
+}
 }
 
 #[test]
@@ -567,6 +572,7 @@ fn a_text_file_given_as_a_policy_is_named_for_what_it_is() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }
 
+unix_only! { "needs Unix users: gives a file to the user nobody (chown) or runs a child as nobody",
 #[test]
 fn clear_and_gc_on_a_cache_that_cannot_be_written_fail_and_say_why() {
     if !have_root("clear_and_gc_on_a_cache_that_cannot_be_written...", "runs the command as another user") {
@@ -586,7 +592,9 @@ fn clear_and_gc_on_a_cache_that_cannot_be_written_fail_and_say_why() {
     }
     assert!(stdout(&capcache(&["verify", "--dir", &root])).contains("3 entries checked, 0 bad"));
 }
+}
 
+unix_only! { "needs Unix users: gives a file to the user nobody (chown) or runs a child as nobody",
 #[test]
 fn a_directory_that_cannot_be_created_costs_only_the_cache_and_says_why() {
     if !have_root("a_directory_that_cannot_be_created...", "runs the command as another user") {
@@ -613,4 +621,26 @@ fn a_directory_that_cannot_be_created_costs_only_the_cache_and_says_why() {
     assert!(stderr.contains(&format!("cannot use cache directory {root}")) && stderr.contains("Permission denied"), "{stderr}");
     assert_eq!(stderr.matches("os error").count(), 1, "{stderr}");
     assert!(!parent.join("cache").exists());
+}
+}
+
+#[cfg(windows)]
+#[test]
+fn windows_paths_are_taken_as_written_in_a_config_file_and_on_the_command_line() {
+    let t = TestCache::new();
+    let modules = modules(t.dir.path());
+    let root = t.root().display().to_string();
+    assert!(root.as_bytes().get(1) == Some(&b':') && root.contains('\\'), "not a drive-letter path: {root}");
+    // A TOML literal string, as Windows users write paths: backslashes as
+    // they are.
+    let config = t.dir.path().join("config.toml");
+    std::fs::write(&config, format!("[cache]\ndirectory = '{root}'\n")).unwrap();
+    let config_arg = config.display().to_string();
+    let args = ["compile", "--config", config_arg.as_str(), modules[0].as_str()];
+    assert_eq!(kinds(&stdout(&capcache(&args))), ["miss"]);
+    assert_eq!(kinds(&stdout(&capcache(&args))), ["hit"]);
+    // The same directory named with forward slashes on the command line.
+    let forward = root.replace('\\', "/");
+    let listed = stdout(&capcache(&["ls", "--dir", &forward]));
+    assert_eq!(listed.lines().skip(1).count(), 1, "{listed}");
 }

@@ -159,7 +159,7 @@ fn a_remote_section_is_read_and_a_bad_mode_or_key_file_is_named() {
     let t = TestCache::new();
     let key_file = t.dir.path().join("short.key");
     std::fs::write(&key_file, "short").unwrap();
-    set_mode(&key_file, 0o600);
+    make_private(&key_file);
     let text = format!("[cache.remote]\nurl = \"redis://h:1\"\nhmac-key-file = {:?}\n", key_file.display().to_string());
     let err = capcache::CacheBuilder::from_config(&capcache::Config::parse(&text, "test").unwrap()).unwrap_err();
     assert!(err.to_string().contains("use at least 16 random bytes"), "{err}");
@@ -169,6 +169,7 @@ fn a_remote_section_is_read_and_a_bad_mode_or_key_file_is_named() {
 
 /// A shared tier's configuration for the command line: `url`, and a key
 /// file holding `key` with `mode` if there is one.
+#[cfg(unix)]
 fn remote_config(t: &TestCache, url: &str, key: Option<(&str, u32)>) -> String {
     let mut text = format!("[cache.remote]\nurl = {url:?}\n");
     if let Some((key, mode)) = key {
@@ -182,6 +183,7 @@ fn remote_config(t: &TestCache, url: &str, key: Option<(&str, u32)>) -> String {
     config.display().to_string()
 }
 
+unix_only! { "Unix modes on the key file; the Windows counterpart, on access lists, is trust::an_hmac_key_file_others_can_read_is_refused_on_windows",
 #[test]
 fn weak_or_exposed_hmac_keys_are_refused_from_every_source_and_no_password_is_printed() {
     let t = TestCache::new();
@@ -230,4 +232,5 @@ fn weak_or_exposed_hmac_keys_are_refused_from_every_source_and_no_password_is_pr
     let said = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && said.contains("pass=***"), "{said}");
     assert!(!said.contains("SECRET-PASSWORD"), "the password was printed: {said}");
+}
 }

@@ -2,6 +2,8 @@
 //! identity says: by default the bytes are hashed on every load. The cases
 //! below keep a file's identity (device, inode, size, times) while its bytes
 //! change, which is what direct mode trusts, and why it is an opt-in.
+// What only the Unix-only tests use.
+#![cfg_attr(not(unix), allow(unused_imports, dead_code))]
 
 use capcache::Source;
 use capcache::wasmtime::{load_module_file, load_module_file_with_source};
@@ -12,10 +14,19 @@ use crate::support::*;
 use wasmtime::Engine;
 
 /// What `fstat` says of a file, all of which direct mode's manifests record.
+#[cfg(unix)]
 fn identity(path: &Path) -> (u64, u64, u64, i64, i64, i64, i64) {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(path).unwrap();
     (m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec())
+}
+
+/// What std can say of a file's identity on Windows: its size and times (the
+/// file index and change time take a handle's query, which direct mode makes).
+#[cfg(windows)]
+fn identity(path: &Path) -> (u64, std::time::SystemTime, std::time::SystemTime) {
+    let m = std::fs::metadata(path).unwrap();
+    (m.len(), m.modified().unwrap(), m.created().unwrap())
 }
 
 /// A WASI command that exits with `code` (one digit: every version is the same size).
@@ -153,6 +164,7 @@ fn release_image(dir: &Path, name: &str, wasm: &[u8]) -> PathBuf {
     image
 }
 
+unix_only! { "attaches loop devices and mounts ext4 images: Linux's",
 #[test]
 fn two_release_images_mounted_in_turn_at_one_path_load_their_own_modules() {
     if !have_root("two_release_images_mounted_in_turn...", "attaches loop devices and mounts ext4 images") {
@@ -181,4 +193,5 @@ fn two_release_images_mounted_in_turn_at_one_path_load_their_own_modules() {
         assert_eq!(loaded.unwrap(), expected, "release v{} ran another release's code", release + 1);
     }
     assert!(identities.windows(2).all(|w| w[0] == w[1]), "the images' files differ in identity: this test proves nothing here: {identities:?}");
+}
 }

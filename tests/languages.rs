@@ -190,7 +190,7 @@ fn damaged_kept_code_of_a_large_policy_is_found_and_compiled_again() {
     assert!(bytes.len() >= 4 << 20, "large enough to be checked mapped: {}", bytes.len());
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x10;
-    crate::support::set_mode(&installed.path, 0o644);
+    crate::support::make_writable(&installed.path);
     std::fs::write(&installed.path, &bytes).unwrap();
     let again = policy.install(dir.path()).unwrap();
     assert!(again.compiled_now, "the damaged code was taken as kept");

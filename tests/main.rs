@@ -3,6 +3,7 @@
 //! components: the default one the crate ships, and the others built from
 //! `guest/` by `support`.
 
+#[macro_use]
 mod support;
 
 mod adapter;
@@ -18,6 +19,7 @@ mod eviction;
 mod faults;
 mod file_loads;
 mod hostile;
+mod in_use;
 mod incremental;
 mod languages;
 mod model;

@@ -7,6 +7,7 @@ use crate::support::misbehaving_server::{Log, MisbehavingServer, reply};
 use crate::support::redis_server::RedisServer;
 use crate::support::*;
 use capcache::{Cache, RemoteMode, RemoteSettings, Source};
+#[cfg(unix)]
 use rustix::process::Signal;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -29,6 +30,7 @@ fn compile_on_a(dir: &std::path::Path, settings: RemoteSettings, engine: &wasmti
 }
 
 #[test]
+#[cfg_attr(windows, ignore = "starts redis-server, a Linux program that Wine starts without a handle to wait on or stop")]
 fn a_host_with_an_empty_disk_loads_from_the_tier_then_maps_its_own_copy() {
     let Some(server) = RedisServer::start("remote::empty_disk", &[]) else { return };
     let dirs = tempfile::tempdir().unwrap();
@@ -61,6 +63,7 @@ fn a_host_with_an_empty_disk_loads_from_the_tier_then_maps_its_own_copy() {
     assert!(run("cli-b").starts_with("hit"));
 }
 
+unix_only! { "starts redis-server, a Linux program that Wine starts without a handle to wait on or stop",
 #[test]
 fn a_frozen_server_costs_one_timeout_then_is_skipped_until_its_cool_off_ends() {
     let Some(server) = RedisServer::start("remote::frozen", &[]) else { return };
@@ -93,8 +96,10 @@ fn a_frozen_server_costs_one_timeout_then_is_skipped_until_its_cool_off_ends() {
     assert_eq!(load(&b, &engine, &tiny_module(3)), Source::Miss);
     assert_eq!(b.stats().remote_misses, 1, "{:?}", b.stats());
 }
+}
 
 #[test]
+#[cfg_attr(windows, ignore = "starts redis-server, a Linux program that Wine starts without a handle to wait on or stop")]
 fn a_damaged_value_is_never_served_and_is_deleted_by_a_writer() {
     let Some(server) = RedisServer::start("remote::damaged", &[]) else { return };
     let dirs = tempfile::tempdir().unwrap();
@@ -124,6 +129,7 @@ fn a_damaged_value_is_never_served_and_is_deleted_by_a_writer() {
 }
 
 #[test]
+#[cfg_attr(windows, ignore = "starts redis-server, a Linux program that Wine starts without a handle to wait on or stop")]
 fn a_value_planted_without_the_hmac_key_is_refused() {
     let Some(server) = RedisServer::start("remote::hmac", &[]) else { return };
     let dirs = tempfile::tempdir().unwrap();
@@ -146,6 +152,7 @@ fn a_value_planted_without_the_hmac_key_is_refused() {
 }
 
 #[test]
+#[cfg_attr(windows, ignore = "starts redis-server, a Linux program that Wine starts without a handle to wait on or stop")]
 fn a_server_too_small_for_an_artifact_refuses_the_upload_and_nothing_breaks() {
     let Some(server) = RedisServer::start("remote::full", &["--maxmemory", "3mb", "--maxmemory-policy", "noeviction"]) else { return };
     let dirs = tempfile::tempdir().unwrap();
@@ -163,6 +170,7 @@ fn a_server_too_small_for_an_artifact_refuses_the_upload_and_nothing_breaks() {
 }
 
 #[test]
+#[cfg_attr(windows, ignore = "starts redis-server, a Linux program that Wine starts without a handle to wait on or stop")]
 fn a_read_only_host_never_writes() {
     let Some(server) = RedisServer::start("remote::read_only", &[]) else { return };
     server.command::<()>(&[b"ACL", b"SETUSER", b"reader", b"on", b">reader-password", b"~*", b"+get", b"+ping", b"+exists", b"+scan"]);
@@ -211,6 +219,7 @@ fn a_server_that_is_down_never_stops_a_cache_from_opening() {
 }
 
 #[test]
+#[cfg_attr(windows, ignore = "starts redis-server, a Linux program that Wine starts without a handle to wait on or stop")]
 fn remote_check_says_whether_values_are_tagged() {
     let Some(server) = RedisServer::start("remote::check_integrity", &[]) else { return };
     let dirs = tempfile::tempdir().unwrap();
@@ -233,6 +242,7 @@ fn remote_check_says_whether_values_are_tagged() {
 }
 
 #[test]
+#[cfg_attr(windows, ignore = "starts redis-server, a Linux program that Wine starts without a handle to wait on or stop")]
 fn push_and_pull_warm_a_tier_and_a_cache() {
     let Some(server) = RedisServer::start("remote::push_pull", &[]) else { return };
     let dirs = tempfile::tempdir().unwrap();
@@ -254,6 +264,7 @@ fn push_and_pull_warm_a_tier_and_a_cache() {
 }
 
 #[test]
+#[cfg_attr(windows, ignore = "starts redis-server, a Linux program that Wine starts without a handle to wait on or stop")]
 fn eight_processes_sharing_a_server_and_a_directory_all_get_the_right_artifact() {
     let Some(server) = RedisServer::start("remote::eight", &[]) else { return };
     let dirs = tempfile::tempdir().unwrap();
@@ -298,6 +309,7 @@ fn eight_processes_sharing_a_server_and_a_directory_all_get_the_right_artifact()
     assert_eq!(server.keys().len(), 6, "{:?}", server.keys());
 }
 
+unix_only! { "starts redis-server, a Linux program that Wine starts without a handle to wait on or stop",
 #[test]
 fn a_server_killed_during_a_get_costs_only_a_miss() {
     let Some(server) = RedisServer::start("remote::killed", &[]) else { return };
@@ -325,6 +337,7 @@ fn a_server_killed_during_a_get_costs_only_a_miss() {
     // The compiled module is kept locally all the same.
     b.flush();
     assert_eq!(load(&b, &engine, &tiny_module(41)), Source::Hit);
+}
 }
 
 /// A server that answers GET with the start of a 1,000-byte value, then one
@@ -388,6 +401,7 @@ fn declaring_a_huge_value(command: &str, socket: &mut std::net::TcpStream, log: 
 }
 
 #[test]
+#[cfg_attr(windows, ignore = "starts redis-server, a Linux program that Wine starts without a handle to wait on or stop")]
 fn a_value_declared_larger_than_max_value_size_is_refused_before_it_is_read() {
     // Alone, so that the peak memory measured is this load's.
     if !in_a_process_of_its_own("remote::a_value_declared_larger_than_max_value_size_is_refused_before_it_is_read") {
@@ -450,6 +464,7 @@ fn a_reply_followed_by_stray_bytes_drops_its_connection() {
 }
 
 #[test]
+#[cfg_attr(windows, ignore = "starts redis-server, a Linux program that Wine starts without a handle to wait on or stop")]
 fn a_user_a_password_and_a_database_in_the_url_are_used() {
     let Some(server) = RedisServer::start("remote::login", &[]) else { return };
     server.command::<()>(&[b"ACL", b"SETUSER", b"fleet", b"on", b">fleet-password", b"~*", b"+@all"]);
@@ -471,6 +486,7 @@ fn a_user_a_password_and_a_database_in_the_url_are_used() {
 }
 
 #[test]
+#[cfg_attr(windows, ignore = "starts redis-server, a Linux program that Wine starts without a handle to wait on or stop")]
 fn an_upload_lost_to_a_full_event_queue_is_counted_as_a_failed_upload() {
     let Some(server) = RedisServer::start("remote::lost_uploads", &[]) else { return };
     let dirs = tempfile::tempdir().unwrap();

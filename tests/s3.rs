@@ -2,11 +2,14 @@
 //! that each test starts on 127.0.0.1 and stops: the same checked values as
 //! the Redis tier (entry checksum, HMAC tag), the same bounds (timeouts,
 //! sizes), a listing page by page, and in a chain behind Redis.
+// What only the Unix-only tests use.
+#![cfg_attr(not(unix), allow(unused_imports, dead_code))]
 
 use crate::support::redis_server::RedisServer;
 use crate::support::s3_server::{ACCESS_KEY_ID, S3Server, SECRET_ACCESS_KEY};
 use crate::support::*;
 use capcache::{Cache, RemoteMode, RemoteSettings, S3Credentials, Source};
+#[cfg(unix)]
 use rustix::process::Signal;
 use std::process::Command;
 use std::time::Duration;
@@ -40,6 +43,7 @@ fn capcache_with_credentials(args: &[&str]) -> std::process::Output {
 }
 
 #[test]
+#[cfg_attr(windows, ignore = "starts moto, a Linux program that Wine starts without a handle to wait on or stop")]
 fn a_host_with_an_empty_disk_loads_from_the_bucket_then_maps_its_own_copy() {
     let Some(server) = S3Server::start("s3::empty_disk", BUCKET) else { return };
     let dirs = tempfile::tempdir().unwrap();
@@ -74,6 +78,7 @@ fn a_host_with_an_empty_disk_loads_from_the_bucket_then_maps_its_own_copy() {
 }
 
 #[test]
+#[cfg_attr(windows, ignore = "starts moto, a Linux program that Wine starts without a handle to wait on or stop")]
 fn a_damaged_or_untagged_object_is_never_served_and_a_writer_replaces_it() {
     let Some(server) = S3Server::start("s3::damaged", BUCKET) else { return };
     let dirs = tempfile::tempdir().unwrap();
@@ -102,6 +107,7 @@ fn a_damaged_or_untagged_object_is_never_served_and_a_writer_replaces_it() {
 }
 
 #[test]
+#[cfg_attr(windows, ignore = "starts moto, a Linux program that Wine starts without a handle to wait on or stop")]
 fn an_object_larger_than_max_value_size_is_refused_and_a_larger_value_is_never_uploaded() {
     let Some(server) = S3Server::start("s3::too_large", BUCKET) else { return };
     let dirs = tempfile::tempdir().unwrap();
@@ -123,6 +129,7 @@ fn an_object_larger_than_max_value_size_is_refused_and_a_larger_value_is_never_u
     assert_eq!(server.keys(BUCKET).len(), 1);
 }
 
+unix_only! { "starts moto, a Linux program that Wine starts without a handle to wait on or stop",
 #[test]
 fn a_frozen_server_costs_one_timeout_then_is_skipped_until_its_cool_off_ends() {
     let Some(server) = S3Server::start("s3::frozen", BUCKET) else { return };
@@ -148,8 +155,10 @@ fn a_frozen_server_costs_one_timeout_then_is_skipped_until_its_cool_off_ends() {
     assert_eq!(b.stats().remote_errors, 1, "{:?}", b.stats());
     assert!(b.stats().remote_skipped >= 2, "{:?}", b.stats());
 }
+}
 
 #[test]
+#[cfg_attr(windows, ignore = "starts moto, a Linux program that Wine starts without a handle to wait on or stop")]
 fn a_missing_bucket_or_a_server_that_is_down_costs_a_miss_and_remote_check_says_which() {
     let Some(server) = S3Server::start("s3::missing", BUCKET) else { return };
     let dirs = tempfile::tempdir().unwrap();
@@ -182,6 +191,7 @@ fn a_missing_bucket_or_a_server_that_is_down_costs_a_miss_and_remote_check_says_
 }
 
 #[test]
+#[cfg_attr(windows, ignore = "starts moto, a Linux program that Wine starts without a handle to wait on or stop")]
 fn a_read_only_host_never_writes_to_the_bucket() {
     let Some(server) = S3Server::start("s3::read_only", BUCKET) else { return };
     let dirs = tempfile::tempdir().unwrap();
@@ -200,6 +210,7 @@ fn a_read_only_host_never_writes_to_the_bucket() {
 }
 
 #[test]
+#[cfg_attr(windows, ignore = "starts moto, a Linux program that Wine starts without a handle to wait on or stop")]
 fn push_and_pull_list_the_bucket_page_by_page() {
     let Some(server) = S3Server::start("s3::push_pull", BUCKET) else { return };
     let dirs = tempfile::tempdir().unwrap();
@@ -219,6 +230,7 @@ fn push_and_pull_list_the_bucket_page_by_page() {
 }
 
 #[test]
+#[cfg_attr(windows, ignore = "starts moto, a Linux program that Wine starts without a handle to wait on or stop")]
 fn a_hit_in_the_bucket_is_backfilled_into_the_redis_tier_before_it() {
     let Some(server) = S3Server::start("s3::chain", BUCKET) else { return };
     let Some(redis) = RedisServer::start("s3::chain", &[]) else { return };
@@ -235,6 +247,7 @@ fn a_hit_in_the_bucket_is_backfilled_into_the_redis_tier_before_it() {
     assert_eq!((redis.keys().len(), server.keys(BUCKET).len()), (2, 2));
 }
 
+unix_only! { "starts moto, a Linux program that Wine starts without a handle to wait on or stop",
 #[test]
 fn settings_an_s3_tier_cannot_honour_are_refused_at_open_by_name() {
     let Some(server) = S3Server::start("s3::settings", BUCKET) else { return };
@@ -278,4 +291,5 @@ fn settings_an_s3_tier_cannot_honour_are_refused_at_open_by_name() {
     let (code, said) = check(&with_file);
     assert!(code == Some(0) && said.contains("write: PUT and DELETE allowed"), "{said}");
     assert!(!said.contains(SECRET_ACCESS_KEY), "the secret was printed: {said}");
+}
 }

@@ -1,6 +1,8 @@
 //! A policy can name only what lies in its view: `..`, absolute paths,
 //! NUL, overlong names and symlinks that lead out are refused, and nothing
 //! outside the cache root changes.
+// What only the Unix-only tests use.
+#![cfg_attr(not(unix), allow(unused_imports, dead_code))]
 
 
 use std::path::Path;
@@ -18,6 +20,7 @@ fn outcome<'a>(summary: &'a str, call: &str, name: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no outcome for {prefix} in:\n{summary}"))
 }
 
+unix_only! { "plants symbolic links (std::os::unix::fs::symlink); on Windows making one takes a privilege a test does not have",
 #[test]
 fn escapes_are_refused_and_nothing_outside_changes() {
     let t = TestCache::new();
@@ -78,7 +81,9 @@ fn escapes_are_refused_and_nothing_outside_changes() {
     assert!(!Path::new("/tmp/capcache-escape").exists());
     assert!(Path::new("/etc/passwd").exists());
 }
+}
 
+unix_only! { "plants symbolic links (std::os::unix::fs::symlink); on Windows making one takes a privilege a test does not have",
 #[test]
 fn the_host_lists_no_symlink_as_an_entry() {
     let t = TestCache::new();
@@ -96,4 +101,5 @@ fn the_host_lists_no_symlink_as_an_entry() {
     let stats = cache.stats();
     assert_eq!((stats.failures, stats.hits, stats.misses), (1, 0, 1), "{stats:?}");
     assert_eq!(std::fs::read(t.dir.path().join("outside.txt")).unwrap(), b"precious");
+}
 }

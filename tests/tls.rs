@@ -75,6 +75,7 @@ fn load_through(dir: &Path, settings: RemoteSettings) -> (Source, String) {
 }
 
 #[test]
+#[cfg_attr(windows, ignore = "starts redis-server, a Linux program that Wine starts without a handle to wait on or stop")]
 fn a_server_a_trusted_ca_signed_for_its_host_is_used_over_tls() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new(dir.path(), "good");
@@ -92,6 +93,7 @@ fn a_server_a_trusted_ca_signed_for_its_host_is_used_over_tls() {
 }
 
 #[test]
+#[cfg_attr(windows, ignore = "starts redis-server, a Linux program that Wine starts without a handle to wait on or stop")]
 fn a_wrong_ca_an_expired_certificate_and_a_wrong_name_are_refused_each_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new(dir.path(), "good");
@@ -112,6 +114,7 @@ fn a_wrong_ca_an_expired_certificate_and_a_wrong_name_are_refused_each_by_name()
 }
 
 #[test]
+#[cfg_attr(windows, ignore = "starts redis-server, a Linux program that Wine starts without a handle to wait on or stop")]
 fn a_server_that_asks_for_a_client_certificate_gets_the_one_configured() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new(dir.path(), "good");
@@ -130,6 +133,7 @@ fn a_server_that_asks_for_a_client_certificate_gets_the_one_configured() {
 }
 
 #[test]
+#[cfg_attr(windows, ignore = "starts redis-server, a Linux program that Wine starts without a handle to wait on or stop")]
 fn tls_settings_that_cannot_work_are_refused_when_the_cache_opens() {
     let dir = tempfile::tempdir().unwrap();
     let open = |settings: RemoteSettings| Cache::builder().directory(dir.path()).remote(settings).open().map(drop).unwrap_err().to_string();

@@ -23,10 +23,15 @@ pub fn guest_path(crate_name: &str) -> PathBuf {
 }
 
 /// Builds the guest workspace for wasm32-wasip2, as `guest/build` does, and
-/// returns the directory that holds the components.
+/// returns the directory that holds the components. `CAPCACHE_TEST_GUEST_DIR`
+/// names one built beforehand instead: a test binary built for Windows and
+/// run under Wine has no cargo to call (.ci/platforms points it at the Linux tests' build).
 fn guest_dir() -> &'static Path {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT.get_or_init(|| {
+        if let Some(built) = std::env::var_os("CAPCACHE_TEST_GUEST_DIR") {
+            return PathBuf::from(built);
+        }
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
@@ -58,6 +63,11 @@ pub struct TestCache {
 
 impl TestCache {
     pub fn new() -> Self {
+        // `CAPCACHE_LOG=debug cargo test ...` shows what the cache and the
+        // policy did, as the command line's does.
+        if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("CAPCACHE_LOG") {
+            let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+        }
         TestCache { dir: tempfile::tempdir().unwrap(), clock: Arc::new(ManualClock::starting_now()) }
     }
 
@@ -141,9 +151,27 @@ pub fn tiny_module(n: u32) -> Vec<u8> {
     wat::parse_str(format!(r#"(module (func (export "answer") (result i32) i32.const {n}))"#)).unwrap()
 }
 
+/// A test that needs what only Unix has (users and modes, FIFOs, `/proc`,
+/// signals, symbolic links anyone may make): on Unix, the test itself;
+/// elsewhere a test of the same name, ignored with `$why`, so that every
+/// test a Windows run cannot do is listed there with its reason.
+macro_rules! unix_only {
+    ($why:literal, $(#[$attr:meta])* fn $name:ident() $body:block) => {
+        #[cfg(unix)]
+        $(#[$attr])*
+        fn $name() $body
+
+        #[cfg(not(unix))]
+        #[test]
+        #[ignore = $why]
+        fn $name() {}
+    };
+}
+
 /// Whether this test can do what needs root (chown, mount, other users).
 /// Under CI, which runs as root, a test that needs root must run: not being
 /// root there is a failure. Elsewhere the test says why it does nothing.
+#[cfg(unix)]
 pub fn have_root(test: &str, why: &str) -> bool {
     if rustix::process::geteuid().is_root() {
         return true;
@@ -169,8 +197,15 @@ pub fn skip(test: &str, why: &str, ci_has: &str) {
 /// Makes an entry file (created read-only, 0444) writable by its owner, as
 /// the owner must before damaging it in place; root needs no such step.
 pub fn make_writable(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    // Windows: entries are not made read-only (that would stop their
+    // removal), so there is nothing to undo.
+    #[cfg(not(unix))]
+    let _ = path;
 }
 
 /// Writes `bytes` over an entry file in place, as a careless tool would.
@@ -186,13 +221,34 @@ pub fn set_modified_ago(path: &Path, ago: std::time::Duration) {
     file.set_modified(std::time::SystemTime::now() - ago).unwrap();
 }
 
+/// What tells one file from another at the same path: its inode on Unix,
+/// its creation time on Windows (std does not give the file index).
+pub fn file_id(path: &Path) -> u128 {
+    let metadata = std::fs::metadata(path).unwrap();
+    #[cfg(unix)]
+    return u128::from(std::os::unix::fs::MetadataExt::ino(&metadata));
+    #[cfg(not(unix))]
+    return metadata.created().unwrap().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+}
+
+/// Makes a file readable by its owner alone, as a secret's must be: mode
+/// 0600 on Unix; on Windows an access list of the owner and the system.
+pub fn make_private(path: &Path) {
+    #[cfg(unix)]
+    set_mode(path, 0o600);
+    #[cfg(windows)]
+    set_access_list(path, "D:P(A;;FA;;;OW)(A;;FA;;;SY)");
+}
+
 /// A file's mode bits.
+#[cfg(unix)]
 pub fn mode_of(path: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     std::fs::symlink_metadata(path).unwrap().permissions().mode() & 0o7777
 }
 
 /// Sets a file's mode bits.
+#[cfg(unix)]
 pub fn set_mode(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
@@ -200,10 +256,12 @@ pub fn set_mode(path: &Path, mode: u32) {
 
 /// A filesystem with whole-second timestamps (ext4 with 128-byte inodes),
 /// loop-mounted in a temporary directory for the test's life.
+#[cfg(unix)]
 pub struct CoarseTimestampFs {
     dir: tempfile::TempDir,
 }
 
+#[cfg(unix)]
 impl CoarseTimestampFs {
     pub fn mount() -> CoarseTimestampFs {
         use std::process::Command;
@@ -224,6 +282,7 @@ impl CoarseTimestampFs {
     }
 }
 
+#[cfg(unix)]
 impl Drop for CoarseTimestampFs {
     fn drop(&mut self) {
         let _ = std::process::Command::new("umount").arg(self.path()).status();
@@ -295,9 +354,64 @@ pub fn in_a_process_of_its_own(test: &str) -> bool {
     false
 }
 
+/// This process's peak memory, in bytes: its peak working set on Windows.
+#[cfg(windows)]
+pub fn peak_rss() -> u64 {
+    use windows_sys::Win32::System::ProcessStatus::{GetProcessMemoryInfo, PROCESS_MEMORY_COUNTERS};
+    use windows_sys::Win32::System::Threading::GetCurrentProcess;
+    // Safety: a plain structure the call fills in, of the size it is told.
+    let mut counters: PROCESS_MEMORY_COUNTERS = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<PROCESS_MEMORY_COUNTERS>() as u32;
+    // Safety: the pseudo-handle of this process, and the structure above.
+    assert_ne!(unsafe { GetProcessMemoryInfo(GetCurrentProcess(), &mut counters, size) }, 0);
+    counters.PeakWorkingSetSize as u64
+}
+
 /// This process's peak resident set size, in bytes (`VmHWM`).
+#[cfg(unix)]
 pub fn peak_rss() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM in /proc/self/status");
     line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
+
+/// Replaces the access list of `path` (a file or a directory) with the one
+/// `sddl` describes (for example `D:P(A;;FA;;;WD)`: full control for
+/// Everyone, nothing inherited), as `icacls` would.
+#[cfg(windows)]
+pub fn set_access_list(path: &Path, sddl: &str) {
+    use std::os::windows::ffi::OsStrExt;
+    use windows_sys::Win32::Foundation::LocalFree;
+    use windows_sys::Win32::Security::Authorization::{ConvertStringSecurityDescriptorToSecurityDescriptorW, SDDL_REVISION_1};
+    use windows_sys::Win32::Security::{DACL_SECURITY_INFORMATION, SetFileSecurityW};
+    let sddl: Vec<u16> = sddl.encode_utf16().chain([0]).collect();
+    let wide: Vec<u16> = path.as_os_str().encode_wide().chain([0]).collect();
+    let mut descriptor = std::ptr::null_mut();
+    // Safety: NUL-terminated strings; the descriptor the call allocates is
+    // freed once, after the call that reads it.
+    unsafe {
+        let made = ConvertStringSecurityDescriptorToSecurityDescriptorW(sddl.as_ptr(), SDDL_REVISION_1, &mut descriptor, std::ptr::null_mut());
+        assert_ne!(made, 0, "{}", std::io::Error::last_os_error());
+        let set = SetFileSecurityW(wide.as_ptr(), DACL_SECURITY_INFORMATION, descriptor);
+        let error = std::io::Error::last_os_error();
+        LocalFree(descriptor);
+        assert_ne!(set, 0, "cannot set the access list of {}: {error}", path.display());
+    }
+}
+
+/// Whether this is a Windows build running under Wine (whose ntdll exports
+/// `wine_get_version`): what Wine cannot do (map a file read-only) is done
+/// another way there, and said.
+pub fn under_wine() -> bool {
+    #[cfg(windows)]
+    {
+        use windows_sys::Win32::System::LibraryLoader::{GetModuleHandleA, GetProcAddress};
+        // Safety: NUL-terminated names; ntdll is loaded in every process.
+        unsafe {
+            let ntdll = GetModuleHandleA(c"ntdll.dll".as_ptr().cast());
+            !ntdll.is_null() && GetProcAddress(ntdll, c"wine_get_version".as_ptr().cast()).is_some()
+        }
+    }
+    #[cfg(not(windows))]
+    false
 }

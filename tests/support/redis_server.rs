@@ -68,10 +68,12 @@ impl RedisServer {
     }
 
     /// Freezes (SIGSTOP) or thaws (SIGCONT) the server.
+    #[cfg(unix)]
     pub fn signal(&self, signal: rustix::process::Signal) {
         rustix::process::kill_process(rustix::process::Pid::from_child(&self.child), signal).unwrap();
     }
 
+    #[cfg(unix)]
     pub fn pid(&self) -> rustix::process::Pid {
         rustix::process::Pid::from_child(&self.child)
     }
@@ -83,6 +85,7 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
+        #[cfg(unix)]
         let _ = rustix::process::kill_process(rustix::process::Pid::from_child(&self.child), rustix::process::Signal::CONT);
         let _ = self.child.kill();
         let _ = self.child.wait();

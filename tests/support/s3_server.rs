@@ -109,6 +109,7 @@ impl S3Server {
     }
 
     /// Freezes (SIGSTOP) or thaws (SIGCONT) the server.
+    #[cfg(unix)]
     pub fn signal(&self, signal: rustix::process::Signal) {
         rustix::process::kill_process(rustix::process::Pid::from_child(&self.child), signal).unwrap();
     }
@@ -116,6 +117,7 @@ impl S3Server {
 
 impl Drop for S3Server {
     fn drop(&mut self) {
+        #[cfg(unix)]
         let _ = rustix::process::kill_process(rustix::process::Pid::from_child(&self.child), rustix::process::Signal::CONT);
         let _ = self.child.kill();
         let _ = self.child.wait();
