@@ -143,6 +143,10 @@ pub(crate) fn is_in_use(_e: &io::Error) -> bool {
     false
 }
 
+/// Opens so that the file's times can be set: its owner may set them
+/// through any descriptor, even of a read-only file.
+pub(crate) fn open_to_set_times(_options: &mut cap_std::fs::OpenOptions) {}
+
 /// Creates files with `mode`, whatever the umask.
 pub(crate) fn create_with_mode(options: &mut cap_std::fs::OpenOptions, mode: u32) {
     use cap_std::fs::OpenOptionsExt;

@@ -319,6 +319,16 @@ pub(crate) fn is_in_use(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(5 | 32 | 1224))
 }
 
+/// Opens so that the file's times can be set: Windows asks the handle for
+/// the right to write attributes (`FILE_WRITE_ATTRIBUTES`), which a handle
+/// opened for reading lacks; reading them (`FILE_READ_ATTRIBUTES`) gives its
+/// identity. The file's data is neither read nor written.
+pub(crate) fn open_to_set_times(options: &mut cap_std::fs::OpenOptions) {
+    use cap_std::fs::OpenOptionsExt;
+    use windows_sys::Win32::Storage::FileSystem::{FILE_READ_ATTRIBUTES, FILE_WRITE_ATTRIBUTES};
+    options.access_mode(FILE_READ_ATTRIBUTES | FILE_WRITE_ATTRIBUTES);
+}
+
 /// Files take their access list from their directory: nothing to set.
 pub(crate) fn create_with_mode(_options: &mut cap_std::fs::OpenOptions, _mode: u32) {}
 

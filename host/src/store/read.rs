@@ -145,7 +145,10 @@ impl EntryStore {
     /// so a module mapped from it is unaffected; if its digest was checked in
     /// this process, the file stays known as checked under its new times.
     pub fn touch_entry(&self, key: &Key) -> io::Result<()> {
-        let file = self.entries.open(key.name())?.into_std();
+        let mut options = OpenOptions::new();
+        options.read(true).follow(FollowSymlinks::No);
+        crate::platform::open_to_set_times(&mut options);
+        let file = self.entries.open_with(key.name(), &options)?.into_std();
         let before = FileIdentity::of(&file, &file.metadata()?)?;
         file.set_modified(ms_to_system_time(self.clock.now_ms()))?;
         let after = FileIdentity::of(&file, &file.metadata()?)?;
