@@ -108,7 +108,7 @@ fn a_raw_entry_is_the_artifact_from_offset_zero() {
     let module = if under_wine() {
         // Wine cannot map a file read-only ("failed change pages to
         // PAGE_READONLY"): its bytes, read, stand for the mapping.
-        unsafe { wasmtime::Module::deserialize(&engine, &std::fs::read(&path).unwrap()) }.unwrap()
+        unsafe { wasmtime::Module::deserialize(&engine, std::fs::read(&path).unwrap()) }.unwrap()
     } else {
         unsafe { wasmtime::Module::deserialize_file(&engine, &path) }.unwrap()
     };

@@ -21,7 +21,12 @@ fn a_cache_is_shared_across_threads() {
             });
         }
     });
-    assert_eq!(cache.stats().inserts, 200);
+    // Each stored now, or by the worker if a maintenance pass held the
+    // policy, or, with the worker's queue full too, skipped and counted.
+    cache.flush();
+    let stats = cache.stats();
+    assert_eq!(stats.inserts + stats.skipped, 200, "{stats:?}");
+    assert!(stats.inserts > 0, "{stats:?}");
 }
 
 #[test]

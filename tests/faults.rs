@@ -106,6 +106,7 @@ impl Drop for KillOnDrop {
 #[test]
 fn crash_mid_write_leaves_only_whole_entries() {
     let kills = env_count("CAPCACHE_CRASH_KILLS", 200);
+    let started = std::time::Instant::now();
     let t = TestCache::new();
     let mut rng = Rng::seeded();
     for _ in 0..kills {
@@ -120,9 +121,10 @@ fn crash_mid_write_leaves_only_whole_entries() {
     assert!(!t.root().join("MISMATCH").exists(), "a writer was served a wrong value");
 
     // Every file in entries/ is a whole entry of a known key; none is a
-    // temporary file. (An hour on: past the temporary files' timeout, and past
-    // the expiry of a cleanup lock that a writer killed while cleaning left.)
-    t.clock.advance(Duration::from_secs(61 * 60));
+    // temporary file. (An hour on from the last kill, on the writers' clock:
+    // past the temporary files' timeout, and past the expiry of a cleanup
+    // lock that a writer killed while cleaning left.)
+    t.clock.advance(started.elapsed() + Duration::from_secs(61 * 60));
     let cache = t.open();
     let names: Vec<String> = std::fs::read_dir(t.entries_dir())
         .unwrap()
