@@ -572,6 +572,12 @@ fn the_cache_root_is_private_to_its_owner_on_windows() {
     let cache = capcache::Cache::builder().directory(&root).open().unwrap();
     cache.insert(b"key", b"value");
     drop(cache);
+    // No one else may read it (compiled code carries its module's data), let
+    // alone write it: not Everyone, not Users, not Authenticated Users.
+    let sddl = access_list_of(&root);
+    for others in [";;;WD)", ";;;BU)", ";;;AU)"] {
+        assert!(!sddl.contains(others), "the root lets others in: {sddl}");
+    }
     // Opened again, every directory and entry passes the check (a file or
     // directory inheriting Everyone's write would be refused or not served).
     let cache = capcache::Cache::builder().directory(&root).open().unwrap();

@@ -415,3 +415,31 @@ pub fn under_wine() -> bool {
     #[cfg(not(windows))]
     false
 }
+
+/// The access list of `path` (a file or a directory) in SDDL, such as
+/// `D:P(A;OICI;FA;;;SY)...`: to check who it lets in.
+#[cfg(windows)]
+pub fn access_list_of(path: &Path) -> String {
+    use std::os::windows::ffi::OsStrExt;
+    use windows_sys::Win32::Foundation::{ERROR_SUCCESS, LocalFree};
+    use windows_sys::Win32::Security::Authorization::{
+        ConvertSecurityDescriptorToStringSecurityDescriptorW, GetNamedSecurityInfoW, SDDL_REVISION_1, SE_FILE_OBJECT,
+    };
+    use windows_sys::Win32::Security::DACL_SECURITY_INFORMATION;
+    let wide: Vec<u16> = path.as_os_str().encode_wide().chain([0]).collect();
+    use std::ptr::null_mut;
+    let (mut descriptor, mut text) = (null_mut(), null_mut());
+    // Safety: a NUL-terminated path and out-pointers; the descriptor and the
+    // string the calls allocate are freed once, after their last use.
+    unsafe {
+        let error = GetNamedSecurityInfoW(wide.as_ptr(), SE_FILE_OBJECT, DACL_SECURITY_INFORMATION, null_mut(), null_mut(), null_mut(), null_mut(), &mut descriptor);
+        assert_eq!(error, ERROR_SUCCESS, "cannot read the access list of {}", path.display());
+        let made = ConvertSecurityDescriptorToStringSecurityDescriptorW(descriptor, SDDL_REVISION_1, DACL_SECURITY_INFORMATION, &mut text, null_mut());
+        assert_ne!(made, 0, "{}", std::io::Error::last_os_error());
+        let len = (0..).take_while(|&i| *text.add(i) != 0).count();
+        let sddl = String::from_utf16_lossy(std::slice::from_raw_parts(text, len));
+        LocalFree(text.cast());
+        LocalFree(descriptor);
+        sddl
+    }
+}
