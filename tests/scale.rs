@@ -90,6 +90,7 @@ fn the_cost_aware_policy_spends_less_compile_time_than_lru_at_the_same_disk() {
 }
 
 #[test]
+#[cfg_attr(windows, ignore = "starts redis-server, a Linux program that Wine starts without a handle to wait on or stop")]
 fn only_what_the_policy_shares_reaches_the_shared_tier() {
     let Some(server) = RedisServer::start("scale::shares", &[]) else { return };
     let dirs = tempfile::tempdir().unwrap();
