@@ -130,7 +130,7 @@ fn a_file_where_the_directory_goes_is_a_clear_error() {
     assert!(message.contains(&t.root().display().to_string()), "{message}");
 }
 
-unix_only! { "Unix modes (chmod 777); the Windows counterpart is trust::a_directory_whose_access_list_lets_everyone_write_is_refused",
+unix_only! { "Unix modes (chmod 777); the Windows counterpart is trust::a_directory_whose_access_list_lets_everyone_write_is_refused_on_windows",
 #[test]
 fn a_directory_others_can_write_is_refused_unless_allowed() {
     use std::os::unix::fs::PermissionsExt;
